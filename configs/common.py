@@ -1,0 +1,106 @@
+"""Shared config defaults and the parser for config arguments.
+
+A config file's `get_config(arg)` receives the text after the colon in
+`--config=configs/FILE.py:ARG`: comma-separated words such as "base,smoke".
+`parse_arg` turns it into a ConfigDict of named variants so each file reads
+`variant.smoke`, `variant.size`, ... instead of parsing strings itself.
+"""
+
+import ml_collections
+
+BERT_SIZES = {
+    # name: (layers, hidden). Heads = hidden / 64, intermediate = 4 * hidden (Turc et al. 2019).
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+
+def parse_arg(arg: str | None, **choices: tuple[str, ...]) -> ml_collections.ConfigDict:
+    """Parses "w1,w2" into flags. Each keyword names a group of mutually exclusive words.
+
+    `parse_arg("base,smoke", size=("mini", "base"), dataset=("imdb", "sst2"))` gives
+    `{"size": "base", "dataset": <default>, "smoke": True}`. The first word of each group is its
+    default; any word outside the groups must be a known flag ("smoke").
+    """
+    words = [w.strip() for w in (arg or "").split(",") if w.strip()]
+    result = {name: options[0] for name, options in choices.items()}
+    result["smoke"] = False
+    for word in words:
+        groups = [name for name, options in choices.items() if word in options]
+        if groups:
+            result[groups[0]] = word
+        elif word == "smoke":
+            result["smoke"] = True
+        else:
+            known = sorted({w for options in choices.values() for w in options} | {"smoke"})
+            raise ValueError(f"Unknown config argument {word!r} in {arg!r}; known words: {', '.join(known)}.")
+    return ml_collections.ConfigDict(result)
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    """Device mesh: sizes of the `data`, `fsdp` and `tensor` axes; -1 takes the remaining devices."""
+    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+
+# Logical parameter/activation axis -> mesh axis (or None = replicated). MaxText-style.
+DEFAULT_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("embed_out", None),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("classes", None),
+    ("length", None),
+    ("norm", None),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+)
+
+
+def training_defaults() -> ml_collections.ConfigDict:
+    """Keys every experiment has: seed, steps, logging, checkpoints, optimizer, mesh."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.init_from = ""  # A Hugging Face directory or one of our workdirs/checkpoints.
+    config.global_batch_size = 32
+    config.eval_batch_size = 64
+    config.num_epochs = 1.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs.
+    config.log_every = 50
+    config.eval_every = -1  # -1: at the end of each epoch (and at the end of training).
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 2
+    config.best_metric = "accuracy"  # Eval metric that picks the best checkpoint; "" disables.
+    config.best_mode = "max"
+    config.label_smoothing = 0.0
+    config.eval_splits_at_end = ("test",)
+    config.eval_split = "test"  # --mode=eval evaluates this split.
+    config.eval_checkpoint = "best"  # --mode=eval: best | latest | a step number.
+    config.peak_flops_per_device = 0.0  # For MFU; 0 measures a matmul on this device at start.
+    config.distributed = ml_collections.ConfigDict(
+        {"coordinator_address": "", "num_processes": 1, "process_id": 0}
+    )
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"  # adamw | sgd
+    config.optimizer.learning_rate = 5e-5
+    config.optimizer.schedule = "linear"  # linear | cosine | constant
+    config.optimizer.warmup_fraction = 0.06
+    config.optimizer.warmup_steps = -1  # >= 0 overrides warmup_fraction.
+    config.optimizer.weight_decay = 0.01
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.clip_norm = 1.0  # <= 0 disables clipping.
+
+    config.mesh = mesh_config()
+    config.axis_rules = DEFAULT_AXIS_RULES
+    return config

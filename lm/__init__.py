@@ -1,0 +1,54 @@
+"""`lm`: a JAX research codebase for large models. `run(config, workdir, mode)` is the library's front door."""
+
+import ml_collections
+
+MODES = ("train", "eval")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict:
+    """Runs one mode of an experiment; imports lazily so that `import lm` stays cheap."""
+    import tensorflow as tf
+
+    # tf.data only feeds numpy batches: keep TensorFlow off accelerators JAX owns.
+    tf.config.set_visible_devices([], "GPU")
+    _quiet_library_logs()
+    _initialize_distributed(config)
+    if mode == "train":
+        from lm import train
+
+        return train.train_and_evaluate(config, workdir)
+    if mode == "eval":
+        from lm import evaluate
+
+        return evaluate.run_eval(config, workdir)
+    raise ValueError(f"--mode={mode!r} is not known; use one of {MODES}.")
+
+
+def _initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """Multi-host: `jax.distributed.initialize` from config.distributed (automatic on TPU VMs)."""
+    import jax
+
+    dist = config.get("distributed")
+    if dist is not None and dist.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=dist.coordinator_address,
+            num_processes=dist.num_processes,
+            process_id=dist.process_id,
+        )
+
+
+class _DropLibraryInfo:
+    """Drops INFO records from Orbax (dozens a checkpoint); its warnings and errors still show."""
+
+    def filter(self, record) -> bool:
+        import logging
+
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def _quiet_library_logs() -> None:
+    import logging
+
+    logger = logging.getLogger("absl")  # Orbax logs through absl's logger.
+    if not any(isinstance(f, _DropLibraryInfo) for f in logger.filters):
+        logger.addFilter(_DropLibraryInfo())

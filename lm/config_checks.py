@@ -1,0 +1,79 @@
+"""Config validation: every error names the key, the value and the fix, before anything compiles."""
+
+import os
+
+import ml_collections
+
+from lm.weights import pretrained
+
+KNOWN_METRICS = ("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy")
+DTYPES = ("float32", "bfloat16")
+
+
+def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A locked copy with the values that follow from `init_from` filled in, checked."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if config.init_from:
+        if not os.path.exists(config.init_from):
+            raise FileNotFoundError(
+                f"config.init_from={config.init_from!r} does not exist; give a Hugging Face model directory "
+                "or a workdir of ours."
+            )
+        pretrained.apply_to_config(config)
+    config.lock()
+    check_static(config)
+    return config
+
+
+def _positive(config, key: str) -> None:
+    value = config[key]
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"config.{key}={value!r} must be a positive integer.")
+
+
+def check_static(config: ml_collections.ConfigDict) -> None:
+    """Checks that need neither devices nor data."""
+    for key in ("global_batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        _positive(config, key)
+    if config.num_train_steps <= 0 and config.num_epochs <= 0:
+        raise ValueError(
+            f"config.num_train_steps={config.num_train_steps} and config.num_epochs={config.num_epochs}: "
+            "set one of them to a positive value."
+        )
+    if config.model.num_classes < 2:
+        raise ValueError(f"config.model.num_classes={config.model.num_classes} must be at least 2.")
+    if config.model.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype={config.model.dtype!r}: use one of {DTYPES}.")
+    if config.best_metric and config.best_metric not in KNOWN_METRICS:
+        raise ValueError(
+            f"config.best_metric={config.best_metric!r} is not an eval metric; use one of {KNOWN_METRICS} or ''."
+        )
+    if config.model.name == "bert":
+        max_positions = config.model.max_position_embeddings
+        if config.data.max_length > max_positions:
+            raise ValueError(
+                f"config.data.max_length={config.data.max_length} exceeds "
+                f"config.model.max_position_embeddings={max_positions}; lower max_length."
+            )
+        if config.model.hidden_size % config.model.num_heads:
+            raise ValueError(
+                f"config.model.hidden_size={config.model.hidden_size} is not divisible by "
+                f"config.model.num_heads={config.model.num_heads}."
+            )
+    for split in config.eval_splits_at_end:
+        if split not in ("train", "validation", "test"):
+            raise ValueError(f"config.eval_splits_at_end has {split!r}; use 'train', 'validation' or 'test'.")
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int, process_count: int) -> None:
+    """Batch sizes must split evenly over the data-parallel devices and the hosts."""
+    for key in ("global_batch_size", "eval_batch_size"):
+        value = config[key]
+        for count, what in ((data_parallel, "data-parallel devices (mesh data x fsdp)"), (process_count, "processes")):
+            if value % count:
+                lower, upper = (value // count) * count, (value // count + 1) * count
+                suggestion = f"{lower} or {upper}" if lower else f"{upper}"
+                raise ValueError(
+                    f"config.{key}={value} is not divisible by the {count} {what}; use a multiple of {count} "
+                    f"such as {suggestion}."
+                )

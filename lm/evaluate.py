@@ -1,0 +1,96 @@
+"""Evaluation and prediction over a data split, from a live state or a checkpoint.
+
+Batches are padded to full size with weight-0 examples, so every example counts exactly once and the
+jitted eval step sees one shape. Sums (loss, confusion matrix) accumulate on device; one transfer at
+the end turns them into metrics.
+"""
+
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+
+from lm import checkpointing, config_checks, experiment, metrics, sharding
+from lm import state as state_lib
+
+log = logging.getLogger(__name__)
+
+
+def make_eval_step(spec: state_lib.StateSpec, task, mesh: jax.sharding.Mesh):
+    def eval_step(params: dict, batch_stats: dict, batch: dict) -> dict:
+        model = state_lib.merge_model(spec.graphdef, params, batch_stats)
+        logits = task.logits(model, batch, deterministic=True)
+        return task.eval_sums(logits, batch)
+
+    return jax.jit(
+        eval_step,
+        in_shardings=(spec.shardings["params"], spec.shardings["batch_stats"], sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+
+def evaluate_split(eval_step, state: dict, data, split: str, mesh: jax.sharding.Mesh, task) -> dict:
+    totals = None
+    for host_batch in data.eval_batches(split):
+        sums = eval_step(state["params"], state["batch_stats"], sharding.global_batch(host_batch, mesh))
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    if totals is None:
+        raise ValueError(f"The {split!r} split is empty; check config.data.")
+    return task.finalize(jax.device_get(totals))
+
+
+def checkpoint_metrics(eval_metrics: dict | None) -> dict | None:
+    return None if eval_metrics is None else metrics.scalar_metrics(eval_metrics)
+
+
+def write_eval_scalars(writer, step: int, split: str, result: dict) -> None:
+    writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.scalar_metrics(result).items()})
+
+
+def write_json(workdir: str, split: str, result: dict) -> str:
+    path = os.path.join(workdir, f"metrics_{split}.json")
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+    return path
+
+
+def select_step(checkpointer: checkpointing.Checkpointer, which: str) -> int:
+    if which == "best":
+        step = checkpointer.best_step()
+    elif which == "latest":
+        step = checkpointer.latest_step()
+    else:
+        try:
+            step = int(which)
+        except ValueError:
+            raise ValueError(f"config.eval_checkpoint={which!r}: use 'best', 'latest' or a step number.") from None
+        if step not in checkpointer.all_steps():
+            raise ValueError(f"config.eval_checkpoint={which!r}: no such step; saved steps: {checkpointer.all_steps()}.")
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint under {checkpointer.manager.directory}; train first.")
+    return step
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """--mode=eval: restores a checkpoint of `workdir`, evaluates `config.eval_split`, writes JSON."""
+    config = config_checks.resolved_copy(config)
+    ckpt_dir = checkpointing.checkpoint_dir(workdir)
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
+    exp = experiment.build(config)
+    checkpointer = checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
+                                              best_mode=config.best_mode)
+    step = select_step(checkpointer, str(config.eval_checkpoint))
+    state, _ = checkpointer.restore(step, exp.spec.abstract)
+    checkpointer.close()
+    eval_step = make_eval_step(exp.spec, exp.task, exp.mesh)
+    with jax.set_mesh(exp.mesh):
+        result = evaluate_split(eval_step, state, exp.data, config.eval_split, exp.mesh, exp.task)
+    result["step"] = step
+    path = write_json(workdir, config.eval_split, result)
+    log.info("%s metrics at step %d: accuracy %.4f, f1_macro %.4f -> %s", config.eval_split, step,
+             result["accuracy"], result["f1_macro"], path)
+    return result

@@ -1,0 +1,82 @@
+"""Builds what training and evaluation share: mesh, data, task, optimizer, train-state layout.
+
+`build(config, workdir)` does every check that needs devices or data before anything compiles.
+"""
+
+import dataclasses
+import logging
+import math
+
+import jax
+import ml_collections
+import optax
+
+import input_pipeline
+from lm import config_checks, optimizers, sharding
+from lm import state as state_lib
+from lm.tasks import classification
+from lm.weights import pretrained
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Experiment:
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    data: object
+    task: classification.ClassificationTask
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    spec: state_lib.StateSpec
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+
+
+def create_task(config: ml_collections.ConfigDict) -> classification.ClassificationTask:
+    if config.task != "classification":
+        raise ValueError(f"config.task={config.task!r} is not known; use 'classification'.")
+    inputs = classification.TEXT_INPUTS if config.model.name == "bert" else classification.IMAGE_INPUTS
+    return classification.ClassificationTask(
+        num_classes=config.model.num_classes, input_keys=inputs, label_smoothing=config.label_smoothing
+    )
+
+
+def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
+    """`config` must come from `config_checks.resolved_copy`; `devices` defaults to all devices."""
+    mesh = sharding.create_mesh(config.mesh, devices)
+    config_checks.check_batch_sizes(config, sharding.data_parallel_size(mesh), jax.process_count())
+    data = input_pipeline.create_data(config, jax.process_index(), jax.process_count())
+    if "vocab_size" in config.model:
+        if config.model.vocab_size == -1:
+            config.model.vocab_size = data.vocab_size
+        elif config.model.vocab_size < data.vocab_size:
+            raise ValueError(
+                f"config.model.vocab_size={config.model.vocab_size} is smaller than the vocabulary "
+                f"({data.vocab_size} entries in {config.data.vocab_path}); set it to -1 to follow the vocabulary."
+            )
+    steps_per_epoch = max(data.num_train_examples // config.global_batch_size, 1)
+    if config.num_train_steps > 0:
+        total_steps = config.num_train_steps
+    else:
+        total_steps = max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
+    eval_every = config.eval_every if config.eval_every > 0 else steps_per_epoch
+    tx, schedule = optimizers.create_optimizer(config.optimizer, total_steps)
+    spec = state_lib.state_spec(config.model, tx, mesh, config.axis_rules, config.seed)
+    log.info(
+        "Mesh %s; %d train examples, %d steps per epoch, %d steps.",
+        dict(mesh.shape), data.num_train_examples, steps_per_epoch, total_steps,
+    )
+    return Experiment(config, mesh, data, create_task(config), tx, schedule, spec, total_steps, steps_per_epoch,
+                      eval_every)
+
+
+def initial_state(exp: Experiment) -> dict:
+    """Fresh state, born sharded; with `init_from`, its weights replace the fresh ones."""
+    state = state_lib.init_state(exp.config.model, exp.tx, exp.spec, exp.config.seed)
+    if exp.config.init_from:
+        params, report = pretrained.load_into(exp.config, state["params"])
+        pretrained.log_report(report)
+        state = state_lib.replace_params(state, params, exp.spec, exp.tx)
+    return state

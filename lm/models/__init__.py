@@ -1,0 +1,86 @@
+"""Model registry: `create_model(config.model, rngs=...)` builds the model a config names.
+
+A new model family is one file in this folder plus one entry in `_BUILDERS`.
+"""
+
+from typing import Callable
+
+import ml_collections
+from flax import nnx
+
+from lm.models import bert, resnet, vgg, vit
+
+
+def _build_bert(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    return bert.BertClassifier(bert_config(model), model.num_classes, rngs=rngs)
+
+
+def bert_config(model: ml_collections.ConfigDict) -> bert.BertConfig:
+    return bert.BertConfig(
+        vocab_size=model.vocab_size,
+        hidden_size=model.hidden_size,
+        num_layers=model.num_layers,
+        num_heads=model.num_heads,
+        intermediate_size=model.intermediate_size,
+        max_position_embeddings=model.max_position_embeddings,
+        type_vocab_size=model.type_vocab_size,
+        dropout_rate=model.dropout_rate,
+        attention_dropout_rate=model.attention_dropout_rate,
+        layer_norm_eps=model.layer_norm_eps,
+        dtype=model.dtype,
+    )
+
+
+def _build_resnet(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    config = resnet.ResNetConfig(
+        depth=model.depth,
+        variant=model.variant,
+        num_classes=model.num_classes,
+        width=model.width,
+        zero_init_residual=model.zero_init_residual,
+        dtype=model.dtype,
+    )
+    return resnet.ResNet(config, rngs=rngs)
+
+
+def _build_vgg(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    config = vgg.VGGConfig(
+        depth=model.depth,
+        batch_norm=model.batch_norm,
+        num_classes=model.num_classes,
+        dropout_rate=model.dropout_rate,
+        pool_size=model.pool_size,
+        classifier_width=model.classifier_width,
+        dtype=model.dtype,
+    )
+    return vgg.VGG(config, rngs=rngs)
+
+
+def _build_vit(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    config = vit.ViTConfig(
+        variant=model.variant,
+        patch_size=model.patch_size,
+        image_size=model.image_size,
+        pooling=model.pooling,
+        num_classes=model.num_classes,
+        dropout_rate=model.dropout_rate,
+        attention_dropout_rate=model.attention_dropout_rate,
+        dtype=model.dtype,
+    )
+    return vit.VisionTransformer(config, rngs=rngs)
+
+
+_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] = {
+    "bert": _build_bert,
+    "resnet": _build_resnet,
+    "vgg": _build_vgg,
+    "vit": _build_vit,
+}
+
+
+def create_model(model: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
+    """Builds the model unsharded; `lm.sharding` places the parameters (born sharded under jit)."""
+    if model.name not in _BUILDERS:
+        raise ValueError(f"config.model.name={model.name!r} is not known; choose one of {sorted(_BUILDERS)}.")
+    with nnx.use_eager_sharding(False):
+        return _BUILDERS[model.name](model, rngs)

@@ -1,0 +1,135 @@
+"""BERT encoder (Devlin et al. 2019) and a sequence-classification head, in Flax NNX.
+
+Post-LN transformer layers with GELU, learned word/position/token-type embeddings and a tanh pooler
+over the first token, as in the original BERT and Hugging Face's `BertModel`, so that published
+weights load one-to-one (`lm.weights.hf_bert`). Parameters are float32; `dtype` sets the compute
+dtype. Every parameter carries logical axis names that `lm.sharding` maps onto the device mesh.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lm.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    layer_norm_eps: float = 1e-12
+    dtype: str = "float32"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+class BertEmbeddings(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.dtype)
+        self.word = layers.embed(config.vocab_size, config.hidden_size, ("vocab", "embed"), dtype, rngs)
+        self.position = layers.embed(
+            config.max_position_embeddings, config.hidden_size, ("length", "embed"), dtype, rngs
+        )
+        self.token_type = layers.embed(config.type_vocab_size, config.hidden_size, (None, "embed"), dtype, rngs)
+        self.norm = layers.layer_norm(config.hidden_size, config.layer_norm_eps, dtype, rngs)
+        self.dropout = nnx.Dropout(config.dropout_rate)
+
+    def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs: nnx.Rngs | None):
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+
+class BertSelfAttention(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype = jnp.dtype(config.dtype)
+        h = config.hidden_size
+        self.query = layers.dense(h, h, ("embed", "heads"), dtype, rngs)
+        self.key = layers.dense(h, h, ("embed", "heads"), dtype, rngs)
+        self.value = layers.dense(h, h, ("embed", "heads"), dtype, rngs)
+        self.output = layers.dense(h, h, ("heads", "embed"), dtype, rngs)
+        self.attention_dropout = nnx.Dropout(config.attention_dropout_rate)
+
+    def __call__(self, x, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None):
+        batch, length, _ = x.shape
+        shape = (batch, length, self.config.num_heads, self.config.head_dim)
+        q = self.query(x).reshape(shape)
+        k = self.key(x).reshape(shape)
+        v = self.value(x).reshape(shape)
+        mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1 (heads), 1 (query), key]
+        use_dropout = not deterministic and self.config.attention_dropout_rate > 0
+        if use_dropout:
+            out = layers.attention_with_dropout(q, k, v, mask, self.attention_dropout, rngs)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        return self.output(out.reshape(batch, length, -1))
+
+
+class BertLayer(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.dtype)
+        h, m = config.hidden_size, config.intermediate_size
+        self.attention = BertSelfAttention(config, rngs=rngs)
+        self.attention_norm = layers.layer_norm(h, config.layer_norm_eps, dtype, rngs)
+        self.intermediate = layers.dense(h, m, ("embed", "mlp"), dtype, rngs)
+        self.output = layers.dense(m, h, ("mlp", "embed"), dtype, rngs)
+        self.output_norm = layers.layer_norm(h, config.layer_norm_eps, dtype, rngs)
+        self.dropout = nnx.Dropout(config.dropout_rate)
+
+    def __call__(self, x, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None):
+        a = self.attention(x, attention_mask, deterministic=deterministic, rngs=rngs)
+        x = self.attention_norm(x + self.dropout(a, deterministic=deterministic, rngs=rngs))
+        y = self.output(jax.nn.gelu(self.intermediate(x), approximate=False))
+        return self.output_norm(x + self.dropout(y, deterministic=deterministic, rngs=rngs))
+
+
+class BertEncoder(nnx.Module):
+    """Embeddings, transformer layers and pooler. Returns (last hidden state, pooled output)."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype = jnp.dtype(config.dtype)
+        self.embeddings = BertEmbeddings(config, rngs=rngs)
+        self.layers = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.pooler = layers.dense(config.hidden_size, config.hidden_size, ("embed", "embed_out"), dtype, rngs)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, rngs=None):
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = layers.constrain_batch(self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs))
+        for layer in self.layers:
+            x = layers.constrain_batch(layer(x, attention_mask, deterministic=deterministic, rngs=rngs))
+        pooled = jnp.tanh(self.pooler(x[:, 0]))
+        return x, pooled
+
+
+class BertClassifier(nnx.Module):
+    """BERT encoder + dropout + linear head on the pooled output. Returns float32 logits."""
+
+    def __init__(self, config: BertConfig, num_classes: int, *, rngs: nnx.Rngs):
+        self.encoder = BertEncoder(config, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.classifier = layers.dense(
+            config.hidden_size, num_classes, ("embed", "classes"), jnp.dtype(config.dtype), rngs
+        )
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, rngs=None):
+        _, pooled = self.encoder(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs
+        )
+        pooled = self.dropout(pooled, deterministic=deterministic, rngs=rngs)
+        return self.classifier(pooled).astype(jnp.float32)

@@ -1,0 +1,1 @@
+"""Import of external checkpoints (Hugging Face BERT...) into our models' parameter dicts."""

