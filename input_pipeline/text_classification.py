@@ -17,7 +17,8 @@ Per host. Files: every host reads the files; the training set is permuted afresh
 takes every `process_count`-th example from i (so hosts see different examples each epoch); evaluation
 splits are sliced the same way without permuting. TFDS: `tfds.even_splits` gives each host a fixed,
 disjoint slice; each epoch shuffles it with a `shuffle_buffer`-long buffer (files ignore `shuffle_buffer`:
-they are permuted whole).
+they are permuted whole). A TFDS dataset not yet on disk is downloaded and prepared first, as `tfds.load`
+does; for multi-host runs prepare it beforehand (`tfds build NAME --data_dir=...`).
 
 Files: `.csv` (comma, standard quoting), `.tsv` (tab, no quoting, as GLUE's files), `.jsonl`/`.json` (one
 JSON object a line, or one JSON array of objects); CSV and TSV need a header row. Text and label are
@@ -220,6 +221,28 @@ def carve_splits(train: Examples, fractions: dict[str, float], seed: int) -> dic
     return splits
 
 
+def read_splits(config: ml_collections.ConfigDict) -> dict[str, Examples]:
+    """The train split and the validation/test splits that have files or a fraction > 0."""
+    data = config.data
+    if not data.train_files:
+        raise ValueError("config.data.source='files' needs config.data.train_files (paths or globs).")
+    parse_label = LabelParser(tuple(data.label_names), config.model.num_classes)
+    splits = {"train": read_examples("train_files", data.train_files, data, parse_label)}
+    fractions = {}
+    for split in ("validation", "test"):
+        if data[f"{split}_files"]:
+            splits[split] = read_examples(f"{split}_files", data[f"{split}_files"], data, parse_label)
+        elif data[f"{split}_fraction"] > 0:
+            fractions[split] = data[f"{split}_fraction"]
+    splits.update(carve_splits(splits.pop("train"), fractions, config.seed))
+    if not splits["train"]:
+        raise ValueError(
+            f"config.data.train_files={data.train_files!r}: no training example is left after carving "
+            f"out {fractions}. Add data or lower config.data.validation_fraction/test_fraction."
+        )
+    return splits
+
+
 # ----------------------------------------------------------------------------------------------------
 # Sources: this host's (text, label) examples as tf.data, with global and per-host counts.
 
@@ -228,28 +251,12 @@ class FileSource:
     """Examples read from the user's CSV/TSV/JSONL files, held in memory."""
 
     def __init__(self, config: ml_collections.ConfigDict, process_index: int, process_count: int):
-        data = config.data
-        if not data.train_files:
-            raise ValueError("config.data.source='files' needs config.data.train_files (paths or globs).")
-        parse_label = LabelParser(tuple(data.label_names), config.model.num_classes)
-        splits = {"train": read_examples("train_files", data.train_files, data, parse_label)}
-        fractions = {}
-        for split in ("validation", "test"):
-            if data[f"{split}_files"]:
-                splits[split] = read_examples(f"{split}_files", data[f"{split}_files"], data, parse_label)
-            elif data[f"{split}_fraction"] > 0:
-                fractions[split] = data[f"{split}_fraction"]
-        splits.update(carve_splits(splits.pop("train"), fractions, config.seed))
-        if not splits.get("train"):
-            raise ValueError(
-                f"config.data.train_files={data.train_files!r}: no training example is left after carving "
-                f"out {fractions}. Add data or lower config.data.validation_fraction/test_fraction."
-            )
+        splits = read_splits(config)
         self._splits = splits
         self._seed = config.seed
         self._process_index, self._process_count = process_index, process_count
         train = splits["train"]
-        self._train_texts = tf.constant(train.texts.astype(str))
+        self._train_texts = tf.constant(train.texts, dtype=tf.string)
         self._train_labels = tf.constant(train.labels)
 
     def has_split(self, split: str) -> bool:
@@ -269,11 +276,11 @@ class FileSource:
         permutation = rng.permutation(len(self._splits["train"]))
         return permutation[self._process_index :: self._process_count].astype(np.int64)
 
-    def eval_examples(self, split: str) -> tf.data.Dataset:
+    def host_examples(self, split: str) -> tf.data.Dataset:
         host = self._splits[split].take(
             np.arange(self._process_index, len(self._splits[split]), self._process_count)
         )
-        return tf.data.Dataset.from_tensor_slices((host.texts.astype(str), host.labels))
+        return tf.data.Dataset.from_tensor_slices((tf.constant(host.texts, dtype=tf.string), host.labels))
 
 
 class TfdsSource:
@@ -293,6 +300,12 @@ class TfdsSource:
                 key = f"config.data.{split}_split={data[f'{split}_split']!r}"
                 self._host_splits[split] = tfds.even_splits(data[f"{split}_split"], n=process_count)
                 self._counts[split] = [self._count(s, key) for s in self._host_splits[split]]
+        # Build each split's dataset once, here: under tfds.testing.mock_data, as_dataset patches the file
+        # system of the whole process while it runs, which would corrupt concurrent checkpoint writes.
+        self._datasets = {
+            split: self._builder.as_dataset(split=host_splits[process_index], shuffle_files=False)
+            for split, host_splits in self._host_splits.items()
+        }
 
     def has_split(self, split: str) -> bool:
         return split in self._host_splits
@@ -302,7 +315,7 @@ class TfdsSource:
 
     def train_epoch(self, epoch: tf.Tensor) -> tf.data.Dataset:
         seed = tf.ensure_shape(tf.numpy_function(self._shuffle_seed, [epoch], tf.int64, stateful=False), [])
-        ds = self.eval_examples("train")
+        ds = self.host_examples("train")
         if self._shuffle_buffer > 1:
             ds = ds.shuffle(self._shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
         return ds
@@ -310,10 +323,8 @@ class TfdsSource:
     def _shuffle_seed(self, epoch: np.int64) -> np.int64:
         return np.int64(epoch_seed(self._seed, int(epoch)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
-    def eval_examples(self, split: str) -> tf.data.Dataset:
-        ds = self._builder.as_dataset(
-            split=self._host_splits[split][self._process_index], shuffle_files=False
-        )
+    def host_examples(self, split: str) -> tf.data.Dataset:
+        ds = self._datasets[split]
         message = (
             f"A label of {self._builder.name} split {split!r} is outside [0, {self._num_classes}) "
             "(config.model.num_classes); hidden test labels are -1 (GLUE): evaluate on another split."
@@ -484,7 +495,7 @@ class TextClassificationData:
         counts = self._source.host_counts(split)
         batch_size = self.eval_batch_size
         num_padding = math.ceil(max(counts) / batch_size) * batch_size - counts[self._process_index]
-        real = self._source.eval_examples(split).map(lambda text, label: (text, label, 1.0))
+        real = self._source.host_examples(split).map(lambda text, label: (text, label, 1.0))
         padding = tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(0), tf.constant(0.0)))
         ds = real.concatenate(padding.repeat(num_padding)).batch(batch_size, drop_remainder=True)
         return self._numpy_batches(ds, self._encode_weighted)

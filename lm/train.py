@@ -122,6 +122,7 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         report_progress(step)
         last = step == exp.total_steps
         if step % config.log_every == 0 or last:
+            jax.block_until_ready(step_metrics)  # Steps run asynchronously: time them once they are done.
             seconds = time.perf_counter() - last_time
             _log_train(writer, exp, step, history, (step - last_step) / max(seconds, 1e-9), flops_per_step, peak_flops)
             history, last_time, last_step = [], time.perf_counter(), step

@@ -126,6 +126,7 @@ def test_scalar_and_graph_inputs(tokenizer):
     assert scalar["input_ids"].shape == (MAX_LENGTH,)
     batched = tokenizer.encode(["a good movie"])
     np.testing.assert_array_equal(scalar["input_ids"].numpy(), batched["input_ids"][0])
+    assert tokenizer.encode([])["input_ids"].shape == (0, MAX_LENGTH)
     ds = tf.data.Dataset.from_tensor_slices(["one", "two three", "four"]).batch(2).map(tokenizer)
     shapes = [b["input_ids"].shape.as_list() for b in ds]
     assert shapes == [[2, MAX_LENGTH], [1, MAX_LENGTH]]

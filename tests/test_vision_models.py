@@ -85,8 +85,9 @@ def test_vit_gap_has_no_class_token(fast_tracing):
     assert param_count(cls_model) - param_count(gap_model) == 2 * 192  # class token + its position
 
 
-def batch_stats(state) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(state, nnx.BatchStat))]
+def batch_stats(model: nnx.Module) -> list[jax.Array]:
+    """Values (not the Variables, which train mode updates in place) of the BatchNorm statistics."""
+    return jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
 
 def eval_then_train(model: nnx.Module, images: jax.Array):
@@ -97,9 +98,9 @@ def eval_then_train(model: nnx.Module, images: jax.Array):
     def run(state, images, dropout_key):
         model = nnx.merge(graphdef, state)
         eval_logits = model(images, deterministic=True)
-        eval_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))  # a copy: train mode updates in place
+        eval_stats = batch_stats(model)
         train_logits = model(images, deterministic=False, rngs=nnx.Rngs(dropout=dropout_key))
-        return eval_logits, eval_stats, train_logits, nnx.state(model, nnx.BatchStat)
+        return eval_logits, eval_stats, train_logits, batch_stats(model)
 
     return run(state, images, jax.random.key(1))
 
@@ -112,8 +113,8 @@ def check_forward(model: nnx.Module, images: jax.Array, num_classes: int, *, has
         assert logits.shape == (images.shape[0], num_classes) and logits.dtype == jnp.float32
         assert np.isfinite(np.asarray(logits)).all()
     assert (len(initial) > 0) == has_batch_norm
-    assert all(np.array_equal(a, b) for a, b in zip(initial, batch_stats(eval_stats), strict=True))
-    assert all(not np.allclose(a, b) for a, b in zip(initial, batch_stats(train_stats), strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(initial, eval_stats, strict=True))
+    assert all(not np.allclose(a, b) for a, b in zip(initial, train_stats, strict=True))
 
 
 def tiny_images(batch: int = 2, size: int = 32) -> np.ndarray:

@@ -1,0 +1,416 @@
+"""Our jitted BERT train step against Hugging Face Flax and PyTorch eager: same model, batch and length.
+
+The three contenders train the same BERT sequence classifier (vocab 30522, 512 positions, 2 classes,
+float32, dropout 0.1 on hidden states and attention probabilities unless --no-dropout) with AdamW and
+global-norm clipping at 1.0, on the same random batch:
+  ours      lm.train.jit_train_step on a 1-device mesh, built as the trainer builds it (state donated)
+  hf_flax   transformers.FlaxBertForSequenceClassification, a jax.jit step with an optax AdamW
+            (params and optimizer state donated)
+  torch     transformers.BertForSequenceClassification in eager mode, torch.optim.AdamW
+Each is compiled / warmed up first; then R rounds alternate the contenders, each round timing N steps.
+A jitted 2048x2048 float32 matmul measured between rounds gives the peak that utilisation is quoted
+against; FLOPs per step come from XLA's cost analysis of each JAX step (torch is credited with ours).
+
+Usage (CPU, one JAX device):
+  .venv/bin/python bench/bert_train_step.py --size mini --batch 32 --length 128
+  .venv/bin/python bench/bert_train_step.py --size base --batch 8 --rounds 3 --steps 3 --json /tmp/base.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # A CPU benchmark: torch runs on the CPU too.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("USE_TF", "0")  # transformers: no TensorFlow models.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import configs.bert_sentiment
+from configs import common
+from lm import config_checks, experiment, optimizers, sharding, train
+from lm import state as state_lib
+
+CONTENDERS = ("ours", "hf_flax", "torch")
+NUM_CLASSES = 2
+TOTAL_STEPS = 10_000  # Only shapes the learning-rate schedule; no contender runs that long.
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="mini", choices=tuple(common.BERT_SIZES))
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per contender per round")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
+                        + ",".join(CONTENDERS))
+    parser.add_argument("--no-dropout", action="store_true", help="deterministic forward passes")
+    parser.add_argument("--padding", type=float, default=0.0,
+                        help="up to this fraction of each sequence is padding (random lengths; 0 = none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="", help="write the results to this path")
+    args = parser.parse_args(argv)
+    args.contenders = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
+    unknown = sorted(set(args.contenders) - set(CONTENDERS))
+    if unknown or not args.contenders:
+        parser.error(f"--contenders: unknown {unknown}; choose from {','.join(CONTENDERS)}.")
+    if not 0.0 <= args.padding < 1.0:
+        parser.error(f"--padding={args.padding} must be in [0, 1).")
+    return args
+
+
+def rerun_command(args: argparse.Namespace) -> str:
+    words = [sys.executable, os.path.relpath(os.path.abspath(__file__)), "--size", args.size,
+             "--batch", str(args.batch), "--length", str(args.length), "--rounds", str(args.rounds),
+             "--steps", str(args.steps), "--contenders", ",".join(args.contenders)]
+    if args.no_dropout:
+        words.append("--no-dropout")
+    if args.padding:
+        words += ["--padding", str(args.padding)]
+    if args.json:
+        words += ["--json", args.json]
+    flags = os.environ.get("XLA_FLAGS")
+    prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
+    return prefix + " ".join(shlex.quote(w) for w in words)
+
+
+def model_config(args: argparse.Namespace):
+    config = configs.bert_sentiment.get_config(args.size)
+    config.model.num_classes = NUM_CLASSES
+    config.global_batch_size = args.batch
+    config.data.max_length = args.length
+    config.num_train_steps = TOTAL_STEPS
+    if args.no_dropout:
+        config.model.dropout_rate = 0.0
+        config.model.attention_dropout_rate = 0.0
+    config.mesh.data = 1
+    return config_checks.resolved_copy(config)
+
+
+def host_batch(args: argparse.Namespace, vocab_size: int) -> dict[str, np.ndarray]:
+    """Random ids and labels; with --padding, random lengths whose tails are masked out."""
+    rng = np.random.default_rng(args.seed)
+    shape = (args.batch, args.length)
+    input_ids = rng.integers(1, vocab_size, shape, dtype=np.int32)
+    min_length = max(round(args.length * (1.0 - args.padding)), 1)
+    lengths = rng.integers(min_length, args.length + 1, args.batch)
+    attention_mask = (np.arange(args.length)[None, :] < lengths[:, None]).astype(np.int32)
+    input_ids = np.where(attention_mask == 1, input_ids, 0).astype(np.int32)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": np.zeros(shape, np.int32),
+        "label": rng.integers(0, NUM_CLASSES, args.batch, dtype=np.int32),
+    }
+
+
+def step_flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+
+
+def analytic_flops(model, batch: int, length: int) -> float:
+    """Matmul FLOPs of one train step (forward + backward = 3x forward), for a cross-check of XLA's count."""
+    h, m, layers = model.hidden_size, model.intermediate_size, model.num_layers
+    per_token_layer = 2 * (4 * h * h + 2 * h * m) + 2 * 2 * length * h  # projections, MLP, QK^T and PV
+    head = 2 * (h * h + h * NUM_CLASSES)  # pooler and classifier, first token only
+    return 3.0 * (batch * length * layers * per_token_layer + batch * head)
+
+
+class Contender:
+    """A train step with its state; `run(n)` takes n steps and returns when they have finished."""
+
+    name = ""
+    flops = 0.0
+
+    def run(self, steps: int) -> None:
+        raise NotImplementedError
+
+    def loss(self) -> float:
+        raise NotImplementedError
+
+
+class Ours(Contender):
+    name = "ours"
+
+    def __init__(self, config, batch: dict[str, np.ndarray]):
+        self.mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
+        tx, schedule = optimizers.create_optimizer(config.optimizer, TOTAL_STEPS)
+        spec = state_lib.state_spec(config.model, tx, self.mesh, config.axis_rules, config.seed)
+        exp = experiment.Experiment(
+            config=config, mesh=self.mesh, data=None, task=experiment.create_task(config), tx=tx,
+            schedule=schedule, spec=spec, total_steps=TOTAL_STEPS, steps_per_epoch=TOTAL_STEPS,
+            eval_every=TOTAL_STEPS,
+        )
+        with jax.set_mesh(self.mesh):
+            self.state = state_lib.init_state(config.model, tx, spec, config.seed)
+            self.batch = sharding.global_batch(batch, self.mesh)
+            self.step = train.jit_train_step(exp).lower(self.state, self.batch).compile()
+        self.flops = step_flops(self.step)
+        self.metrics = None
+
+    def run(self, steps: int) -> None:
+        with jax.set_mesh(self.mesh):
+            for _ in range(steps):
+                self.state, self.metrics = self.step(self.state, self.batch)
+            jax.block_until_ready((self.state, self.metrics))
+
+    def loss(self) -> float:
+        return float(self.metrics["loss"])
+
+
+def hf_bert_config(model):
+    import transformers
+
+    return transformers.BertConfig(
+        vocab_size=model.vocab_size, hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_heads, intermediate_size=model.intermediate_size,
+        max_position_embeddings=model.max_position_embeddings, type_vocab_size=model.type_vocab_size,
+        hidden_dropout_prob=model.dropout_rate, attention_probs_dropout_prob=model.attention_dropout_rate,
+        layer_norm_eps=model.layer_norm_eps, hidden_act="gelu", num_labels=NUM_CLASSES,
+    )
+
+
+class HFFlax(Contender):
+    name = "hf_flax"
+
+    def __init__(self, config, batch: dict[str, np.ndarray], train_mode: bool):
+        import transformers
+
+        model = transformers.FlaxBertForSequenceClassification(
+            hf_bert_config(config.model), input_shape=(1, 1), seed=config.seed
+        )
+        opt = config.optimizer
+        schedule = optimizers.learning_rate_schedule(opt, TOTAL_STEPS)
+        tx = optax.chain(
+            optax.clip_by_global_norm(opt.clip_norm),
+            optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+                        mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)),
+        )
+        base_key = jax.random.key(config.seed)
+
+        def train_step(params, opt_state, step, batch):
+            dropout_rng = jax.random.fold_in(base_key, step)
+
+            def loss_fn(params):
+                logits = model(
+                    batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], params=params,
+                    dropout_rng=dropout_rng if train_mode else None, train=train_mode,
+                ).logits
+                return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, step + 1, loss
+
+        self.params = jax.device_put(model.params)
+        self.opt_state = jax.jit(tx.init)(self.params)
+        self.step_count = jnp.zeros((), jnp.int32)
+        self.batch = jax.device_put(batch)
+        self.step = jax.jit(train_step, donate_argnums=(0, 1)).lower(
+            self.params, self.opt_state, self.step_count, self.batch
+        ).compile()
+        self.flops = step_flops(self.step)
+        self.last_loss = None
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            self.params, self.opt_state, self.step_count, self.last_loss = self.step(
+                self.params, self.opt_state, self.step_count, self.batch
+            )
+        jax.block_until_ready((self.params, self.opt_state, self.last_loss))
+
+    def loss(self) -> float:
+        return float(self.last_loss)
+
+
+class Torch(Contender):
+    name = "torch"
+
+    def __init__(self, config, batch: dict[str, np.ndarray], threads: int):
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(config.seed)
+        self.torch = torch
+        self.model = transformers.BertForSequenceClassification(hf_bert_config(config.model))
+        self.model.train()
+        self.attn_implementation = self.model.config._attn_implementation
+        opt = config.optimizer
+        decay = [p for n, p in self.model.named_parameters() if p.ndim > 1]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim <= 1]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps,
+        )
+        self.clip_norm = opt.clip_norm
+        self.inputs = {key: torch.from_numpy(batch[key]).long() for key in
+                       ("input_ids", "attention_mask", "token_type_ids")}
+        self.labels = torch.from_numpy(batch["label"]).long()
+        self.last_loss = None
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            loss = self.model(**self.inputs, labels=self.labels).loss
+            loss.backward()
+            self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.last_loss = loss.detach()
+
+    def loss(self) -> float:
+        return float(self.last_loss)
+
+
+def matmul_peak(size: int = 2048, repeats: int = 3) -> list[float]:
+    """FLOP/s of a jitted square float32 matmul, one sample per repeat."""
+    a = jax.device_put(jnp.ones((size, size), jnp.float32), jax.devices()[0])
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        samples.append(2 * size**3 / (time.perf_counter() - start))
+    return samples
+
+
+def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, Contender]:
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    built = {}
+    for name in args.contenders:
+        start = time.perf_counter()
+        if name == "ours":
+            contender = Ours(config, batch)
+        elif name == "hf_flax":
+            contender = HFFlax(config, batch, train_mode=not args.no_dropout)
+        else:
+            contender = Torch(config, batch, threads)
+        contender.run(2)  # Warm-up: first executions (allocations, oneDNN primitive caches).
+        print(f"  {name}: built, compiled and warmed up in {time.perf_counter() - start:.1f}s, "
+              f"loss {contender.loss():.4f}", flush=True)
+        built[name] = contender
+    return built
+
+
+def measure(args: argparse.Namespace, contenders: dict[str, Contender]) -> tuple[dict[str, list[float]], list]:
+    """Per contender, seconds per step of each round; rounds alternate the contenders (rotating the order)."""
+    times = {name: [] for name in contenders}
+    peaks = matmul_peak()
+    print(f"  load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    names = list(contenders)
+    for round_index in range(args.rounds):
+        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            contenders[name].run(args.steps)
+            times[name].append((time.perf_counter() - start) / args.steps)
+        peaks += matmul_peak()
+        summary = ", ".join(f"{n} {times[n][-1] * 1e3:.1f}" for n in names)
+        print(f"  round {round_index + 1}/{args.rounds} (ms/step): {summary}", flush=True)
+    return times, peaks
+
+
+def summarize(args, config, contenders, times, peaks) -> dict:
+    peak = statistics.median(peaks)
+    model_flops = analytic_flops(config.model, args.batch, args.length)
+    reference_flops = contenders["ours"].flops if "ours" in contenders else 0.0
+    rows = {}
+    for name, contender in contenders.items():
+        median = statistics.median(times[name])
+        flops = contender.flops or reference_flops
+        rows[name] = {
+            "step_ms_median": median * 1e3,
+            "step_ms_rounds": [t * 1e3 for t in times[name]],
+            "examples_per_second": args.batch / median,
+            "flops_per_step": flops,
+            "flops_source": "xla" if contender.flops else ("ours_xla" if flops else "none"),
+            "flops_per_second": flops / median if flops else None,
+            "fraction_of_matmul_peak": flops / median / peak if flops else None,
+            "final_loss": contender.loss(),
+        }
+        if name == "torch":
+            rows[name]["attn_implementation"] = contender.attn_implementation
+    ratios = {}
+    if "ours" in rows:
+        for name in rows:
+            if name != "ours":  # > 1: ours is faster.
+                ratios[f"{name}_time_over_ours"] = rows[name]["step_ms_median"] / rows["ours"]["step_ms_median"]
+    return {
+        "command": rerun_command(args),
+        "config": {"size": args.size, "layers": config.model.num_layers, "hidden": config.model.hidden_size,
+                   "heads": config.model.num_heads, "intermediate": config.model.intermediate_size,
+                   "batch": args.batch, "length": args.length, "rounds": args.rounds, "steps": args.steps,
+                   "dropout": not args.no_dropout, "padding": args.padding},
+        "environment": {"jax": jax.__version__, "device": str(jax.devices()[0]), "python": platform.python_version(),
+                        "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": os.cpu_count(),
+                        "load_average_after": os.getloadavg()[0]},
+        "matmul_peak_flops_per_second": peak,
+        "analytic_matmul_flops_per_step": model_flops,
+        "contenders": rows,
+        "ratios": ratios,
+    }
+
+
+def print_table(result: dict) -> None:
+    c = result["config"]
+    print(f"\nBERT-{c['size']} ({c['layers']} layers, hidden {c['hidden']}, {c['heads']} heads), batch {c['batch']}, "
+          f"length {c['length']}, dropout {'on' if c['dropout'] else 'off'}, padding {c['padding']}, "
+          f"{c['rounds']} rounds x {c['steps']} steps")
+    print(f"matmul peak (2048^2 fp32, jitted): {result['matmul_peak_flops_per_second'] / 1e9:.1f} GFLOP/s; "
+          f"analytic matmul FLOPs/step {result['analytic_matmul_flops_per_step'] / 1e9:.2f} G; "
+          f"load average {result['environment']['load_average_after']:.1f} on {result['environment']['cpus']} CPUs")
+    header = f"{'contender':<10}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'ex/s':>9}{'GFLOP/step':>12}" \
+             f"{'GFLOP/s':>9}{'of peak':>9}  time / ours"
+    print(header)
+    ours = result["contenders"].get("ours")
+    for name, row in result["contenders"].items():
+        flops = row["flops_per_step"]
+        rate = row["flops_per_second"]
+        fraction = row["fraction_of_matmul_peak"]
+        ratio = row["step_ms_median"] / ours["step_ms_median"] if ours else float("nan")
+        marker = "*" if row["flops_source"] == "ours_xla" else " "
+        print(f"{name:<10}{row['step_ms_median']:>11.1f}{min(row['step_ms_rounds']):>9.1f}"
+              f"{max(row['step_ms_rounds']):>9.1f}{row['examples_per_second']:>9.1f}"
+              f"{flops / 1e9 if flops else float('nan'):>11.2f}{marker}"
+              f"{rate / 1e9 if rate else float('nan'):>9.1f}{fraction if fraction else float('nan'):>9.1%}"
+              f"  {ratio:.2f}")
+    if any(row["flops_source"] == "ours_xla" for row in result["contenders"].values()):
+        print("* FLOPs per step: XLA's count for our step (same architecture).")
+    print(f"\nrerun: {result['command']}")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if "force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        print("warning: XLA_FLAGS fakes several host devices; this benchmark uses the first one only.")
+    config = model_config(args)
+    batch = host_batch(args, config.model.vocab_size)
+    print(f"Building {', '.join(args.contenders)} (BERT-{args.size}, batch {args.batch}, length {args.length}) "
+          f"on {jax.devices()[0]}", flush=True)
+    contenders = build(args, config, batch)
+    times, peaks = measure(args, contenders)
+    result = summarize(args, config, contenders, times, peaks)
+    print_table(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"results: {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
