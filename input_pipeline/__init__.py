@@ -12,6 +12,10 @@ def create_data(config: ml_collections.ConfigDict, process_index: int = 0, proce
         from input_pipeline import text_classification
 
         return text_classification.TextClassificationData(config, process_index, process_count)
+    if config.task == "classification" and config.model.name in ("resnet", "vgg", "vit"):
+        from input_pipeline import image_classification
+
+        return image_classification.ImageClassificationData(config, process_index, process_count)
     raise ValueError(
         f"No input pipeline for config.task={config.task!r} with config.model.name={config.model.name!r}."
     )

@@ -56,7 +56,7 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
                 f"config.model.vocab_size={config.model.vocab_size} is smaller than the vocabulary "
                 f"({data.vocab_size} entries in {config.data.vocab_path}); set it to -1 to follow the vocabulary."
             )
-    steps_per_epoch = max(data.num_train_examples // config.global_batch_size, 1)
+    steps_per_epoch = data.steps_per_epoch  # Equal on every host: the smallest host share decides.
     if config.num_train_steps > 0:
         total_steps = config.num_train_steps
     else:

@@ -27,9 +27,13 @@ class ClassificationTask:
         return model(*(batch[key] for key in self.input_keys), deterministic=deterministic, rngs=rngs)
 
     def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
-        """Mean cross-entropy over the batch (train batches carry no padding)."""
+        """Mean cross-entropy over the batch (train batches carry no padding).
+
+        With mixup the batch carries soft targets, `label_probs`; accuracy is then against `label`,
+        the dominant class.
+        """
         labels = batch["label"]
-        targets = jax.nn.one_hot(labels, self.num_classes)
+        targets = batch["label_probs"] if "label_probs" in batch else jax.nn.one_hot(labels, self.num_classes)
         if self.label_smoothing > 0:
             targets = optax.smooth_labels(targets, self.label_smoothing)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
