@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/bert_sentiment.py:mini,smoke
 WORKDIR ?= /tmp/lm_run
+QUICKSTART_DIR ?= /tmp/lm_quickstart
 ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-all lint train eval bench clean
+.PHONY: install quickstart test test-all lint train eval bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Offline first run: a small ResNet on scikit-learn's real handwritten digits, >= 97% test accuracy.
+quickstart: $(STAMP)
+	$(PY) main.py --config=configs/vision_classification.py:resnet_small,digits --workdir=$(QUICKSTART_DIR) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15 tests

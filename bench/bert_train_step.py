@@ -348,7 +348,12 @@ def summarize(args, config, contenders, times, peaks) -> dict:
     if "ours" in rows:
         for name in rows:
             if name != "ours":  # > 1: ours is faster.
-                ratios[f"{name}_time_over_ours"] = rows[name]["step_ms_median"] / rows["ours"]["step_ms_median"]
+                paired = [theirs / ours for theirs, ours in zip(times[name], times["ours"])]
+                ratios[name] = {
+                    "median_time_over_ours": rows[name]["step_ms_median"] / rows["ours"]["step_ms_median"],
+                    "min_time_over_ours": min(times[name]) / min(times["ours"]),
+                    "paired_median_time_over_ours": statistics.median(paired),
+                }
     return {
         "command": rerun_command(args),
         "config": {"size": args.size, "layers": config.model.num_layers, "hidden": config.model.hidden_size,
@@ -367,29 +372,30 @@ def summarize(args, config, contenders, times, peaks) -> dict:
 
 def print_table(result: dict) -> None:
     c = result["config"]
+    env = result["environment"]
     print(f"\nBERT-{c['size']} ({c['layers']} layers, hidden {c['hidden']}, {c['heads']} heads), batch {c['batch']}, "
           f"length {c['length']}, dropout {'on' if c['dropout'] else 'off'}, padding {c['padding']}, "
           f"{c['rounds']} rounds x {c['steps']} steps")
     print(f"matmul peak (2048^2 fp32, jitted): {result['matmul_peak_flops_per_second'] / 1e9:.1f} GFLOP/s; "
           f"analytic matmul FLOPs/step {result['analytic_matmul_flops_per_step'] / 1e9:.2f} G; "
-          f"load average {result['environment']['load_average_after']:.1f} on {result['environment']['cpus']} CPUs")
-    header = f"{'contender':<10}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'ex/s':>9}{'GFLOP/step':>12}" \
-             f"{'GFLOP/s':>9}{'of peak':>9}  time / ours"
-    print(header)
-    ours = result["contenders"].get("ours")
+          f"load average {env['load_average_after']:.1f} on {env['cpus']} CPUs")
+    print(f"{'contender':<10}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'ex/s':>9}{'GFLOP/step':>12}"
+          f"{'GFLOP/s':>9}{'of peak':>9}")
+    nan = float("nan")
     for name, row in result["contenders"].items():
-        flops = row["flops_per_step"]
-        rate = row["flops_per_second"]
-        fraction = row["fraction_of_matmul_peak"]
-        ratio = row["step_ms_median"] / ours["step_ms_median"] if ours else float("nan")
+        flops, rate, fraction = row["flops_per_step"], row["flops_per_second"], row["fraction_of_matmul_peak"]
         marker = "*" if row["flops_source"] == "ours_xla" else " "
         print(f"{name:<10}{row['step_ms_median']:>11.1f}{min(row['step_ms_rounds']):>9.1f}"
               f"{max(row['step_ms_rounds']):>9.1f}{row['examples_per_second']:>9.1f}"
-              f"{flops / 1e9 if flops else float('nan'):>11.2f}{marker}"
-              f"{rate / 1e9 if rate else float('nan'):>9.1f}{fraction if fraction else float('nan'):>9.1%}"
-              f"  {ratio:.2f}")
+              f"{flops / 1e9 if flops else nan:>11.2f}{marker}{rate / 1e9 if rate else nan:>9.1f}"
+              f"{fraction if fraction else nan:>9.1%}")
     if any(row["flops_source"] == "ours_xla" for row in result["contenders"].values()):
         print("* FLOPs per step: XLA's count for our step (same architecture).")
+    if result["ratios"]:
+        print("\ntheir time / our time (> 1: ours is faster)   medians   minima   per-round pairs (median)")
+        for name, ratio in result["ratios"].items():
+            print(f"  {name:<42}{ratio['median_time_over_ours']:>9.2f}{ratio['min_time_over_ours']:>9.2f}"
+                  f"{ratio['paired_median_time_over_ours']:>11.2f}")
     print(f"\nrerun: {result['command']}")
 
 

@@ -87,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.training_defaults()
     config.task = "classification"
     config.data = vision_data.image_data_config(variant.dataset)
+    config.data.channels = 3  # The models take RGB (as pretrained weights do); grayscale is replicated.
     family, model_overrides = MODELS[variant.model]
     num_classes = vision_data.DATASET_NUM_CLASSES.get(variant.dataset, 2)
     extra = {"image_size": config.data.image_size} if family == "vit" else {}
