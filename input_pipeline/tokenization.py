@@ -5,8 +5,9 @@ truncated to `max_length`, with the same ids as Hugging Face's `BertTokenizer`. 
 batches of strings, so the pipeline tokenizes after batching. Inside: a few regex/ICU string ops that
 reproduce Hugging Face's text cleaning, lowercasing and accent stripping, then tensorflow-text's
 `FastBertTokenizer` for splitting and WordPiece. (`FastBertTokenizer`'s own lowercasing applies NFKC-style
-compatibility folding, so "！" would become "!" and "…" "...": Hugging Face does not, hence our own.) Importing this module hides GPUs from TensorFlow: tf.data only
-feeds numpy to JAX and must not take the accelerator's memory.
+compatibility folding, so "！" would become "!" and "…" "...": Hugging Face does not, hence our own.)
+Importing this module hides GPUs from TensorFlow: tf.data only feeds numpy to JAX and must not take
+the accelerator's memory.
 """
 
 import numpy as np

@@ -68,7 +68,9 @@ def select_step(checkpointer: checkpointing.Checkpointer, which: str) -> int:
         except ValueError:
             raise ValueError(f"config.eval_checkpoint={which!r}: use 'best', 'latest' or a step number.") from None
         if step not in checkpointer.all_steps():
-            raise ValueError(f"config.eval_checkpoint={which!r}: no such step; saved steps: {checkpointer.all_steps()}.")
+            raise ValueError(
+                f"config.eval_checkpoint={which!r}: no such step; saved steps: {checkpointer.all_steps()}."
+            )
     if step is None:
         raise FileNotFoundError(f"No checkpoint under {checkpointer.manager.directory}; train first.")
     return step

@@ -39,7 +39,9 @@ def decay_mask(params) -> object:
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
-def create_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(
+    opt: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = learning_rate_schedule(opt, total_steps)
     if opt.name == "adamw":
         tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)

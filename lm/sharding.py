@@ -11,7 +11,8 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -59,7 +60,9 @@ def logical_to_mesh_spec(names: tuple, rules, shape: tuple[int, ...] | None = No
             spec.append(None)
             continue
         if name not in table:
-            raise ValueError(f"Logical axis {name!r} has no rule in config.axis_rules; add ({name!r}, MESH_AXIS_OR_None).")
+            raise ValueError(
+                f"Logical axis {name!r} has no rule in config.axis_rules; add ({name!r}, MESH_AXIS_OR_None)."
+            )
         axis = table[name]
         if axis is not None and shape is not None and mesh is not None:
             axes = axis if isinstance(axis, tuple) else (axis,)

@@ -58,7 +58,8 @@ def test_unknown_config_argument():
 
 def test_batch_not_divisible_by_devices(tmp_path, small_vocab, csv_path, no_compile):
     config = files_config(small_vocab, csv_path, global_batch_size=12)
-    with pytest.raises(ValueError, match=r"config.global_batch_size=12 is not divisible by the 8 data-parallel.*8 or 16"):
+    message = r"config.global_batch_size=12 is not divisible by the 8 data-parallel.*8 or 16"
+    with pytest.raises(ValueError, match=message):
         lm.run(config, str(tmp_path / "run"))
 
 

@@ -3,7 +3,7 @@
 A new model family is one file in this folder plus one entry in `_BUILDERS`.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 from flax import nnx
