@@ -148,3 +148,16 @@ def test_resume_after_stop(tmp_path, small_vocab, monkeypatch):
     assert straight_step == resumed_step == 8
     for a, b in zip(straight, resumed):
         np.testing.assert_array_equal(a, b)
+
+    # The 8-device checkpoint restores onto another device count: 2 devices, split 1 x 2 (data x fsdp).
+    from lm import checkpointing, config_checks, experiment
+
+    small = experiment.build(config_checks.resolved_copy(files_config(
+        small_vocab, csv_path, **{"mesh.data": 1, "mesh.fsdp": 2})), jax.devices()[:2])
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(tmp_path / "stopped"), read_only=True)
+    state, _ = ckpt.restore(8, small.spec.abstract)
+    ckpt.close()
+    kernel = state["params"]["encoder"]["layers"][0]["intermediate"]["kernel"]
+    assert len(kernel.sharding.device_set) == 2 and kernel.sharding.spec[0] == "fsdp"
+    for a, b in zip(straight, jax.tree.leaves(jax.device_get(state["params"]))):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,435 @@
+"""Our jitted ResNet train step against Keras 3 (TensorFlow, XLA) and PyTorch eager: same model, batch, size.
+
+Two cases, each a model and data section of configs/vision_classification.py with its optimizer (SGD
+momentum 0.9 with weight decay; Nesterov and label smoothing as the recipe says):
+  resnet50         ResNet-50 v1.5 at 224x224, 1000 classes, batch 16 by default
+  resnet18_cifar   ResNet-18 with the CIFAR stem (one 3x3/1 convolution, no max-pool) at 32x32, 10 classes,
+                   batch 128 by default
+The contenders train on the same random NHWC float32 batch and random labels, BatchNorm in train mode
+(batch statistics, running averages updated):
+  ours    lm.train.jit_train_step on a 1-device mesh, built as the trainer builds it (state donated)
+  keras   Keras 3 on the TensorFlow backend, `compile(jit_compile=True)` and `train_on_batch`.
+          resnet50: `keras.applications.ResNet50(weights=None)`, which is ResNet v1 (stride on the first
+          1x1 convolution of a block, convolutions with biases): about 5% fewer FLOPs than v1.5.
+          resnet18_cifar: the same architecture as ours, built here from Keras layers ('same' padding).
+  torch   transformers.ResNetForImageClassification in eager mode (channels_last unless
+          --torch-memory-format contiguous), torch.optim.SGD. Both cases are ResNet v1.5 as ours;
+          for resnet18_cifar its 7x7/2 + max-pool stem is replaced by a 3x3/1 convolution layer (conv,
+          BatchNorm, ReLU) and no pooling, so that the network is ours layer for layer.
+Each is compiled / warmed up first; then R rounds alternate the contenders (rotating the order), each
+round timing N steps. A jitted 2048x2048 float32 matmul measured between rounds gives the peak that
+utilisation is quoted against; FLOPs per step are XLA's count for our step, credited to all three.
+JAX, TensorFlow and PyTorch run in this one process and each uses every core while it runs.
+
+Usage (CPU, one JAX device; ~5 minutes for both cases on 2 cores):
+  .venv/bin/python bench/vision_train_step.py --case all
+  .venv/bin/python bench/vision_train_step.py --case resnet50 --batch 16 --rounds 3 --steps 2 \
+      --json /tmp/r50.json
+XLA_FLAGS are read by JAX's and by TensorFlow's XLA alike: to try a JAX-only flag, leave out keras
+(--contenders ours,torch).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # A CPU benchmark: the references run on the CPU too.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("USE_TF", "0")  # transformers: PyTorch models only.
+os.environ["KERAS_BACKEND"] = "tensorflow"  # The keras contender is defined as the TensorFlow backend.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+
+import configs.vision_classification
+from lm import config_checks, experiment, metrics, optimizers, sharding, train
+from lm import state as state_lib
+
+CONTENDERS = ("ours", "keras", "torch")
+CASES = {  # name: (config argument, image size, default batch, default rounds, default steps)
+    "resnet50": ("resnet50,imagenet2012", 224, 16, 3, 2),
+    "resnet18_cifar": ("resnet18_cifar,cifar10", 32, 128, 4, 2),
+}
+TOTAL_STEPS = 10_000  # Only shapes the learning-rate schedule; no contender runs that long.
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", default="all", choices=(*CASES, "all"))
+    parser.add_argument("--batch", type=int, default=0, help="0: the case's default (16 / 128)")
+    parser.add_argument("--rounds", type=int, default=0, help="0: the case's default (3 / 4)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="timed steps per contender per round; 0: the case's default (2)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
+                        + ",".join(CONTENDERS))
+    parser.add_argument("--torch-memory-format", default="channels_last",
+                        choices=("channels_last", "contiguous"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="", help="write the results to this path")
+    args = parser.parse_args(argv)
+    args.contenders = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
+    unknown = sorted(set(args.contenders) - set(CONTENDERS))
+    if unknown or not args.contenders:
+        parser.error(f"--contenders: unknown {unknown}; choose from {','.join(CONTENDERS)}.")
+    for key in ("batch", "rounds", "steps"):
+        if getattr(args, key) < 0:
+            parser.error(f"--{key}={getattr(args, key)} must be positive (or 0 for the case's default).")
+    return args
+
+
+def rerun_command(args: argparse.Namespace) -> str:
+    words = [sys.executable, os.path.relpath(os.path.abspath(__file__)), "--case", args.case,
+             "--contenders", ",".join(args.contenders)]
+    for key in ("batch", "rounds", "steps"):
+        if getattr(args, key):
+            words += [f"--{key}", str(getattr(args, key))]
+    if args.torch_memory_format != "channels_last":
+        words += ["--torch-memory-format", args.torch_memory_format]
+    if args.json:
+        words += ["--json", args.json]
+    flags = os.environ.get("XLA_FLAGS")
+    prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
+    return prefix + " ".join(shlex.quote(w) for w in words)
+
+
+def case_settings(args: argparse.Namespace, case: str) -> dict:
+    arg, image_size, batch, rounds, steps = CASES[case]
+    return {"case": case, "config_arg": arg, "image_size": image_size, "batch": args.batch or batch,
+            "rounds": args.rounds or rounds, "steps": args.steps or steps}
+
+
+def model_config(settings: dict):
+    config = configs.vision_classification.get_config(settings["config_arg"])
+    config.global_batch_size = settings["batch"]
+    config.num_train_steps = TOTAL_STEPS
+    config.mesh.data = 1
+    return config_checks.resolved_copy(config)
+
+
+def host_batch(settings: dict, num_classes: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    size = settings["image_size"]
+    return {
+        "image": rng.standard_normal((settings["batch"], size, size, 3), dtype=np.float32),
+        "label": rng.integers(0, num_classes, settings["batch"], dtype=np.int32),
+    }
+
+
+def step_flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+
+
+class Contender:
+    """A train step with its state; `run(n)` takes n steps and returns when they have finished."""
+
+    name = ""
+    flops = 0.0
+    note = ""
+
+    def run(self, steps: int) -> None:
+        raise NotImplementedError
+
+    def loss(self) -> float:
+        raise NotImplementedError
+
+
+class Ours(Contender):
+    name = "ours"
+
+    def __init__(self, config, batch: dict[str, np.ndarray]):
+        self.mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
+        tx, schedule = optimizers.create_optimizer(config.optimizer, TOTAL_STEPS)
+        spec = state_lib.state_spec(config.model, tx, self.mesh, config.axis_rules, config.seed)
+        exp = experiment.Experiment(
+            config=config, mesh=self.mesh, data=None, task=experiment.create_task(config), tx=tx,
+            schedule=schedule, spec=spec, total_steps=TOTAL_STEPS, steps_per_epoch=TOTAL_STEPS,
+            eval_every=TOTAL_STEPS,
+        )
+        with jax.set_mesh(self.mesh):
+            self.state = state_lib.init_state(config.model, tx, spec, config.seed)
+            self.batch = sharding.global_batch(batch, self.mesh)
+            self.step = train.jit_train_step(exp).lower(self.state, self.batch).compile()
+        self.flops = step_flops(self.step)
+        self.metrics = None
+        self.note = f"ResNet-{config.model.depth} v1.5, {config.model.variant} stem, NHWC"
+
+    def run(self, steps: int) -> None:
+        with jax.set_mesh(self.mesh):
+            for _ in range(steps):
+                self.state, self.metrics = self.step(self.state, self.batch)
+            jax.block_until_ready((self.state, self.metrics))
+
+    def loss(self) -> float:
+        return float(self.metrics["loss"])
+
+
+def keras_resnet18_cifar(keras, num_classes: int, width: int = 64):
+    """Ours, layer for layer: 3x3/1 stem, basic blocks [2, 2, 2, 2], projection shortcuts, last BN scale 0."""
+    layers = keras.layers
+
+    def conv_bn(x, features, kernel_size, strides, zero_scale=False):
+        x = layers.Conv2D(features, kernel_size, strides, padding="same", use_bias=False,
+                          kernel_initializer="he_normal")(x)
+        return layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                         gamma_initializer="zeros" if zero_scale else "ones")(x)
+
+    inputs = keras.Input((None, None, 3))
+    x = layers.ReLU()(conv_bn(inputs, width, 3, 1))
+    in_features = width
+    for stage in range(4):
+        features = width * 2**stage
+        for index in range(2):
+            strides = 2 if stage > 0 and index == 0 else 1
+            y = layers.ReLU()(conv_bn(x, features, 3, strides))
+            y = conv_bn(y, features, 3, 1, zero_scale=True)
+            shortcut = x if strides == 1 and in_features == features else conv_bn(x, features, 1, strides)
+            x = layers.ReLU()(layers.Add()([y, shortcut]))
+            in_features = features
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(num_classes)(x), name="resnet18_cifar")
+
+
+class Keras(Contender):
+    name = "keras"
+
+    def __init__(self, config, batch: dict[str, np.ndarray]):
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(config.seed)
+        model_config, opt = config.model, config.optimizer
+        if model_config.depth == 50 and model_config.variant == "imagenet":
+            size = batch["image"].shape[1]
+            self.model = keras.applications.ResNet50(
+                weights=None, input_shape=(size, size, 3), classes=model_config.num_classes,
+                classifier_activation=None,
+            )
+            self.note = "keras.applications.ResNet50: ResNet v1, conv biases"
+        elif model_config.depth == 18 and model_config.variant == "cifar":
+            self.model = keras_resnet18_cifar(keras, model_config.num_classes, model_config.width)
+            self.note = "ResNet-18 CIFAR from keras.layers, 'same' padding"
+        else:
+            raise ValueError(f"No Keras model for ResNet-{model_config.depth} ({model_config.variant}).")
+        optimizer = keras.optimizers.SGD(opt.learning_rate, momentum=opt.momentum, nesterov=opt.nesterov,
+                                         weight_decay=opt.weight_decay)
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])  # As our decay mask.
+        self.model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                      label_smoothing=config.label_smoothing),
+            jit_compile=True,
+        )
+        self.images = tf.constant(batch["image"])
+        self.targets = tf.one_hot(batch["label"], model_config.num_classes)
+        self.last_loss = None
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):  # train_on_batch returns the loss as a number: each step ends synchronised.
+            self.last_loss = self.model.train_on_batch(self.images, self.targets)
+
+    def loss(self) -> float:
+        return float(self.last_loss)
+
+
+class Torch(Contender):
+    name = "torch"
+
+    def __init__(self, config, batch: dict[str, np.ndarray], threads: int, memory_format: str):
+        import torch
+        import transformers
+        from transformers.models.resnet import modeling_resnet
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(config.seed)
+        self.torch = torch
+        model_config, opt = config.model, config.optimizer
+        bottleneck = model_config.depth >= 50
+        stages = {18: [2, 2, 2, 2], 50: [3, 4, 6, 3]}
+        if model_config.depth not in stages:
+            raise ValueError(f"No PyTorch model for ResNet-{model_config.depth}.")
+        width = model_config.width
+        hf_config = transformers.ResNetConfig(
+            embedding_size=width, depths=stages[model_config.depth],
+            hidden_sizes=[width * 2**i * (4 if bottleneck else 1) for i in range(4)],
+            layer_type="bottleneck" if bottleneck else "basic", num_labels=model_config.num_classes,
+        )
+        self.model = transformers.ResNetForImageClassification(hf_config)
+        self.note = f"HF ResNet{'Bottleneck' if bottleneck else 'Basic'}, {memory_format}"
+        if model_config.variant == "cifar":  # Ours: a 3x3/1 conv + BN + ReLU stem, no max-pool.
+            embedder = self.model.resnet.embedder
+            embedder.embedder = modeling_resnet.ResNetConvLayer(3, width, kernel_size=3, stride=1)
+            embedder.pooler = torch.nn.Identity()
+            self.note += ", 3x3/1 stem swapped in"
+        self.format = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.format)
+        self.model.train()
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        self.optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=opt.learning_rate, momentum=opt.momentum, nesterov=opt.nesterov,
+        )
+        self.label_smoothing = config.label_smoothing
+        images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2)  # NCHW view of the NHWC array.
+        self.images = images.contiguous(memory_format=self.format)
+        self.labels = torch.from_numpy(batch["label"]).long()
+        self.last_loss = None
+
+    def run(self, steps: int) -> None:
+        functional = self.torch.nn.functional
+        for _ in range(steps):
+            logits = self.model(pixel_values=self.images).logits
+            loss = functional.cross_entropy(logits, self.labels, label_smoothing=self.label_smoothing)
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.last_loss = loss.detach()
+
+    def loss(self) -> float:
+        return float(self.last_loss)
+
+
+def matmul_peak() -> float:
+    return metrics.matmul_peak_flops(size=2048, repeats=3)
+
+
+def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, Contender]:
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    built = {}
+    for name in args.contenders:
+        start = time.perf_counter()
+        if name == "ours":
+            contender = Ours(config, batch)
+        elif name == "keras":
+            contender = Keras(config, batch)
+        else:
+            contender = Torch(config, batch, threads, args.torch_memory_format)
+        contender.run(2)  # Warm-up: compilation (Keras), allocations, oneDNN primitive caches.
+        print(f"  {name}: built, compiled and warmed up in {time.perf_counter() - start:.1f}s, "
+              f"loss {contender.loss():.4f} ({contender.note})", flush=True)
+        built[name] = contender
+    return built
+
+
+def measure(settings: dict, contenders: dict[str, Contender]) -> tuple[dict[str, list[float]], list[float]]:
+    """Per contender, seconds per step of each round; rounds alternate the contenders (rotating the order)."""
+    times = {name: [] for name in contenders}
+    peaks = [matmul_peak()]
+    print(f"  load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    names = list(contenders)
+    for round_index in range(settings["rounds"]):
+        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            contenders[name].run(settings["steps"])
+            times[name].append((time.perf_counter() - start) / settings["steps"])
+        peaks.append(matmul_peak())
+        summary = ", ".join(f"{n} {times[n][-1] * 1e3:.0f}" for n in names)
+        print(f"  round {round_index + 1}/{settings['rounds']} (ms/step): {summary}", flush=True)
+    return times, peaks
+
+
+def summarize(settings: dict, contenders: dict[str, Contender], times, peaks) -> dict:
+    peak = statistics.median(peaks)
+    reference_flops = contenders["ours"].flops if "ours" in contenders else 0.0
+    rows = {}
+    for name, contender in contenders.items():
+        median = statistics.median(times[name])
+        flops = contender.flops or reference_flops
+        rows[name] = {
+            "step_ms_median": median * 1e3,
+            "step_ms_rounds": [t * 1e3 for t in times[name]],
+            "images_per_second": settings["batch"] / median,
+            "flops_per_step": flops,
+            "flops_source": "xla" if contender.flops else ("ours_xla" if flops else "none"),
+            "flops_per_second": flops / median if flops else None,
+            "fraction_of_matmul_peak": flops / median / peak if flops else None,
+            "final_loss": contender.loss(),
+            "note": contender.note,
+        }
+    ratios = {}
+    if "ours" in rows:
+        for name in rows:
+            if name != "ours":  # Our time over theirs: > 1 means ours is slower.
+                paired = [ours / theirs for ours, theirs in zip(times["ours"], times[name])]
+                ratios[name] = {
+                    "ours_over_theirs_median": rows["ours"]["step_ms_median"] / rows[name]["step_ms_median"],
+                    "ours_over_theirs_min": min(times["ours"]) / min(times[name]),
+                    "ours_over_theirs_paired_median": statistics.median(paired),
+                }
+    return {"settings": settings, "matmul_peak_flops_per_second": peak, "contenders": rows, "ratios": ratios,
+            "load_average_after": os.getloadavg()[0]}
+
+
+def print_table(result: dict) -> None:
+    s = result["settings"]
+    print(f"\n{s['case']} ({s['config_arg']}), {s['image_size']}x{s['image_size']}, batch {s['batch']}, "
+          f"{s['rounds']} rounds x {s['steps']} steps; matmul peak (2048^2 fp32, jitted) "
+          f"{result['matmul_peak_flops_per_second'] / 1e9:.1f} GFLOP/s; "
+          f"load average {result['load_average_after']:.1f}")
+    print(f"{'contender':<10}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'img/s':>8}{'GFLOP/step':>12}"
+          f"{'GFLOP/s':>9}{'of peak':>9}  model")
+    nan = float("nan")
+    for name, row in result["contenders"].items():
+        flops, rate, fraction = row["flops_per_step"], row["flops_per_second"], row["fraction_of_matmul_peak"]
+        marker = "*" if row["flops_source"] == "ours_xla" else " "
+        print(f"{name:<10}{row['step_ms_median']:>11.0f}{min(row['step_ms_rounds']):>9.0f}"
+              f"{max(row['step_ms_rounds']):>9.0f}{row['images_per_second']:>8.1f}"
+              f"{flops / 1e9 if flops else nan:>11.1f}{marker}{rate / 1e9 if rate else nan:>9.1f}"
+              f"{fraction if fraction else nan:>9.1%}  {row['note']}")
+    if any(row["flops_source"] == "ours_xla" for row in result["contenders"].values()):
+        print("* FLOPs per step: XLA's count for our step (same architecture).")
+    if result["ratios"]:
+        print("our time / their time (> 1: ours is slower)    medians   minima   per-round pairs (median)")
+        for name, ratio in result["ratios"].items():
+            print(f"  ours/{name:<39}{ratio['ours_over_theirs_median']:>9.2f}"
+                  f"{ratio['ours_over_theirs_min']:>9.2f}{ratio['ours_over_theirs_paired_median']:>11.2f}")
+
+
+def run_case(args: argparse.Namespace, case: str) -> dict:
+    settings = case_settings(args, case)
+    config = model_config(settings)
+    batch = host_batch(settings, config.model.num_classes, args.seed)
+    print(f"\nBuilding {', '.join(args.contenders)} for {case} (batch {settings['batch']}, "
+          f"{settings['image_size']}x{settings['image_size']}) on {jax.devices()[0]}", flush=True)
+    contenders = build(args, config, batch)
+    times, peaks = measure(settings, contenders)
+    result = summarize(settings, contenders, times, peaks)
+    del contenders  # Frees the states before the next case builds its own.
+    return result
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if "force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        print("warning: XLA_FLAGS fakes several host devices; this benchmark uses the first one only.")
+    cases = tuple(CASES) if args.case == "all" else (args.case,)
+    results = {case: run_case(args, case) for case in cases}
+    for result in results.values():
+        print_table(result)
+    output = {
+        "command": rerun_command(args),
+        "environment": {"jax": jax.__version__, "device": str(jax.devices()[0]),
+                        "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                        "cpus": os.cpu_count()},
+        "cases": results,
+    }
+    print(f"\nrerun: {output['command']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(output, f, indent=2)
+        print(f"results: {args.json}")
+    return output
+
+
+if __name__ == "__main__":
+    main()
