@@ -29,7 +29,6 @@ config.data.source='arrays' and config.data.arrays_name=name.
 
 import dataclasses
 import io
-import math
 import os
 from collections.abc import Iterator
 
@@ -39,14 +38,23 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import augment
+from input_pipeline.common import (
+    AUGMENT_STREAM,
+    MIXUP_STREAM,
+    SPLIT_STREAM,
+    SPLITS,
+    check_batch_sizes,
+    epoch_seed,
+    eval_padding,
+    host_counts,
+    numpy_batches,
+    steps_per_epoch,
+)
 
 SOURCES = ("tfds", "folder", "digits", "arrays")
-SPLITS = ("train", "validation", "test")
 AUGMENTATIONS = ("none", "pad_crop", "inception_crop")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-# Stream ids for numpy's SeedSequence and the stateless seeds: each use of config.seed draws independently.
-_SPLIT_STREAM, _EPOCH_STREAM, _AUGMENT_STREAM, _MIXUP_STREAM = 1, 2, 3, 4
 _ARRAY_SUFFIXES = {"train": "train", "validation": "val", "test": "test"}
 
 
@@ -121,15 +129,6 @@ def register_arrays(
     _REGISTERED_ARRAYS[name] = {key: np.asarray(value) for key, value in arrays.items() if value is not None}
 
 
-def host_counts(num_examples: int, process_count: int) -> list[int]:
-    """Examples per host when host i takes examples i, i + process_count, ..."""
-    return [len(range(i, num_examples, process_count)) for i in range(process_count)]
-
-
-def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([seed, _EPOCH_STREAM, epoch])
-
-
 # ----------------------------------------------------------------------------------------------------
 # In-memory sources: image folders (file paths), digits and arrays (pixels).
 
@@ -161,7 +160,7 @@ class Loaded:
 
 def carve_splits(train: Examples, fractions: dict[str, float], seed: int) -> dict[str, Examples]:
     """Cuts the given fractions of each class out of train with a seeded permutation; the rest stays train."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAM]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_STREAM]))
     parts: dict[str, list[np.ndarray]] = {split: [] for split in [*fractions, "train"]}
     for label in np.unique(train.labels):
         indices = rng.permutation(np.flatnonzero(train.labels == label))
@@ -499,13 +498,7 @@ def _check_manual_dir(data: ml_collections.ConfigDict, data_dir: str) -> None:
 
 def check_config(config: ml_collections.ConfigDict, process_count: int) -> None:
     """Checks of the config alone, before any data is read."""
-    for key in ("global_batch_size", "eval_batch_size"):
-        if config[key] <= 0 or config[key] % process_count:
-            raise ValueError(
-                f"config.{key}={config[key]} must be a positive multiple of the process count "
-                f"({process_count}) so that each host gets an equal batch; set it to a multiple of "
-                f"{process_count}."
-            )
+    check_batch_sizes(config, process_count)
     data = config.data
     if data.source not in SOURCES:
         raise ValueError(f"config.data.source={data.source!r}: use one of {SOURCES}.")
@@ -611,27 +604,19 @@ class ImageClassificationData:
         )
         self._augmentation, self._pad, self._flip = data.augmentation, data.pad, data.flip
         self._mixup_alpha = float(data.mixup_alpha)
-        self._augment_seed = tf.constant([config.seed, _AUGMENT_STREAM], tf.int64)
-        self._mixup_seed = tf.constant([config.seed, _MIXUP_STREAM], tf.int64)
+        self._augment_seed = tf.constant([config.seed, AUGMENT_STREAM], tf.int64)
+        self._mixup_seed = tf.constant([config.seed, MIXUP_STREAM], tf.int64)
         self._process_index = process_index
         self.train_batch_size: int = config.global_batch_size // process_count
         self.eval_batch_size: int = config.eval_batch_size // process_count
         self.num_train_examples: int = self.num_examples("train")
-        self.steps_per_epoch: int = self._steps_per_epoch(config, process_count)
+        self.steps_per_epoch: int = steps_per_epoch(
+            self._source.host_counts("train"), self.train_batch_size, config.global_batch_size
+        )
         self._check_eval_splits()
 
     def _default_eval_resize(self, defaults: Defaults) -> int:
         return round(self.image_size / 0.875) if defaults.photos else 0
-
-    def _steps_per_epoch(self, config: ml_collections.ConfigDict, process_count: int) -> int:
-        # Every host must take the same number of steps: the smallest host share decides.
-        steps = min(self._source.host_counts("train")) // self.train_batch_size
-        if steps == 0:
-            raise ValueError(
-                f"The training set ({self.num_train_examples} examples, {process_count} host(s)) is smaller "
-                f"than one batch: lower config.global_batch_size={config.global_batch_size} or add data."
-            )
-        return steps
 
     def _check_eval_splits(self) -> None:
         for split in SPLITS[1:]:
@@ -657,7 +642,7 @@ class ImageClassificationData:
         ds = tf.data.Dataset.counter(epoch).flat_map(epoch_examples).skip(step * self.train_batch_size)
         ds = ds.map(self._train_example, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(self.train_batch_size, drop_remainder=True).map(self._train_batch)
-        return self._numpy_batches(ds)
+        return numpy_batches(ds)
 
     def eval_batches(self, split: str) -> Iterator[dict[str, np.ndarray]]:
         """Per-host batches of the split once, padded with weight-0 examples; the same count on every host."""
@@ -669,11 +654,11 @@ class ImageClassificationData:
             )
         counts = self._source.host_counts(split)
         batch_size = self.eval_batch_size
-        num_padding = math.ceil(max(counts) / batch_size) * batch_size - counts[self._process_index]
+        num_padding = eval_padding(counts, self._process_index, batch_size)
         real = self._source.eval_examples(split).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
         padding = {"image": tf.zeros(self.image_shape), "label": tf.constant(0), "weight": tf.constant(0.0)}
         ds = real.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
-        return self._numpy_batches(ds.batch(batch_size, drop_remainder=True))
+        return numpy_batches(ds.batch(batch_size, drop_remainder=True))
 
     def preprocess_eval(self, image: tf.Tensor) -> tf.Tensor:
         """A decoded image [H, W, C] (uint8, or float in [0, 1]) -> the normalised model input.
@@ -725,12 +710,6 @@ class ImageClassificationData:
 
     def _normalize(self, image: tf.Tensor) -> tf.Tensor:
         return tf.ensure_shape(augment.normalize(image, self._mean, self._std), self.image_shape)
-
-    @staticmethod
-    def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-        options = tf.data.Options()
-        options.deterministic = True
-        return ds.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator()
 
     @staticmethod
     def _check_split_name(split: str) -> None:

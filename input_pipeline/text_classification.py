@@ -30,7 +30,6 @@ import csv
 import dataclasses
 import io
 import json
-import math
 from collections.abc import Callable, Iterator
 
 import ml_collections
@@ -38,12 +37,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from input_pipeline.common import (
+    SPLIT_STREAM,
+    SPLITS,
+    check_batch_sizes,
+    epoch_seed,
+    eval_padding,
+    host_counts,
+    numpy_batches,
+    steps_per_epoch,
+)
 from input_pipeline.tokenization import WordPieceTokenizer
 
-SPLITS = ("train", "validation", "test")
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-# Stream ids for numpy's SeedSequence: the split carving and the epoch permutations draw independently.
-_SPLIT_STREAM, _EPOCH_STREAM = 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +64,6 @@ class Examples:
 
     def take(self, indices: np.ndarray) -> "Examples":
         return Examples(self.texts[indices], self.labels[indices])
-
-
-def host_counts(num_examples: int, process_count: int) -> list[int]:
-    """Examples per host when host i takes examples i, i + process_count, ..."""
-    return [len(range(i, num_examples, process_count)) for i in range(process_count)]
-
-
-def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([seed, _EPOCH_STREAM, epoch])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -211,7 +208,7 @@ def read_examples(
 
 def carve_splits(train: Examples, fractions: dict[str, float], seed: int) -> dict[str, Examples]:
     """Cuts the given fractions out of train with a seeded permutation; the rest stays train."""
-    permutation = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAM])).permutation(len(train))
+    permutation = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_STREAM])).permutation(len(train))
     splits, start = {}, 0
     for split, fraction in fractions.items():
         count = max(1, round(fraction * len(train)))
@@ -416,12 +413,7 @@ def resolve_vocab_path(config: ml_collections.ConfigDict) -> str:
 
 def check_config(config: ml_collections.ConfigDict, process_count: int) -> None:
     """Checks of the config alone, before any data is read."""
-    for key in ("global_batch_size", "eval_batch_size"):
-        if config[key] <= 0 or config[key] % process_count:
-            raise ValueError(
-                f"config.{key}={config[key]} must be a positive multiple of the process count ({process_count}) "
-                f"so that each host gets an equal batch; set it to a multiple of {process_count}."
-            )
+    check_batch_sizes(config, process_count)
     data = config.data
     if data.source not in ("tfds", "files"):
         raise ValueError(f"config.data.source={data.source!r}: use 'tfds' or 'files'.")
@@ -453,18 +445,10 @@ class TextClassificationData:
         self.train_batch_size: int = config.global_batch_size // process_count
         self.eval_batch_size: int = config.eval_batch_size // process_count
         self.num_train_examples: int = self.num_examples("train")
-        self.steps_per_epoch: int = self._steps_per_epoch(config, process_count)
+        self.steps_per_epoch: int = steps_per_epoch(
+            self._source.host_counts("train"), self.train_batch_size, config.global_batch_size
+        )
         self._check_eval_splits()
-
-    def _steps_per_epoch(self, config: ml_collections.ConfigDict, process_count: int) -> int:
-        # Every host must take the same number of steps: the smallest host share decides.
-        steps = min(self._source.host_counts("train")) // self.train_batch_size
-        if steps == 0:
-            raise ValueError(
-                f"The training set ({self.num_train_examples} examples, {process_count} host(s)) is smaller "
-                f"than one batch: lower config.global_batch_size={config.global_batch_size} or add data."
-            )
-        return steps
 
     def _check_eval_splits(self) -> None:
         for split in SPLITS[1:]:
@@ -494,7 +478,7 @@ class TextClassificationData:
             )
         counts = self._source.host_counts(split)
         batch_size = self.eval_batch_size
-        num_padding = math.ceil(max(counts) / batch_size) * batch_size - counts[self._process_index]
+        num_padding = eval_padding(counts, self._process_index, batch_size)
         real = self._source.host_examples(split).map(lambda text, label: (text, label, 1.0))
         padding = tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(0), tf.constant(0.0)))
         ds = real.concatenate(padding.repeat(num_padding)).batch(batch_size, drop_remainder=True)
@@ -510,14 +494,7 @@ class TextClassificationData:
 
     @staticmethod
     def _numpy_batches(ds: tf.data.Dataset, encode: Callable[..., dict]) -> Iterator[dict[str, np.ndarray]]:
-        options = tf.data.Options()
-        options.deterministic = True
-        ds = (
-            ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE)
-            .with_options(options)
-        )
-        return ds.as_numpy_iterator()
+        return numpy_batches(ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE))
 
     @staticmethod
     def _check_split_name(split: str) -> None:
