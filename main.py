@@ -3,6 +3,8 @@
   python main.py --config=configs/bert_sentiment.py:mini,smoke --workdir=/tmp/run --mode=train
   python main.py --config=configs/bert_sentiment.py:mini,smoke --workdir=/tmp/run --mode=eval \
       --config.eval_split=validation
+  python main.py --config=configs/bert_sentiment.py:mini,smoke --workdir=/tmp/run --mode=export_hf \
+      --config.export_dir=/tmp/run_hf   # the best checkpoint as a Hugging Face directory
 """
 
 import os

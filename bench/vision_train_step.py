@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         + ",".join(CONTENDERS))
     parser.add_argument("--torch-memory-format", default="channels_last",
                         choices=("channels_last", "contiguous"))
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch.set_num_threads; 0: every core. On a loaded machine 1 can be faster: "
+                        "OpenMP barriers wait for threads the scheduler has parked")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="", help="write the results to this path")
     args = parser.parse_args(argv)
@@ -91,6 +94,8 @@ def rerun_command(args: argparse.Namespace) -> str:
             words += [f"--{key}", str(getattr(args, key))]
     if args.torch_memory_format != "channels_last":
         words += ["--torch-memory-format", args.torch_memory_format]
+    if args.torch_threads:
+        words += ["--torch-threads", str(args.torch_threads)]
     if args.json:
         words += ["--json", args.json]
     flags = os.environ.get("XLA_FLAGS")
@@ -263,7 +268,7 @@ class Torch(Contender):
             layer_type="bottleneck" if bottleneck else "basic", num_labels=model_config.num_classes,
         )
         self.model = transformers.ResNetForImageClassification(hf_config)
-        self.note = f"HF ResNet{'Bottleneck' if bottleneck else 'Basic'}, {memory_format}"
+        self.note = f"HF ResNet{'Bottleneck' if bottleneck else 'Basic'}, {memory_format}, {threads} threads"
         if model_config.variant == "cifar":  # Ours: a 3x3/1 conv + BN + ReLU stem, no max-pool.
             embedder = self.model.resnet.embedder
             embedder.embedder = modeling_resnet.ResNetConvLayer(3, width, kernel_size=3, stride=1)
@@ -303,7 +308,8 @@ def matmul_peak() -> float:
 
 
 def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, Contender]:
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = args.torch_threads or cores
     built = {}
     for name in args.contenders:
         start = time.perf_counter()

@@ -82,6 +82,14 @@ def training_defaults() -> ml_collections.ConfigDict:
     config.eval_splits_at_end = ("test",)
     config.eval_split = "test"  # --mode=eval evaluates this split.
     config.eval_checkpoint = "best"  # --mode=eval: best | latest | a step number.
+    config.export_dir = ""  # --mode=export_hf writes the Hugging Face directory here; "" = WORKDIR/hf_export.
+    # What trains. "all"; "head": only the classification head (linear probing: 'classifier' for BERT, 'head' for
+    # ResNet, VGG and ViT; the frozen backbone then runs in eval mode: no dropout, BatchNorm keeps its running
+    # statistics); or a regular expression searched in each '/'-joined parameter path
+    # ("encoder/layers/0/attention/query/kernel"): the parameters it finds train. Frozen parameters get no
+    # gradient, no optimizer state and no weight decay: they stay bit-for-bit as loaded.
+    config.trainable = "all"
+    config.freeze = ""  # Regular expression: of the parameters `trainable` selects, those it finds are frozen.
     config.peak_flops_per_device = 0.0  # For MFU; 0 measures a matmul on this device at start.
     config.distributed = ml_collections.ConfigDict(
         {"coordinator_address": "", "num_processes": 1, "process_id": 0}
@@ -100,6 +108,10 @@ def training_defaults() -> ml_collections.ConfigDict:
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = False
     config.optimizer.clip_norm = 1.0  # <= 0 disables clipping.
+    # Layer-wise learning-rate decay, BERT and ViT only (1 disables it): of L layers, layer i (0 = next to the
+    # input) learns at lr * layer_decay**(L - i), the embeddings at lr * layer_decay**(L + 1), and the top
+    # (BERT pooler and classifier, ViT final norm and head) at lr. Weight decay scales with it.
+    config.optimizer.layer_decay = 1.0
 
     config.mesh = mesh_config()
     config.axis_rules = DEFAULT_AXIS_RULES

@@ -14,6 +14,9 @@ VISION_MODEL_DEFAULTS = {
         "num_classes": 1000,
         "width": 64,  # channels of the first stage (64 in the paper); smaller for smoke tests
         "zero_init_residual": True,  # last BatchNorm scale of each block starts at 0 (Goyal et al. 2017)
+        "stride_in_1x1": False,  # True: stride on the first 1x1 conv (ResNet v1, Keras) instead of the 3x3 (v1.5)
+        "conv_bias": False,  # True: biases on every conv (Keras ResNet50)
+        "norm_epsilon": 1e-5,  # BatchNorm epsilon (Keras: 1.001e-5)
         "dtype": "float32",  # compute dtype; parameters and BatchNorm statistics stay float32
     },
     "vgg": {
@@ -33,6 +36,7 @@ VISION_MODEL_DEFAULTS = {
         "num_classes": 1000,
         "dropout_rate": 0.1,  # the paper's ImageNet-1k setting; 0 for JFT-scale data
         "attention_dropout_rate": 0.0,
+        "layer_norm_eps": 1e-6,  # Hugging Face ViT checkpoints use 1e-12
         "dtype": "float32",
     },
 }

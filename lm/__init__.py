@@ -2,7 +2,7 @@
 
 import ml_collections
 
-MODES = ("train", "eval")
+MODES = ("train", "eval", "export_hf")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict:
@@ -21,6 +21,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
         from lm import evaluate
 
         return evaluate.run_eval(config, workdir)
+    if mode == "export_hf":
+        from lm.serving import export_hf
+
+        return {"export_dir": export_hf.export(config, workdir)}
     raise ValueError(f"--mode={mode!r} is not known; use one of {MODES}.")
 
 

@@ -62,8 +62,10 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
     else:
         total_steps = max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
     eval_every = config.eval_every if config.eval_every > 0 else steps_per_epoch
-    tx, schedule = optimizers.create_optimizer(config.optimizer, total_steps)
-    spec = state_lib.state_spec(config.model, tx, mesh, config.axis_rules, config.seed)
+    tx, schedule = optimizers.create_optimizer(config.optimizer, total_steps, config.model)
+    spec = state_lib.state_spec(config.model, tx, mesh, config.axis_rules, config.seed,
+                                trainable=lambda params: optimizers.trainable_mask(params, config))
+    _log_trainable(spec)
     log.info(
         "Mesh %s; %d train examples, %d steps per epoch, %d steps.",
         dict(mesh.shape), data.num_train_examples, steps_per_epoch, total_steps,
@@ -72,11 +74,21 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
                       eval_every)
 
 
+def _log_trainable(spec: state_lib.StateSpec) -> None:
+    sizes = [(leaf.size, trains) for leaf, trains in zip(jax.tree.leaves(spec.abstract["params"]),
+                                                         jax.tree.leaves(spec.trainable))]
+    trained = sum(size for size, trains in sizes if trains)
+    log.info("Training %d of %d parameters (%d frozen).", trained, sum(s for s, _ in sizes),
+             sum(size for size, trains in sizes if not trains))
+
+
 def initial_state(exp: Experiment) -> dict:
     """Fresh state, born sharded; with `init_from`, its weights replace the fresh ones."""
     state = state_lib.init_state(exp.config.model, exp.tx, exp.spec, exp.config.seed)
     if exp.config.init_from:
-        params, report = pretrained.load_into(exp.config, state["params"])
+        params, batch_stats, report = pretrained.load_into(exp.config, state["params"], state["batch_stats"])
         pretrained.log_report(report)
         state = state_lib.replace_params(state, params, exp.spec, exp.tx)
+        if batch_stats is not None:
+            state = dict(state, batch_stats=jax.device_put(batch_stats, exp.spec.shardings["batch_stats"]))
     return state

@@ -1,8 +1,18 @@
-"""Optax optimizers from config: optimizer, learning-rate schedule, weight-decay mask, clipping."""
+"""Optax optimizers from config: optimizer, learning-rate schedule, weight-decay mask, clipping, and
+what is trained: the trainable-parameter mask (`config.trainable`, `config.freeze`) and layer-wise
+learning-rate decay (`config.optimizer.layer_decay`).
+
+The optimizer sees only the trainable parameters: the train step differentiates with respect to them
+alone and the optimizer state holds nothing for frozen ones (`lm.state.partition`).
+"""
+
+import re
 
 import jax
 import ml_collections
 import optax
+
+from lm import models
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -39,9 +49,135 @@ def decay_mask(params) -> object:
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
+def param_name(keypath) -> str:
+    """The '/'-joined path of a parameter, e.g. 'encoder/layers/0/attention/query/kernel'."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
+
+
+def _param_names(params) -> list[str]:
+    return [param_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def _examples(names: list[str], limit: int = 6) -> str:
+    """A few parameter paths from different parts of the model, for error messages."""
+    picks: list[str] = []
+    for depth in (1, 2, 3):
+        for name in names:
+            prefix = name.split("/")[:depth]
+            if len(picks) < limit and not any(pick.split("/")[:depth] == prefix for pick in picks):
+                picks.append(name)
+    return ", ".join(picks)
+
+
+def _regex(key: str, pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"config.{key}={pattern!r} is not a valid regular expression: {error}.") from None
+
+
+def _selected(names: list[str], config: ml_collections.ConfigDict) -> list[str]:
+    """The parameters `config.trainable` chooses, before `config.freeze`."""
+    if config.trainable == "all":
+        return names
+    if config.trainable == "head":
+        head = models.HEADS.get(config.model.name)
+        if head is None:
+            raise ValueError(
+                f"config.trainable='head': model {config.model.name!r} has no known head; give a regular "
+                "expression for the parameters to train instead."
+            )
+        chosen = [name for name in names if name.split("/")[0] == head]
+    else:
+        pattern = _regex("trainable", config.trainable)
+        chosen = [name for name in names if pattern.search(name)]
+    if not chosen:
+        raise ValueError(
+            f"config.trainable={config.trainable!r} matches no parameter of model {config.model.name!r}; "
+            f"parameter paths look like: {_examples(names)}. Use 'all', 'head' or a regular expression on them."
+        )
+    return chosen
+
+
+def trainable_mask(params, config: ml_collections.ConfigDict):
+    """True for each parameter the optimizer updates; `params` may hold arrays or shapes.
+
+    `config.trainable`: "all"; "head": only the classification head (`lm.models.HEADS`: 'classifier' for
+    BERT, 'head' for ResNet, VGG and ViT: linear probing); otherwise a regular expression, and the
+    parameters whose '/'-joined path it finds (`re.search`) train. `config.freeze` (a regular expression,
+    "" for none) then freezes the parameters it finds among those.
+    """
+    names = _param_names(params)
+    selected = _selected(names, config)
+    trained = set(selected)
+    if config.freeze:
+        freeze = _regex("freeze", config.freeze)
+        if not any(freeze.search(name) for name in names):
+            raise ValueError(
+                f"config.freeze={config.freeze!r} matches no parameter; parameter paths look like: {_examples(names)}."
+            )
+        trained = {name for name in selected if not freeze.search(name)}
+        if not trained:
+            raise ValueError(
+                f"config.freeze={config.freeze!r} freezes every parameter that config.trainable="
+                f"{config.trainable!r} selects ({len(selected)}, e.g. {_examples(selected)}); nothing would train."
+            )
+    return jax.tree_util.tree_map_with_path(lambda path, _: param_name(path) in trained, params)
+
+
+def layer_decay_multipliers(params, model: ml_collections.ConfigDict, decay: float):
+    """Learning-rate multiplier per parameter for layer-wise decay (Clark et al. 2020; Bao et al. 2022).
+
+    With L layers numbered i = 0 (next to the input) .. L-1: layer i gets decay**(L - i), the embeddings
+    decay**(L + 1), everything above the layers (BERT's pooler and classifier, ViT's final norm and
+    head) 1. `model` names the family (`lm.models.layer_stack`); only BERT and ViT have layers.
+    """
+    embeddings, layers, num_layers = models.layer_stack(model)
+
+    def multiplier(path, _) -> float:
+        name = param_name(path)
+        if name.startswith(embeddings + "/"):
+            return decay ** (num_layers + 1)
+        if name.startswith(layers + "/"):
+            return decay ** (num_layers - int(name.removeprefix(layers + "/").split("/")[0]))
+        return 1.0
+
+    return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def scale_by_layer_decay(model: ml_collections.ConfigDict, decay: float) -> optax.GradientTransformation:
+    """Multiplies each update by its `layer_decay_multipliers`: last in the chain, it scales the learning rate."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        multipliers = layer_decay_multipliers(updates, model, decay)
+        return jax.tree.map(lambda update, m: update * m, updates, multipliers), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_layer_decay(opt: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None) -> None:
+    if not 0 < opt.layer_decay <= 1:
+        raise ValueError(f"config.optimizer.layer_decay={opt.layer_decay} must be in (0, 1]; 1 disables it.")
+    if model is None or models.layer_stack(model) is None:
+        name = None if model is None else model.name
+        raise ValueError(
+            f"config.optimizer.layer_decay={opt.layer_decay} applies to BERT and ViT only, not to model {name!r}; "
+            "set it to 1.0."
+        )
+
+
 def create_optimizer(
-    opt: ml_collections.ConfigDict, total_steps: int
+    opt: ml_collections.ConfigDict, total_steps: int, model: ml_collections.ConfigDict | None = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer over the trainable parameters, and its learning-rate schedule (for logging).
+
+    `model` (config.model) is needed only for layer-wise learning-rate decay.
+    """
     schedule = learning_rate_schedule(opt, total_steps)
     if opt.name == "adamw":
         tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
@@ -52,6 +188,9 @@ def create_optimizer(
         )
     else:
         raise ValueError(f"config.optimizer.name={opt.name!r} is not known; use 'adamw' or 'sgd'.")
+    if opt.layer_decay != 1:
+        _check_layer_decay(opt, model)
+        tx = optax.chain(tx, scale_by_layer_decay(model, opt.layer_decay))
     if opt.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm), tx)
     return tx, schedule

@@ -23,22 +23,28 @@ from lm import state as state_lib
 log = logging.getLogger(__name__)
 
 
-def make_train_step(graphdef, task, tx: optax.GradientTransformation):
-    """The pure train step: (state, batch) -> (new state, metrics). Jitted by the caller with donation."""
+def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False):
+    """The pure train step: (state, batch) -> (new state, metrics). Jitted by the caller with donation.
+
+    Only the parameters that `trainable` marks are differentiated and updated; the frozen ones pass
+    through unchanged. `deterministic` runs the model in eval mode (no dropout, BatchNorm on and keeping its
+    running statistics), for linear probing of a frozen backbone.
+    """
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        params, frozen = state_lib.partition(state["params"], trainable)
 
         def loss_fn(params):
-            model = state_lib.merge_model(graphdef, params, state["batch_stats"])
-            logits = task.logits(model, batch, deterministic=False, rngs=nnx.Rngs(dropout=key))
+            model = state_lib.merge_model(graphdef, state_lib.combine(params, frozen), state["batch_stats"])
+            logits = task.logits(model, batch, deterministic=deterministic, rngs=nnx.Rngs(dropout=key))
             loss, aux = task.loss(logits, batch)
             batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
             return loss, (aux, batch_stats)
 
-        (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        params = state_lib.combine(optax.apply_updates(params, updates), frozen)
         new_state = dict(state, params=params, opt_state=opt_state, batch_stats=batch_stats, step=state["step"] + 1)
         return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
 
@@ -46,9 +52,10 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation):
 
 
 def jit_train_step(exp: experiment.Experiment):
+    """The jitted train step; with config.trainable="head" the frozen backbone runs in eval mode."""
     spec = exp.spec
     return jax.jit(
-        make_train_step(spec.graphdef, exp.task, exp.tx),
+        make_train_step(spec.graphdef, exp.task, exp.tx, spec.trainable, deterministic=exp.config.trainable == "head"),
         in_shardings=(spec.shardings, sharding.batch_sharding(exp.mesh)),
         out_shardings=(spec.shardings, sharding.replicated(exp.mesh)),
         donate_argnums=0,

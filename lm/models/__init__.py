@@ -38,6 +38,9 @@ def _build_resnet(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Modul
         num_classes=model.num_classes,
         width=model.width,
         zero_init_residual=model.zero_init_residual,
+        stride_in_1x1=model.get("stride_in_1x1", False),
+        conv_bias=model.get("conv_bias", False),
+        norm_epsilon=model.get("norm_epsilon", 1e-5),
         dtype=model.dtype,
     )
     return resnet.ResNet(config, rngs=rngs)
@@ -65,9 +68,26 @@ def _build_vit(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         num_classes=model.num_classes,
         dropout_rate=model.dropout_rate,
         attention_dropout_rate=model.attention_dropout_rate,
+        layer_norm_eps=model.get("layer_norm_eps", 1e-6),
         dtype=model.dtype,
     )
     return vit.VisionTransformer(config, rngs=rngs)
+
+
+# The classification head of each family: the parameters under this top-level name (`config.trainable="head"`).
+HEADS = {"bert": "classifier", "resnet": "head", "vgg": "head", "vit": "head"}
+
+
+def layer_stack(model: ml_collections.ConfigDict) -> tuple[str, str, int] | None:
+    """(embeddings path, layer-list path, number of layers) of a transformer family, else None.
+
+    Layer-wise learning-rate decay (`lm.optimizers`) reads it; paths are '/'-joined parameter paths.
+    """
+    if model.name == "bert":
+        return "encoder/embeddings", "encoder/layers", model.num_layers
+    if model.name == "vit":
+        return "embedding", "blocks", vit.VIT_SIZES[model.variant][1]
+    return None
 
 
 _BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] = {

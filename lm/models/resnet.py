@@ -6,6 +6,11 @@ layout follows torchvision (explicit symmetric padding, convolutions without bia
 convolution, a 1x1 projection shortcut where the shape changes) so that its weights map one-to-one and
 ResNet-50 has 25,557,032 parameters at 1000 classes.
 
+Three options, off by default, represent ResNet v1 checkpoints exactly (Keras applications' ResNet50/101/152,
+Hugging Face ResNets with `downsample_in_bottleneck`): `stride_in_1x1` puts a bottleneck's stride on its
+first 1x1 convolution (v1) instead of the 3x3 (v1.5); `conv_bias` gives every convolution a bias;
+`norm_epsilon` sets the BatchNorm epsilon (Keras: 1.001e-5).
+
 BatchNorm keeps running statistics as `nnx.BatchStat` variables: it normalises with the batch statistics
 and updates the running averages (momentum 0.9) when `deterministic=False`, and uses the running
 averages when `deterministic=True`. Under `jax.jit` over a batch-sharded input the statistics are those
@@ -44,6 +49,9 @@ class ResNetConfig:
     num_classes: int = 1000
     width: int = 64  # Channels of the stem and the first stage; each later stage doubles them.
     zero_init_residual: bool = True  # Last BatchNorm scale of each block starts at 0 (Goyal et al. 2017).
+    stride_in_1x1: bool = False  # v1: the bottleneck's stride on its first 1x1 conv instead of the 3x3 (v1.5).
+    conv_bias: bool = False  # Biases on every convolution (Keras applications' ResNets have them).
+    norm_epsilon: float = 1e-5  # BatchNorm epsilon (torchvision 1e-5, Keras applications 1.001e-5).
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -86,13 +94,15 @@ def conv(
     )
 
 
-def batch_norm(features: int, dtype: jnp.dtype, rngs: nnx.Rngs, *, zero_scale: bool = False) -> nnx.BatchNorm:
-    """BatchNorm over the channel axis with momentum 0.9 and epsilon 1e-5 (torchvision's values)."""
+def batch_norm(
+    features: int, dtype: jnp.dtype, rngs: nnx.Rngs, *, zero_scale: bool = False, epsilon: float = 1e-5
+) -> nnx.BatchNorm:
+    """BatchNorm over the channel axis with momentum 0.9 and (by default) epsilon 1e-5, torchvision's values."""
     scale_init = nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init()
     return nnx.BatchNorm(
         features,
         momentum=0.9,
-        epsilon=1e-5,
+        epsilon=epsilon,
         dtype=dtype,
         param_dtype=jnp.float32,
         scale_init=nnx.with_partitioning(scale_init, ("norm",)),
@@ -107,12 +117,22 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), padding)
 
 
+def _conv(in_features: int, out_features: int, kernel_size: int, config: ResNetConfig, rngs: nnx.Rngs, *,
+          strides: int = 1) -> nnx.Conv:
+    return conv(in_features, out_features, kernel_size, jnp.dtype(config.dtype), rngs, strides=strides,
+                use_bias=config.conv_bias)
+
+
+def _norm(features: int, config: ResNetConfig, rngs: nnx.Rngs, *, zero_scale: bool = False) -> nnx.BatchNorm:
+    return batch_norm(features, jnp.dtype(config.dtype), rngs, zero_scale=zero_scale, epsilon=config.norm_epsilon)
+
+
 class Shortcut(nnx.Module):
     """1x1 strided projection + BatchNorm, used where a block changes the shape."""
 
-    def __init__(self, in_features: int, out_features: int, strides: int, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.conv = conv(in_features, out_features, 1, dtype, rngs, strides=strides)
-        self.norm = batch_norm(out_features, dtype, rngs)
+    def __init__(self, in_features: int, out_features: int, strides: int, config: ResNetConfig, rngs: nnx.Rngs):
+        self.conv = _conv(in_features, out_features, 1, config, rngs, strides=strides)
+        self.norm = _norm(out_features, config, rngs)
 
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         return self.norm(self.conv(x), use_running_average=deterministic)
@@ -122,13 +142,12 @@ class BasicBlock(nnx.Module):
     """Two 3x3 convolutions (the first strided) and a residual connection."""
 
     def __init__(self, in_features: int, features: int, strides: int, config: ResNetConfig, rngs: nnx.Rngs):
-        dtype = jnp.dtype(config.dtype)
-        self.conv1 = conv(in_features, features, 3, dtype, rngs, strides=strides)
-        self.norm1 = batch_norm(features, dtype, rngs)
-        self.conv2 = conv(features, features, 3, dtype, rngs)
-        self.norm2 = batch_norm(features, dtype, rngs, zero_scale=config.zero_init_residual)
+        self.conv1 = _conv(in_features, features, 3, config, rngs, strides=strides)
+        self.norm1 = _norm(features, config, rngs)
+        self.conv2 = _conv(features, features, 3, config, rngs)
+        self.norm2 = _norm(features, config, rngs, zero_scale=config.zero_init_residual)
         needs_projection = strides != 1 or in_features != features
-        self.shortcut = Shortcut(in_features, features, strides, dtype, rngs) if needs_projection else None
+        self.shortcut = Shortcut(in_features, features, strides, config, rngs) if needs_projection else None
 
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         y = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=deterministic))
@@ -138,20 +157,20 @@ class BasicBlock(nnx.Module):
 
 
 class BottleneckBlock(nnx.Module):
-    """1x1 reduce, 3x3 (strided: v1.5), 1x1 expand by 4, and a residual connection."""
+    """1x1 reduce, 3x3 (strided: v1.5; v1 strides the 1x1 with `stride_in_1x1`), 1x1 expand by 4, residual."""
 
     def __init__(self, in_features: int, features: int, strides: int, config: ResNetConfig, rngs: nnx.Rngs):
-        dtype = jnp.dtype(config.dtype)
         out_features = features * BOTTLENECK_EXPANSION
-        self.conv1 = conv(in_features, features, 1, dtype, rngs)
-        self.norm1 = batch_norm(features, dtype, rngs)
-        self.conv2 = conv(features, features, 3, dtype, rngs, strides=strides)
-        self.norm2 = batch_norm(features, dtype, rngs)
-        self.conv3 = conv(features, out_features, 1, dtype, rngs)
-        self.norm3 = batch_norm(out_features, dtype, rngs, zero_scale=config.zero_init_residual)
+        strides_1x1, strides_3x3 = (strides, 1) if config.stride_in_1x1 else (1, strides)
+        self.conv1 = _conv(in_features, features, 1, config, rngs, strides=strides_1x1)
+        self.norm1 = _norm(features, config, rngs)
+        self.conv2 = _conv(features, features, 3, config, rngs, strides=strides_3x3)
+        self.norm2 = _norm(features, config, rngs)
+        self.conv3 = _conv(features, out_features, 1, config, rngs)
+        self.norm3 = _norm(out_features, config, rngs, zero_scale=config.zero_init_residual)
         needs_projection = strides != 1 or in_features != out_features
         self.shortcut = (
-            Shortcut(in_features, out_features, strides, dtype, rngs) if needs_projection else None
+            Shortcut(in_features, out_features, strides, config, rngs) if needs_projection else None
         )
 
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -166,11 +185,10 @@ class Stem(nnx.Module):
     """ImageNet: 7x7/2 conv, BN, ReLU, 3x3/2 max-pool. CIFAR: 3x3/1 conv, BN, ReLU."""
 
     def __init__(self, config: ResNetConfig, rngs: nnx.Rngs):
-        dtype = jnp.dtype(config.dtype)
         self.imagenet = config.variant == "imagenet"
         kernel_size, strides = (7, 2) if self.imagenet else (3, 1)
-        self.conv = conv(3, config.width, kernel_size, dtype, rngs, strides=strides)
-        self.norm = batch_norm(config.width, dtype, rngs)
+        self.conv = _conv(3, config.width, kernel_size, config, rngs, strides=strides)
+        self.norm = _norm(config.width, config, rngs)
 
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
         x = jax.nn.relu(self.norm(self.conv(x), use_running_average=deterministic))

@@ -121,7 +121,7 @@ def _layer_names(i: int) -> dict[_Path, tuple[str, bool]]:
     }
 
 
-def _encoder_names(num_layers: int) -> dict[_Path, tuple[str, bool]]:
+def encoder_names(num_layers: int) -> dict[_Path, tuple[str, bool]]:
     """Our encoder parameter path -> (canonical HF name, whether to transpose)."""
     names = {
         ("embeddings", "word", "embedding"): ("embeddings.word_embeddings.weight", False),
@@ -151,7 +151,7 @@ def _canonical_names(state_dict: dict[str, np.ndarray]) -> dict[str, str]:
 def _match(state_dict: dict[str, np.ndarray], num_layers: int) -> dict[_Path, tuple[str, np.ndarray]]:
     """Our path -> (checkpoint key, value in our layout). Everything but the pooler must be present."""
     names = _canonical_names(state_dict)
-    table = _encoder_names(num_layers)
+    table = encoder_names(num_layers)
     absent = [hf for path, (hf, _) in table.items() if hf not in names and path[0] != "pooler"]
     if absent:
         raise ValueError(

@@ -1,0 +1,1 @@
+"""Export and serving of trained models: `export_hf` writes a checkpoint as a Hugging Face directory."""

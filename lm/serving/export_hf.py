@@ -1,0 +1,229 @@
+"""--mode=export_hf: a checkpoint of ours -> a Hugging Face model directory that `from_pretrained` loads.
+
+BERT becomes `BertForSequenceClassification`: config.json, model.safetensors (the encoder under `bert.`,
+then `classifier`), vocab.txt and tokenizer_config.json. ViT (class-token pooling) becomes
+`ViTForImageClassification`: config.json and model.safetensors; it takes `pixel_values` [batch, 3, H, W]
+normalised as our pipeline normalised them (config.data.mean and std). Weights are float32; our [in, out]
+kernels become PyTorch's [out, in], convolution kernels [h, w, in, out] become [out, in, h, w]. Every
+parameter of ours must have a Hugging Face name: an unmapped one is an error, never silently dropped.
+"""
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+import safetensors.numpy
+
+from lm import checkpointing, config_checks, evaluate
+from lm.models import vit
+from lm.weights import hf_bert
+
+log = logging.getLogger(__name__)
+
+EXPORTABLE = ("bert", "vit")
+_Table = dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]  # our path -> (HF name, our -> HF layout)
+
+
+def _same(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _linear(x: np.ndarray) -> np.ndarray:
+    return x.T
+
+
+def _conv(x: np.ndarray) -> np.ndarray:
+    return x.transpose(3, 2, 0, 1)
+
+
+def _dense(ours: str, hf: str) -> _Table:
+    return {f"{ours}/kernel": (f"{hf}.weight", _linear), f"{ours}/bias": (f"{hf}.bias", _same)}
+
+
+def _norm(ours: str, hf: str) -> _Table:
+    return {f"{ours}/scale": (f"{hf}.weight", _same), f"{ours}/bias": (f"{hf}.bias", _same)}
+
+
+def _bert_names(num_layers: int) -> _Table:
+    table = {
+        "encoder/" + "/".join(map(str, path)): ("bert." + hf, _linear if transpose else _same)
+        for path, (hf, transpose) in hf_bert.encoder_names(num_layers).items()
+    }
+    return {**table, **_dense("classifier", "classifier")}
+
+
+def _vit_names(num_layers: int) -> _Table:
+    table = {
+        "embedding/projection/kernel": ("vit.embeddings.patch_embeddings.projection.weight", _conv),
+        "embedding/projection/bias": ("vit.embeddings.patch_embeddings.projection.bias", _same),
+        "embedding/position": ("vit.embeddings.position_embeddings", lambda x: x[None]),
+        "embedding/cls_token": ("vit.embeddings.cls_token", lambda x: x[None, None]),
+        **_norm("norm", "vit.layernorm"),
+        **_dense("head", "classifier"),
+    }
+    for i in range(num_layers):
+        ours, hf = f"blocks/{i}", f"vit.encoder.layer.{i}"
+        table.update({
+            **_norm(f"{ours}/attention_norm", f"{hf}.layernorm_before"),
+            **_dense(f"{ours}/attention/query", f"{hf}.attention.attention.query"),
+            **_dense(f"{ours}/attention/key", f"{hf}.attention.attention.key"),
+            **_dense(f"{ours}/attention/value", f"{hf}.attention.attention.value"),
+            **_dense(f"{ours}/attention/output", f"{hf}.attention.output.dense"),
+            **_norm(f"{ours}/mlp_norm", f"{hf}.layernorm_after"),
+            **_dense(f"{ours}/mlp_in", f"{hf}.intermediate.dense"),
+            **_dense(f"{ours}/mlp_out", f"{hf}.output.dense"),
+        })
+    return table
+
+
+def _flatten(params) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(leaf)
+            for path, leaf in leaves}
+
+
+def _to_hf(params, table: _Table, family: str) -> dict[str, np.ndarray]:
+    flat = _flatten(params)
+    unmapped, absent = sorted(set(flat) - set(table)), sorted(set(table) - set(flat))
+    if unmapped or absent:
+        raise ValueError(
+            f"the {family} parameters do not match the Hugging Face layout: {len(unmapped)} of ours have no "
+            f"name ({unmapped[:3]}), {len(absent)} names have no parameter ({absent[:3]}). Was the checkpoint "
+            "written by another model config?"
+        )
+    return {hf: np.ascontiguousarray(convert(flat[ours]), dtype=np.float32) for ours, (hf, convert) in table.items()}
+
+
+def _labels(label_names, num_classes: int) -> dict:
+    names = list(label_names) if len(label_names) == num_classes else [f"LABEL_{i}" for i in range(num_classes)]
+    return {"id2label": {str(i): name for i, name in enumerate(names)},
+            "label2id": {name: i for i, name in enumerate(names)},
+            "problem_type": "single_label_classification"}
+
+
+def _write(directory: str, hf_config: dict, tensors: dict[str, np.ndarray]) -> None:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    safetensors.numpy.save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+
+
+def write_bert(params, model: ml_collections.ConfigDict, directory: str, *, label_names=(), vocab_path: str = "",
+               lowercase: bool = True) -> None:
+    """Our BertClassifier parameters -> a `BertForSequenceClassification` directory (with vocab.txt if given)."""
+    tensors = _to_hf(params, _bert_names(model.num_layers), "BERT")
+    word = tensors["bert.embeddings.word_embeddings.weight"]
+    num_classes = tensors["classifier.weight"].shape[0]
+    hf_config = {
+        "architectures": ["BertForSequenceClassification"],
+        "model_type": "bert",
+        "vocab_size": word.shape[0],
+        "hidden_size": word.shape[1],
+        "num_hidden_layers": model.num_layers,
+        "num_attention_heads": model.num_heads,
+        "intermediate_size": tensors["bert.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": model.dropout_rate,
+        "attention_probs_dropout_prob": model.attention_dropout_rate,
+        "max_position_embeddings": tensors["bert.embeddings.position_embeddings.weight"].shape[0],
+        "type_vocab_size": tensors["bert.embeddings.token_type_embeddings.weight"].shape[0],
+        "initializer_range": 0.02,
+        "layer_norm_eps": model.layer_norm_eps,
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+        "torch_dtype": "float32",
+        **_labels(label_names, num_classes),
+    }
+    _write(directory, hf_config, tensors)
+    if vocab_path:
+        shutil.copyfile(vocab_path, os.path.join(directory, "vocab.txt"))
+        tokenizer = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase,
+                     "model_max_length": hf_config["max_position_embeddings"]}
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump(tokenizer, f, indent=2)
+
+
+def write_vit(params, model: ml_collections.ConfigDict, directory: str, *, label_names=()) -> None:
+    """Our VisionTransformer parameters -> a `ViTForImageClassification` directory."""
+    if model.pooling != "cls":
+        raise ValueError(
+            f"config.model.pooling={model.pooling!r}: Hugging Face's ViTForImageClassification classifies the "
+            "class token, so only pooling='cls' exports."
+        )
+    hidden, num_layers, num_heads = vit.VIT_SIZES[model.variant]
+    tensors = _to_hf(params, _vit_names(num_layers), "ViT")
+    hf_config = {
+        "architectures": ["ViTForImageClassification"],
+        "model_type": "vit",
+        "hidden_size": hidden,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "intermediate_size": 4 * hidden,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": model.dropout_rate,
+        "attention_probs_dropout_prob": model.attention_dropout_rate,
+        "initializer_range": 0.02,
+        "layer_norm_eps": vit.ViTConfig.layer_norm_eps,
+        "image_size": model.image_size,
+        "patch_size": model.patch_size,
+        "num_channels": 3,
+        "qkv_bias": True,
+        "encoder_stride": model.patch_size,
+        "torch_dtype": "float32",
+        **_labels(label_names, tensors["classifier.weight"].shape[0]),
+    }
+    _write(directory, hf_config, tensors)
+
+
+def _data_keys(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """vocab_path and label_names from --config, else from the run's WORKDIR/config.json; lowercase from --config."""
+    run: dict = {}
+    path = os.path.join(workdir, "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            run = json.load(f).get("data", {})
+    vocab_path = config.data.get("vocab_path", "") or run.get("vocab_path", "")
+    if config.model.name == "bert" and not vocab_path:
+        log.warning("No config.data.vocab_path: the export has no vocab.txt, so no tokenizer loads from it.")
+    return {"vocab_path": vocab_path, "lowercase": config.data.get("lowercase", True),
+            "label_names": tuple(config.data.get("label_names", ()) or run.get("label_names", ()))}
+
+
+def export(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Writes checkpoint `config.eval_checkpoint` (best | latest | a step) of `workdir` to `config.export_dir`.
+
+    The model's shape comes from the checkpoint; the vocabulary and label names from `config.data`, or from
+    the run's WORKDIR/config.json where `config` leaves them empty.
+    """
+    config = config_checks.resolved_copy(config)
+    if config.model.name not in EXPORTABLE:
+        raise ValueError(
+            f"--mode=export_hf exports {EXPORTABLE}; config.model.name={config.model.name!r} has no Hugging Face "
+            "counterpart here."
+        )
+    ckpt_dir = checkpointing.checkpoint_dir(workdir)
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
+    checkpointer = checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
+                                              best_mode=config.best_mode)
+    try:
+        step = evaluate.select_step(checkpointer, str(config.eval_checkpoint))
+        state, meta = checkpointer.restore_raw(step)
+    finally:
+        checkpointer.close()
+    model = ml_collections.ConfigDict(meta["model"])  # The shape the weights were trained with.
+    directory = config.export_dir or os.path.join(workdir, "hf_export")
+    data = _data_keys(config, workdir)
+    if jax.process_index() == 0:
+        if model.name == "bert":
+            write_bert(state["params"], model, directory, label_names=data["label_names"],
+                       vocab_path=data["vocab_path"], lowercase=data["lowercase"])
+        else:
+            write_vit(state["params"], model, directory, label_names=data["label_names"])
+    log.info("Exported step %d of %s as a Hugging Face %s directory: %s", step, workdir, model.name, directory)
+    return directory
