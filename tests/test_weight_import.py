@@ -432,10 +432,7 @@ def test_init_from_dispatch(hf_vit_classifier, keras_resnet50, tmp_path):
 
     keras_path, *_ = keras_resnet50
     config = _vision_config("resnet", str(keras_path / "resnet50.keras"), depth=18, variant="cifar", num_classes=5)
-    with pytest.raises(ValueError, match="needs model.stride_in_1x1=True, but config.model has no 'stride_in_1x1'"):
-        pretrained.apply_to_config(config)
-    for key, value in (("stride_in_1x1", False), ("conv_bias", False), ("norm_epsilon", 1e-5)):
-        config.model[key] = value  # as the resnet section of configs/vision_models.py would hold them
+    assert (config.model.stride_in_1x1, config.model.conv_bias) == (False, False)  # v1.5 by default
     pretrained.apply_to_config(config)
     assert (config.model.depth, config.model.variant, config.model.stride_in_1x1, config.model.conv_bias) == (
         50, "imagenet", True, True)
