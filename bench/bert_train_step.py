@@ -306,25 +306,28 @@ def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dic
     return built
 
 
-def measure(args: argparse.Namespace, contenders: dict[str, Contender]) -> tuple[dict[str, list[float]], list]:
-    """Per contender, seconds per step of each round; rounds alternate the contenders (rotating the order)."""
+def measure(args: argparse.Namespace, contenders: dict[str, Contender]) -> tuple[dict, dict, list]:
+    """Per contender, wall and process-CPU seconds per step of each round; rounds alternate the contenders
+    (rotating the order)."""
     times = {name: [] for name in contenders}
+    cpu_times = {name: [] for name in contenders}
     peaks = matmul_peak()
     print(f"  load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     names = list(contenders)
     for round_index in range(args.rounds):
         order = names[round_index % len(names):] + names[: round_index % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             contenders[name].run(args.steps)
             times[name].append((time.perf_counter() - start) / args.steps)
+            cpu_times[name].append((time.process_time() - cpu_start) / args.steps)
         peaks += matmul_peak()
         summary = ", ".join(f"{n} {times[n][-1] * 1e3:.1f}" for n in names)
         print(f"  round {round_index + 1}/{args.rounds} (ms/step): {summary}", flush=True)
-    return times, peaks
+    return times, cpu_times, peaks
 
 
-def summarize(args, config, contenders, times, peaks) -> dict:
+def summarize(args, config, contenders, times, cpu_times, peaks) -> dict:
     peak = statistics.median(peaks)
     model_flops = analytic_flops(config.model, args.batch, args.length)
     reference_flops = contenders["ours"].flops if "ours" in contenders else 0.0
@@ -335,6 +338,8 @@ def summarize(args, config, contenders, times, peaks) -> dict:
         rows[name] = {
             "step_ms_median": median * 1e3,
             "step_ms_rounds": [t * 1e3 for t in times[name]],
+            "cpu_ms_median": statistics.median(cpu_times[name]) * 1e3,
+            "cpu_ms_rounds": [t * 1e3 for t in cpu_times[name]],
             "examples_per_second": args.batch / median,
             "flops_per_step": flops,
             "flops_source": "xla" if contender.flops else ("ours_xla" if flops else "none"),
@@ -380,7 +385,7 @@ def print_table(result: dict) -> None:
           f"analytic matmul FLOPs/step {result['analytic_matmul_flops_per_step'] / 1e9:.2f} G; "
           f"load average {env['load_average_after']:.1f} on {env['cpus']} CPUs")
     print(f"{'contender':<10}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'ex/s':>9}{'GFLOP/step':>12}"
-          f"{'GFLOP/s':>9}{'of peak':>9}")
+          f"{'GFLOP/s':>9}{'of peak':>9}{'CPU ms':>9}")
     nan = float("nan")
     for name, row in result["contenders"].items():
         flops, rate, fraction = row["flops_per_step"], row["flops_per_second"], row["fraction_of_matmul_peak"]
@@ -388,9 +393,10 @@ def print_table(result: dict) -> None:
         print(f"{name:<10}{row['step_ms_median']:>11.1f}{min(row['step_ms_rounds']):>9.1f}"
               f"{max(row['step_ms_rounds']):>9.1f}{row['examples_per_second']:>9.1f}"
               f"{flops / 1e9 if flops else nan:>11.2f}{marker}{rate / 1e9 if rate else nan:>9.1f}"
-              f"{fraction if fraction else nan:>9.1%}")
+              f"{fraction if fraction else nan:>9.1%}{row['cpu_ms_median']:>9.0f}")
     if any(row["flops_source"] == "ours_xla" for row in result["contenders"].values()):
         print("* FLOPs per step: XLA's count for our step (same architecture).")
+    print("CPU ms: process CPU time per step (all threads; includes OpenMP spin-waiting for torch).")
     if result["ratios"]:
         print("\ntheir time / our time (> 1: ours is faster)   medians   minima   per-round pairs (median)")
         for name, ratio in result["ratios"].items():
@@ -408,8 +414,8 @@ def main(argv=None) -> dict:
     print(f"Building {', '.join(args.contenders)} (BERT-{args.size}, batch {args.batch}, length {args.length}) "
           f"on {jax.devices()[0]}", flush=True)
     contenders = build(args, config, batch)
-    times, peaks = measure(args, contenders)
-    result = summarize(args, config, contenders, times, peaks)
+    times, cpu_times, peaks = measure(args, contenders)
+    result = summarize(args, config, contenders, times, cpu_times, peaks)
     print_table(result)
     if args.json:
         with open(args.json, "w") as f:

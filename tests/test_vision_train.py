@@ -79,3 +79,12 @@ def test_family_trains_on_mock_tfds(tmp_path, model):
 def test_quickstart_config_is_offline_digits():
     config = vision_classification.get_config("")
     assert config.data.source == "digits" and config.model.name == "resnet"
+
+
+@pytest.mark.parametrize("arg", ["vit_b16,oxford_iiit_pet", "resnet50,oxford_flowers102", "vgg16,folder"])
+def test_transfer_configs_build(arg):
+    from configs import vision_transfer
+
+    config = vision_transfer.get_config(arg)
+    assert config.optimizer.name == "sgd" and config.data.image_size == 224
+    assert config.model.name == arg.split(",")[0][:3].replace("res", "resnet")
