@@ -5,8 +5,10 @@ float32, dropout 0.1 on hidden states and attention probabilities unless --no-dr
 global-norm clipping at 1.0, on the same random batch:
   ours      lm.train.jit_train_step on a 1-device mesh, built as the trainer builds it (state donated)
   hf_flax   transformers.FlaxBertForSequenceClassification, a jax.jit step with an optax AdamW
-            (params and optimizer state donated)
-  torch     transformers.BertForSequenceClassification in eager mode, torch.optim.AdamW
+            (params and optimizer state donated). Its attention dropout draws one [length, length] mask
+            shared by all examples and heads (Flax's broadcast_dropout), far fewer random bits than ours
+  torch     transformers.BertForSequenceClassification in eager mode, torch.optim.AdamW, one thread
+            per core (OpenMP threads spin: with other processes on the cores its times balloon)
 Each is compiled / warmed up first; then R rounds alternate the contenders, each round timing N steps.
 A jitted 2048x2048 float32 matmul measured between rounds gives the peak that utilisation is quoted
 against; FLOPs per step come from XLA's cost analysis of each JAX step (torch is credited with ours).
