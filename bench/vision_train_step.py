@@ -54,7 +54,7 @@ from lm import state as state_lib
 CONTENDERS = ("ours", "keras", "torch")
 CASES = {  # name: (config argument, image size, default batch, default rounds, default steps)
     "resnet50": ("resnet50,imagenet2012", 224, 16, 3, 2),
-    "resnet18_cifar": ("resnet18_cifar,cifar10", 32, 128, 4, 2),
+    "resnet18_cifar": ("resnet18_cifar,cifar10", 32, 128, 3, 2),
 }
 TOTAL_STEPS = 10_000  # Only shapes the learning-rate schedule; no contender runs that long.
 
@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="all", choices=(*CASES, "all"))
     parser.add_argument("--batch", type=int, default=0, help="0: the case's default (16 / 128)")
-    parser.add_argument("--rounds", type=int, default=0, help="0: the case's default (3 / 4)")
+    parser.add_argument("--rounds", type=int, default=0, help="0: the case's default (3)")
     parser.add_argument("--steps", type=int, default=0,
                         help="timed steps per contender per round; 0: the case's default (2)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
