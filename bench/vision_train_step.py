@@ -1,7 +1,8 @@
 """Our jitted ResNet train step against Keras 3 (TensorFlow, XLA) and PyTorch eager: same model, batch, size.
 
 Two cases, each a model and data section of configs/vision_classification.py with its optimizer (SGD
-momentum 0.9 with weight decay; Nesterov and label smoothing as the recipe says):
+momentum 0.9 with weight decay; Nesterov and label smoothing as the recipe says; the learning rate scaled
+linearly to the batch, no warm-up):
   resnet50         ResNet-50 v1.5 at 224x224, 1000 classes, batch 16 by default
   resnet18_cifar   ResNet-18 with the CIFAR stem (one 3x3/1 convolution, no max-pool) at 32x32, 10 classes,
                    batch 128 by default
@@ -111,6 +112,10 @@ def case_settings(args: argparse.Namespace, case: str) -> dict:
 
 def model_config(settings: dict):
     config = configs.vision_classification.get_config(settings["config_arg"])
+    # The recipe's learning rate scaled linearly to this batch, without warm-up: the three contenders train
+    # at the same rate (a diverging run would not time the same arithmetic).
+    config.optimizer.learning_rate *= settings["batch"] / config.global_batch_size
+    config.optimizer.warmup_fraction = 0.0
     config.global_batch_size = settings["batch"]
     config.num_train_steps = TOTAL_STEPS
     config.mesh.data = 1
