@@ -5,6 +5,8 @@
       --config.eval_split=validation
   python main.py --config=configs/bert_sentiment.py:mini,smoke --workdir=/tmp/run --mode=export_hf \
       --config.export_dir=/tmp/run_hf   # the best checkpoint as a Hugging Face directory
+  python main.py --config=configs/bert_pretrain.py:files --workdir=/tmp/vocab --mode=build_vocab \
+      --config.data.train_files=corpus.txt   # learns /tmp/vocab/vocab.txt from the corpus
 """
 
 import os

@@ -8,6 +8,10 @@ import ml_collections
 
 
 def create_data(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1):
+    if config.task == "mlm" and config.model.name == "bert":
+        from input_pipeline import text_corpus
+
+        return text_corpus.PretrainingData(config, process_index, process_count)
     if config.task == "classification" and config.model.name == "bert":
         from input_pipeline import text_classification
 

@@ -57,8 +57,14 @@ class WordPieceTokenizer:
         self._tokenizer = tf_text.FastBertTokenizer(
             vocab=vocab, token_out_type=tf.int32, unknown_token="[UNK]", max_bytes_per_word=MAX_BYTES_PER_WORD
         )
+        # Word pieces that continue a word ("##ing"): whole-word masking keeps a word's pieces together.
+        self.continuation = np.array([token.startswith("##") for token in vocab])
         # Traced once and then called from every tf.data pipeline: building a pipeline stays cheap.
         self._tokenize = tf.function(self._tokenize_batch, input_signature=[tf.TensorSpec([None], tf.string)])
+        self._word_pieces = tf.function(
+            lambda texts: self._tokenizer.tokenize(self._normalize(texts)),
+            input_signature=[tf.TensorSpec([None], tf.string)],
+        )
 
     def __call__(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
         """Tokenizes a scalar or a [batch] tf.string tensor; works eagerly and inside tf.data maps."""
@@ -68,6 +74,10 @@ class WordPieceTokenizer:
         if texts.shape.rank != 1:
             raise ValueError(f"texts must be a scalar or a vector of strings, got shape {texts.shape}.")
         return self._tokenize(texts)
+
+    def word_pieces(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        """[batch] strings -> ragged [batch, (pieces)] int32 ids: no [CLS], [SEP], truncation or padding."""
+        return self._word_pieces(tf.convert_to_tensor(texts, tf.string))
 
     def _tokenize_batch(self, texts: tf.Tensor) -> dict[str, tf.Tensor]:
         tokens = self._tokenizer.tokenize(self._normalize(texts))[:, : self.max_length - 2]
@@ -85,16 +95,20 @@ class WordPieceTokenizer:
         }
 
     def _normalize(self, texts: tf.Tensor) -> tf.Tensor:
-        """Hugging Face's BasicTokenizer text cleaning, then lowercasing and accent stripping or NFC."""
-        # First: tf.strings.lower stops at a NUL byte.
-        texts = tf.strings.regex_replace(texts, _CONTROL, "")
-        if not self.lowercase:
-            return tf_text.normalize_utf8(texts, "NFC")
-        # Hugging Face lowercases character by character: no word-final sigma.
-        texts = tf.strings.lower(tf.strings.regex_replace(texts, "Σ", "σ"), encoding="utf-8")
-        return tf.strings.regex_replace(tf_text.normalize_utf8(texts, "NFD"), r"\p{Mn}", "")
+        return normalize_text(texts, self.lowercase)
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Eager convenience (serving, notebooks): a list of strings -> numpy arrays [len(texts), max_length]."""
         batch = self(tf.constant(list(texts), dtype=tf.string, shape=[len(texts)]))
         return {k: v.numpy() for k, v in batch.items()}
+
+
+def normalize_text(texts: tf.Tensor, lowercase: bool) -> tf.Tensor:
+    """Hugging Face's BasicTokenizer text cleaning, then lowercasing and accent stripping or NFC."""
+    # First: tf.strings.lower stops at a NUL byte.
+    texts = tf.strings.regex_replace(texts, _CONTROL, "")
+    if not lowercase:
+        return tf_text.normalize_utf8(texts, "NFC")
+    # Hugging Face lowercases character by character: no word-final sigma.
+    texts = tf.strings.lower(tf.strings.regex_replace(texts, "Σ", "σ"), encoding="utf-8")
+    return tf.strings.regex_replace(tf_text.normalize_utf8(texts, "NFD"), r"\p{Mn}", "")

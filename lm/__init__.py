@@ -2,7 +2,7 @@
 
 import ml_collections
 
-MODES = ("train", "eval", "export_hf")
+MODES = ("train", "eval", "export_hf", "build_vocab")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict:
@@ -21,6 +21,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
         from lm import evaluate
 
         return evaluate.run_eval(config, workdir)
+    if mode == "build_vocab":
+        from input_pipeline import vocab
+
+        return {"vocab_path": vocab.build_vocab(config, workdir)}
     if mode == "export_hf":
         from lm.serving import export_hf
 

@@ -6,7 +6,7 @@ import ml_collections
 
 from lm.weights import pretrained
 
-KNOWN_METRICS = ("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy")
+KNOWN_METRICS = ("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy", "perplexity")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -40,7 +40,16 @@ def check_static(config: ml_collections.ConfigDict) -> None:
             f"config.num_train_steps={config.num_train_steps} and config.num_epochs={config.num_epochs}: "
             "set one of them to a positive value."
         )
-    if config.model.num_classes < 2:
+    if config.task == "mlm" and (config.model.name != "bert" or config.model.get("head") != "mlm"):
+        raise ValueError(
+            f"config.task='mlm' needs a BERT built for masked LM: config.model.name='bert' (is "
+            f"{config.model.name!r}) and config.model.head='mlm' (is {config.model.get('head')!r})."
+        )
+    if config.task == "classification" and config.model.get("head", "classifier") != "classifier":
+        raise ValueError(
+            f"config.task='classification' needs config.model.head='classifier', not {config.model.head!r}."
+        )
+    if config.task != "mlm" and config.model.num_classes < 2:
         raise ValueError(f"config.model.num_classes={config.model.num_classes} must be at least 2.")
     if config.model.dtype not in DTYPES:
         raise ValueError(f"config.model.dtype={config.model.dtype!r}: use one of {DTYPES}.")

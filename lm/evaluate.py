@@ -41,6 +41,12 @@ def evaluate_split(eval_step, state: dict, data, split: str, mesh: jax.sharding.
     return task.finalize(jax.device_get(totals))
 
 
+def summary(result: dict) -> str:
+    """The scalar metrics of an evaluation, for a log line: "accuracy 0.8700, loss 0.3100, ..."."""
+    return ", ".join(f"{key} {value:.4f}" for key, value in result.items()
+                     if isinstance(value, (int, float)) and key != "step")
+
+
 def checkpoint_metrics(eval_metrics: dict | None) -> dict | None:
     return None if eval_metrics is None else metrics.scalar_metrics(eval_metrics)
 
@@ -93,6 +99,5 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
         result = evaluate_split(eval_step, state, exp.data, config.eval_split, exp.mesh, exp.task)
     result["step"] = step
     path = write_json(workdir, config.eval_split, result)
-    log.info("%s metrics at step %d: accuracy %.4f, f1_macro %.4f -> %s", config.eval_split, step,
-             result["accuracy"], result["f1_macro"], path)
+    log.info("%s metrics at step %d: %s -> %s", config.eval_split, step, summary(result), path)
     return result

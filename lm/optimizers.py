@@ -81,7 +81,7 @@ def _selected(names: list[str], config: ml_collections.ConfigDict) -> list[str]:
     if config.trainable == "all":
         return names
     if config.trainable == "head":
-        head = models.HEADS.get(config.model.name)
+        head = models.head_name(config.model)
         if head is None:
             raise ValueError(
                 f"config.trainable='head': model {config.model.name!r} has no known head; give a regular "

@@ -117,6 +117,10 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     peak_flops = config.peak_flops_per_device or metrics.matmul_peak_flops(size=1024, repeats=5)
     meta = {"model": config.model.to_dict(), "task": config.task}
     train_step, flops_per_step = jit_train_step(exp), 0.0
+    if start_step == 0 and config.get("eval_at_start", False):  # The starting point, e.g. of continued pretraining.
+        eval_metrics = evaluate.evaluate_split(eval_step, state, data, "validation", mesh, exp.task)
+        evaluate.write_eval_scalars(writer, 0, "validation", eval_metrics)
+        log.info("validation at step 0: %s", evaluate.summary(eval_metrics))
     train_iter = data.train_iterator(start_step)
     history, last_time, last_step = [], time.perf_counter(), start_step
     for step in range(start_step + 1, exp.total_steps + 1):
@@ -167,6 +171,6 @@ def _final_evaluation(exp, state: dict, checkpointer, eval_step, writer, workdir
         result["step"] = int(jax.device_get(state["step"]))
         evaluate.write_eval_scalars(writer, exp.total_steps, split, result)
         path = evaluate.write_json(workdir, split, result)
-        log.info("%s: accuracy %.4f, f1_macro %.4f -> %s", split, result["accuracy"], result["f1_macro"], path)
+        log.info("%s: %s -> %s", split, evaluate.summary(result), path)
         final[split] = result
     return final

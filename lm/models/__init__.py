@@ -12,6 +12,12 @@ from lm.models import bert, resnet, vgg, vit
 
 
 def _build_bert(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    """`model.head`: "classifier" (default) or "mlm" (masked-LM pretraining, `lm.tasks.mlm`)."""
+    head = model.get("head", "classifier")
+    if head == "mlm":
+        return bert.BertForMaskedLM(bert_config(model), rngs=rngs)
+    if head != "classifier":
+        raise ValueError(f"config.model.head={head!r}: use 'classifier' or 'mlm'.")
     return bert.BertClassifier(bert_config(model), model.num_classes, rngs=rngs)
 
 
@@ -76,6 +82,13 @@ def _build_vit(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
 
 # The classification head of each family: the parameters under this top-level name (`config.trainable="head"`).
 HEADS = {"bert": "classifier", "resnet": "head", "vgg": "head", "vit": "head"}
+
+
+def head_name(model: ml_collections.ConfigDict) -> str | None:
+    """The top-level parameter name of the model's head: HEADS, or `mlm_head` for a BERT built for masked LM."""
+    if model.name == "bert" and model.get("head", "classifier") == "mlm":
+        return "mlm_head"
+    return HEADS.get(model.name)
 
 
 def layer_stack(model: ml_collections.ConfigDict) -> tuple[str, str, int] | None:

@@ -133,3 +133,34 @@ class BertClassifier(nnx.Module):
         )
         pooled = self.dropout(pooled, deterministic=deterministic, rngs=rngs)
         return self.classifier(pooled).astype(jnp.float32)
+
+
+class BertMaskedLMHead(nnx.Module):
+    """BERT's masked-LM head: dense + GELU + LayerNorm, then the word embeddings (tied) and an output bias."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.dtype)
+        h = config.hidden_size
+        self.transform = layers.dense(h, h, ("embed", "embed_out"), dtype, rngs)
+        self.norm = layers.layer_norm(h, config.layer_norm_eps, dtype, rngs)
+        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32), sharding=("vocab",))
+
+    def __call__(self, x, word_embeddings: nnx.Embed):
+        x = self.norm(jax.nn.gelu(self.transform(x), approximate=False))
+        return word_embeddings.attend(x).astype(jnp.float32) + self.bias[...]
+
+
+class BertForMaskedLM(nnx.Module):
+    """BERT encoder + masked-LM head whose decoder is the encoder's word embedding matrix (tied, as in BERT).
+
+    Returns float32 logits over the vocabulary at every position, [batch, length, vocab_size]. The pooler is
+    part of the encoder (so that checkpoints transfer to `BertClassifier` by name) but takes no part here.
+    """
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.encoder = BertEncoder(config, rngs=rngs)
+        self.mlm_head = BertMaskedLMHead(config, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, rngs=None):
+        hidden, _ = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
+        return self.mlm_head(hidden, self.encoder.embeddings.word)

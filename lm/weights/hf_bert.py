@@ -227,6 +227,41 @@ def load_encoder_params(path: str, encoder_params: dict) -> tuple[dict, dict]:
     return new_params, report
 
 
+# Our masked-LM head (`lm.models.bert.BertMaskedLMHead`) -> (canonical HF name, transpose). The decoder weight
+# is tied to the word embeddings, so it has no entry of its own.
+MLM_HEAD_NAMES = {
+    **_dense(("transform",), "cls.predictions.transform.dense"),
+    **_norm(("norm",), "cls.predictions.transform.LayerNorm"),
+    ("bias",): ("cls.predictions.bias", False),
+}
+
+
+def load_mlm_head_params(path: str, head_params: dict) -> tuple[dict, dict]:
+    """Our `params['mlm_head']` with a HF directory's `cls.predictions.*` weights (BertForMaskedLM, BertForPreTraining).
+
+    A directory without them (a plain BertModel) leaves the head fresh: all of it is reported 'missing'.
+    Partial heads are an error. Returns (new head params, report with 'loaded' and 'missing').
+    """
+    names = _canonical_names(read_state_dict(path))
+    present = [hf for hf, _ in MLM_HEAD_NAMES.values() if hf in names]
+    if not present:
+        return head_params, {"loaded": [], "missing": [_dotted(("mlm_head",) + p) for p in MLM_HEAD_NAMES]}
+    absent = [hf for hf, _ in MLM_HEAD_NAMES.values() if hf not in names]
+    if absent:
+        raise ValueError(f"{path}: the masked-LM head is incomplete: it has {present} but lacks {absent}.")
+    state_dict = read_state_dict(path)
+    flat = {}
+    for ours, (hf, transpose) in MLM_HEAD_NAMES.items():
+        value = state_dict[names[hf]]
+        value = np.ascontiguousarray(value.T) if transpose else value
+        leaf = head_params
+        for key in ours:
+            leaf = leaf[key]
+        _check_shape(("mlm_head",) + ours, leaf, names[hf], value)
+        flat[ours] = value.astype(leaf.dtype)
+    return _nest(flat), {"loaded": [_dotted(("mlm_head",) + p) for p in MLM_HEAD_NAMES], "missing": []}
+
+
 def _check_shape(ours: _Path, leaf: Any, key: str, value: np.ndarray) -> None:
     if value.shape != tuple(np.shape(leaf)):
         raise ValueError(

@@ -205,7 +205,14 @@ def load_into(
         encoder, report = hf_bert.load_encoder_params(path, host_params["encoder"])
         new = dict(host_params, encoder=encoder)
         report = dict(report)
-        report["new"] = sorted(set(report.get("missing", [])) | {"classifier/" + k for k in host_params["classifier"]})
+        report["new"] = sorted(set(report.get("missing", [])))
+        if "mlm_head" in host_params:
+            new["mlm_head"], head_report = hf_bert.load_mlm_head_params(path, host_params["mlm_head"])
+            report["loaded"] = report["loaded"] + head_report["loaded"]
+            report["new"] = sorted(set(report["new"]) | set(head_report["missing"]))
+            report["unused"] = [key for key in report["unused"] if not key.startswith("cls.predictions.")]
+        else:
+            report["new"] = sorted(set(report["new"]) | {"classifier/" + k for k in host_params["classifier"]})
         return new, None, report
     return _load_from_workdir(path, host_params, host_stats)
 

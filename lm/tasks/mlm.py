@@ -1,0 +1,51 @@
+"""Masked language modelling (Devlin et al. 2019): cross-entropy over the masked positions only.
+
+Batches come masked from the pipeline (`input_pipeline.masking`): `input_ids` (with [MASK], random and kept
+tokens), `mlm_labels` (the original ids) and `mlm_weights` (1.0 at the positions to predict, else 0.0).
+Evaluation reports the masked-token loss, accuracy and perplexity (exp of the mean loss per masked token).
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lm.tasks.classification import TEXT_INPUTS
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLMTask:
+    input_keys: tuple[str, ...] = TEXT_INPUTS
+
+    def logits(self, model, batch: dict, *, deterministic: bool, rngs=None) -> jax.Array:
+        return model(*(batch[key] for key in self.input_keys), deterministic=deterministic, rngs=rngs)
+
+    def _per_token(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(losses, correct, weights), each [batch, length]; weights are 0 where nothing is predicted."""
+        labels, weights = batch["mlm_labels"], batch["mlm_weights"]
+        if "weight" in batch:  # Evaluation: padding blocks count nothing.
+            weights = weights * batch["weight"][:, None]
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        return losses, correct, weights
+
+    def loss(self, logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+        """Mean cross-entropy over the batch's masked tokens."""
+        losses, correct, weights = self._per_token(logits, batch)
+        count = jnp.maximum(jnp.sum(weights), 1.0)
+        return jnp.sum(losses * weights) / count, {"accuracy": jnp.sum(correct * weights) / count}
+
+    def eval_sums(self, logits: jax.Array, batch: dict) -> dict[str, jax.Array]:
+        losses, correct, weights = self._per_token(logits, batch)
+        return {"loss_sum": jnp.sum(losses * weights), "correct_sum": jnp.sum(correct * weights),
+                "masked_tokens": jnp.sum(weights)}
+
+    def finalize(self, sums: dict) -> dict:
+        count = float(sums["masked_tokens"])
+        if count == 0:
+            raise ValueError("Masked-LM evaluation saw no masked token: the split is too small to evaluate.")
+        loss = float(sums["loss_sum"]) / count
+        return {"loss": loss, "accuracy": float(sums["correct_sum"]) / count, "perplexity": math.exp(min(loss, 80.0)),
+                "num_masked_tokens": int(count)}
