@@ -42,3 +42,9 @@ def write_vocab(path: pathlib.Path) -> pathlib.Path:
     tokens += list("abcdefghijklmnopqrstuvwxyz") + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
     path.write_text("\n".join(dict.fromkeys(tokens)) + "\n")  # Unique, in order.
     return path
+
+
+def write_corpus(path: pathlib.Path, num: int, seed: int = 0) -> pathlib.Path:
+    """Raw text, one document a line, for masked-LM pretraining: the sentences of `sentiment_rows`."""
+    path.write_text("\n".join(text for text, _ in sentiment_rows(num, seed)) + "\n")
+    return path

@@ -143,7 +143,7 @@ class BertMaskedLMHead(nnx.Module):
         h = config.hidden_size
         self.transform = layers.dense(h, h, ("embed", "embed_out"), dtype, rngs)
         self.norm = layers.layer_norm(h, config.layer_norm_eps, dtype, rngs)
-        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32), sharding=("vocab",))
+        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32), out_sharding=("vocab",))
 
     def __call__(self, x, word_embeddings: nnx.Embed):
         x = self.norm(jax.nn.gelu(self.transform(x), approximate=False))
