@@ -206,6 +206,11 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
             f"--mode=export_hf exports {EXPORTABLE}; config.model.name={config.model.name!r} has no Hugging Face "
             "counterpart here."
         )
+    if config.task != "classification":
+        raise ValueError(
+            f"--mode=export_hf exports classifiers; config.task={config.task!r}. Fine-tune from this workdir "
+            "(a classification config with --config.init_from=WORKDIR) and export that run."
+        )
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
