@@ -153,14 +153,21 @@ def test_two_hosts_split_the_documents(tmp_path, corpus_vocab):
     docs = _documents(200)
     (tmp_path / "corpus.txt").write_text("\n".join(docs))
     config = _config(corpus_vocab, tmp_path / "corpus.txt", **{"data.validation_fraction": 0.0})
-    first = next(text_corpus.PretrainingData(config, 0, 2).train_iterator())
-    second = next(text_corpus.PretrainingData(config, 1, 2).train_iterator())
+    hosts = [text_corpus.PretrainingData(config, i, 2) for i in range(2)]
+    first, second = (next(host.train_iterator()) for host in hosts)
     assert first["input_ids"].shape == (8, 32)
     order = np.random.default_rng(text_corpus.epoch_seed(config.seed, 0)).permutation(len(docs))
     for host, batch in enumerate((first, second)):
         expected = np.concatenate([_token_ids(corpus_vocab, docs[i]) + [3] for i in order[host::2]])
         stream = batch["mlm_labels"][:, 1:].reshape(-1)
         np.testing.assert_array_equal(stream, expected[: len(stream)])
+
+    config.data.validation_fraction = 0.25  # The validation blocks differ per host; the batch count does not.
+    hosts = [text_corpus.PretrainingData(config, i, 2) for i in range(2)]
+    counts = hosts[0].num_blocks("validation")
+    evals = [list(host.eval_batches("validation")) for host in hosts]
+    assert len(evals[0]) == len(evals[1]) == -(-max(counts) // 8)
+    assert [sum(b["weight"].sum() for b in batches) for batches in evals] == counts
 
 
 def test_validation_from_jsonl_is_packed_in_order_and_padded(tmp_path, corpus_vocab):

@@ -121,7 +121,7 @@ def _classifier_config(vocab, files, init_from=""):
     return config
 
 
-def test_pretraining_lowers_the_masked_token_loss(tmp_path):
+def test_pretraining_lowers_the_masked_token_loss(tmp_path, monkeypatch):
     """Each document repeats the two words of one of 12 pairs: a masked word is one of the two its document
     shows, so the masked-token loss falls from ln(29) ~ 3.4 towards ln(2) ~ 0.7."""
     rng = np.random.default_rng(1)
@@ -136,12 +136,16 @@ def test_pretraining_lowers_the_masked_token_loss(tmp_path):
         vocab), -1
     config.update_from_flattened_dict({"num_train_steps": 80, "eval_every": 80, "checkpoint_every": 80,
                                        "log_every": 20, "global_batch_size": 32, "eval_batch_size": 64,
-                                       "optimizer.learning_rate": 3e-3, "optimizer.warmup_steps": 8})
-    exp = experiment.build(config_checks.resolved_copy(config))
-    with jax.set_mesh(exp.mesh):
-        start = evaluate.evaluate_split(evaluate.make_eval_step(exp.spec, exp.task, exp.mesh),
-                                        experiment.initial_state(exp), exp.data, "validation", exp.mesh, exp.task)
+                                       "optimizer.learning_rate": 3e-3, "optimizer.warmup_steps": 8,
+                                       "eval_at_start": True})
+    evaluations = []
+    write = evaluate.write_eval_scalars
+    monkeypatch.setattr(evaluate, "write_eval_scalars",
+                        lambda writer, step, split, result: evaluations.append((step, result)) or write(
+                            writer, step, split, result))
     final = lm.run(config, str(tmp_path / "run"), "train")["validation"]
+    step, start = evaluations[0]  # eval_at_start: the validation metrics before the first step.
+    assert step == 0 and [s for s, _ in evaluations] == [0, 80, 80]
     assert start["loss"] > 3.0 and start["accuracy"] < 0.15, start
     assert final["loss"] < 0.5 * start["loss"] and final["accuracy"] > 0.3, (start, final)
 
