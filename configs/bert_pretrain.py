@@ -117,6 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.best_metric = "loss"
     config.best_mode = "min"
     config.eval_splits_at_end = ("validation",)
+    config.eval_split = "validation"  # --mode=eval: pretraining corpora have no test split.
     config.optimizer.learning_rate = 1e-4
     config.optimizer.warmup_steps = 10_000
     config.optimizer.weight_decay = 0.01

@@ -11,7 +11,8 @@ yelp, files) and `smoke` (a few steps of a tiny model; for tests and CPUs).
 
 Pretrained weights: `--config.init_from=DIR` with a Hugging Face BERT directory (config.json,
 model.safetensors or pytorch_model.bin, vocab.txt). The encoder's shape then comes from DIR and the
-vocabulary from DIR/vocab.txt; the size word is ignored.
+vocabulary from DIR/vocab.txt; the size word is ignored. DIR may also be the workdir of a masked-LM
+pretraining run (configs/bert_pretrain.py): its encoder transfers, its masked-LM head is dropped.
 
 What trains: `--config.trainable=head` is a linear probe (only the classifier trains, the encoder is frozen:
 no gradients and no optimizer state for it), `--config.freeze=REGEX` freezes matching parameters, and

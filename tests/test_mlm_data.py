@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from configs import bert_pretrain
 from input_pipeline import masking, text_corpus
 from input_pipeline.tokenization import WordPieceTokenizer
+from lm import config_checks
 
 SPECIAL = np.array([0, 1, 2, 3, 4], np.int32)  # [PAD] [UNK] [CLS] [SEP] [MASK], as in tests/text_data.py's vocab.
 MASK_ID, VOCAB = 4, 1000
@@ -219,6 +220,9 @@ def test_config_errors(tmp_path, corpus_vocab):
     config.num_train_steps = -1
     with pytest.raises(ValueError, match="num_train_steps"):
         text_corpus.PretrainingData(config)
+    config = _config(corpus_vocab, tmp_path / "corpus.txt", **{"model.head": "classifier"})
+    with pytest.raises(ValueError, match="config.model.head='mlm'"):
+        config_checks.resolved_copy(config)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "w1"}) + "\n")
     with pytest.raises(ValueError, match="no field 'body'"):
         text_corpus.PretrainingData(_config(corpus_vocab, tmp_path / "bad.jsonl", **{"data.text_field": "body"}))
