@@ -16,7 +16,7 @@ def create_data(config: ml_collections.ConfigDict, process_index: int = 0, proce
         from input_pipeline import text_classification
 
         return text_classification.TextClassificationData(config, process_index, process_count)
-    if config.task == "classification" and config.model.name in ("resnet", "vgg", "vit"):
+    if config.task in ("classification", "simclr") and config.model.name in ("resnet", "vgg", "vit"):
         from input_pipeline import image_classification
 
         return image_classification.ImageClassificationData(config, process_index, process_count)

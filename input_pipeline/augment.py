@@ -92,6 +92,23 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
+def color_distortion(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+    """SimCLR's colour distortion (Chen et al. 2020, appendix A) of an RGB image in [0, 1].
+
+    With probability 0.8: random brightness, contrast and saturation of 0.8 x strength and hue of 0.2 x
+    strength; then with probability 0.2: grayscale. Stays in [0, 1].
+    """
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+    s = 0.8 * strength
+    jittered = _clip(tf.image.stateless_random_brightness(image, s, seeds[0]))
+    jittered = _clip(tf.image.stateless_random_contrast(jittered, 1 - s, 1 + s, seeds[1]))
+    jittered = _clip(tf.image.stateless_random_saturation(jittered, max(1 - s, 0.0), 1 + s, seeds[2]))
+    jittered = _clip(tf.image.stateless_random_hue(jittered, min(0.2 * strength, 0.5), seeds[3]))
+    image = tf.where(tf.random.stateless_uniform([], seeds[4]) < 0.8, jittered, image)
+    gray = tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+    return tf.where(tf.random.stateless_uniform([], seeds[5]) < 0.2, gray, image)
+
+
 def mixup(
     images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float, num_classes: int
 ) -> tuple[tf.Tensor, tf.Tensor]:

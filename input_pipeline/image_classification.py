@@ -603,6 +603,13 @@ class ImageClassificationData:
             data.eval_resize if data.eval_resize >= 0 else self._default_eval_resize(defaults)
         )
         self._augmentation, self._pad, self._flip = data.augmentation, data.pad, data.flip
+        # Self-supervised pretraining (SimCLR): two augmented views of each image, colour-distorted.
+        self._views, self._color = data.get("views", 1), float(data.get("color_distortion", 0.0))
+        if self._views not in (1, 2) or (self._color > 0 and self.channels != 3):
+            raise ValueError(
+                f"config.data.views={self._views} must be 1 or 2, and config.data.color_distortion="
+                f"{self._color} needs RGB images (config.data.channels=3, is {self.channels})."
+            )
         self._mixup_alpha = float(data.mixup_alpha)
         self._augment_seed = tf.constant([config.seed, AUGMENT_STREAM], tf.int64)
         self._mixup_seed = tf.constant([config.seed, MIXUP_STREAM], tf.int64)
@@ -657,6 +664,10 @@ class ImageClassificationData:
         num_padding = eval_padding(counts, self._process_index, batch_size)
         real = self._source.eval_examples(split).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
         padding = {"image": tf.zeros(self.image_shape), "label": tf.constant(0), "weight": tf.constant(0.0)}
+        if self._views == 2:  # Two views with seeds fixed by the example's place: every evaluation sees the same.
+            real = self._source.eval_examples(split).enumerate().map(self._eval_views,
+                                                                     num_parallel_calls=tf.data.AUTOTUNE)
+            padding["image_view2"] = padding["image"]
         ds = real.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
         return numpy_batches(ds.batch(batch_size, drop_remainder=True))
 
@@ -685,12 +696,17 @@ class ImageClassificationData:
                 image = augment.pad_crop(image, crop_seed, self._pad)
         if self._flip:
             image = augment.random_flip(image, flip_seed)
+        if self._color > 0:
+            image = augment.color_distortion(image, tf.random.experimental.stateless_fold_in(seed, 2), self._color)
         return image
 
     def _train_example(self, item, label, epoch, index) -> dict[str, tf.Tensor]:
         image = self._source.to_image(item, self.channels)
-        image = self._augment(image, augment.example_seed(self._augment_seed, epoch, index))
-        example = {"image": self._normalize(image), "label": label}
+        seed = augment.example_seed(self._augment_seed, epoch, index)
+        example = {"image": self._normalize(self._augment(image, seed)), "label": label}
+        if self._views == 2:
+            second = self._augment(image, tf.random.experimental.stateless_fold_in(seed, 1))
+            example["image_view2"] = self._normalize(second)
         if self._mixup_alpha > 0:
             example["mixup_seed"] = augment.example_seed(self._mixup_seed, epoch, index)
         return example
@@ -707,6 +723,13 @@ class ImageClassificationData:
     def _eval_example(self, item, label) -> dict[str, tf.Tensor]:
         image = self._resize(self._source.to_image(item, self.channels))
         return {"image": self._normalize(image), "label": label, "weight": tf.constant(1.0)}
+
+    def _eval_views(self, index, item_and_label) -> dict[str, tf.Tensor]:
+        item, label = item_and_label
+        image = self._source.to_image(item, self.channels)
+        seed = augment.example_seed(self._augment_seed, -1, index)  # Epoch -1: never a training epoch.
+        return {"image": self._normalize(self._augment(image, seed)), "label": label, "weight": tf.constant(1.0),
+                "image_view2": self._normalize(self._augment(image, tf.random.experimental.stateless_fold_in(seed, 1)))}
 
     def _normalize(self, image: tf.Tensor) -> tf.Tensor:
         return tf.ensure_shape(augment.normalize(image, self._mean, self._std), self.image_shape)

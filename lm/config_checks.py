@@ -45,11 +45,23 @@ def check_static(config: ml_collections.ConfigDict) -> None:
             f"config.task='mlm' needs a BERT built for masked LM: config.model.name='bert' (is "
             f"{config.model.name!r}) and config.model.head='mlm' (is {config.model.get('head')!r})."
         )
+    if config.task == "simclr" and (config.model.name != "resnet" or not config.model.get("projection_dims")
+                                    or config.data.get("views", 1) != 2):
+        raise ValueError(
+            "config.task='simclr' needs a ResNet with a projection head and two views of each image: "
+            f"config.model.name='resnet' (is {config.model.name!r}), config.model.projection_dims non-empty (is "
+            f"{config.model.get('projection_dims')!r}) and config.data.views=2 (is {config.data.get('views')!r})."
+        )
+    if config.task == "classification" and config.model.get("projection_dims", ()):
+        raise ValueError(
+            f"config.task='classification' needs the linear head: set config.model.projection_dims=() (is "
+            f"{tuple(config.model.projection_dims)})."
+        )
     if config.task == "classification" and config.model.get("head", "classifier") != "classifier":
         raise ValueError(
             f"config.task='classification' needs config.model.head='classifier', not {config.model.head!r}."
         )
-    if config.task != "mlm" and config.model.num_classes < 2:
+    if config.task == "classification" and config.model.num_classes < 2:
         raise ValueError(f"config.model.num_classes={config.model.num_classes} must be at least 2.")
     if config.model.dtype not in DTYPES:
         raise ValueError(f"config.model.dtype={config.model.dtype!r}: use one of {DTYPES}.")

@@ -14,7 +14,7 @@ import optax
 import input_pipeline
 from lm import config_checks, optimizers, sharding
 from lm import state as state_lib
-from lm.tasks import classification, mlm
+from lm.tasks import classification, mlm, simclr
 from lm.weights import pretrained
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class Experiment:
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
     data: object
-    task: classification.ClassificationTask | mlm.MaskedLMTask
+    task: classification.ClassificationTask | mlm.MaskedLMTask | simclr.SimCLRTask
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     spec: state_lib.StateSpec
@@ -34,11 +34,13 @@ class Experiment:
     eval_every: int
 
 
-def create_task(config: ml_collections.ConfigDict) -> classification.ClassificationTask | mlm.MaskedLMTask:
+def create_task(config: ml_collections.ConfigDict):
     if config.task == "mlm":
         return mlm.MaskedLMTask()
+    if config.task == "simclr":
+        return simclr.SimCLRTask(temperature=config.temperature)
     if config.task != "classification":
-        raise ValueError(f"config.task={config.task!r} is not known; use 'classification' or 'mlm'.")
+        raise ValueError(f"config.task={config.task!r} is not known; use 'classification', 'mlm' or 'simclr'.")
     inputs = classification.TEXT_INPUTS if config.model.name == "bert" else classification.IMAGE_INPUTS
     return classification.ClassificationTask(
         num_classes=config.model.num_classes, input_keys=inputs, label_smoothing=config.label_smoothing

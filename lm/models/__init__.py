@@ -47,6 +47,7 @@ def _build_resnet(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Modul
         stride_in_1x1=model.get("stride_in_1x1", False),
         conv_bias=model.get("conv_bias", False),
         norm_epsilon=model.get("norm_epsilon", 1e-5),
+        projection_dims=tuple(model.get("projection_dims", ())),
         dtype=model.dtype,
     )
     return resnet.ResNet(config, rngs=rngs)
@@ -88,6 +89,8 @@ def head_name(model: ml_collections.ConfigDict) -> str | None:
     """The top-level parameter name of the model's head: HEADS, or `mlm_head` for a BERT built for masked LM."""
     if model.name == "bert" and model.get("head", "classifier") == "mlm":
         return "mlm_head"
+    if model.name == "resnet" and model.get("projection_dims", ()):
+        return "projection"
     return HEADS.get(model.name)
 
 

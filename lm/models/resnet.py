@@ -52,6 +52,8 @@ class ResNetConfig:
     stride_in_1x1: bool = False  # v1: the bottleneck's stride on its first 1x1 conv instead of the 3x3 (v1.5).
     conv_bias: bool = False  # Biases on every convolution (Keras applications' ResNets have them).
     norm_epsilon: float = 1e-5  # BatchNorm epsilon (torchvision 1e-5, Keras applications 1.001e-5).
+    # Non-empty: a projection MLP (SimCLR, Chen et al. 2020) of these widths replaces the linear head.
+    projection_dims: tuple[int, ...] = ()
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -217,15 +219,18 @@ class ResNet(nnx.Module):
         self.stem = Stem(config, rngs)
         blocks, features = _blocks(config, rngs)
         self.blocks = nnx.List(blocks)
-        self.head = nnx.Linear(
-            features,
-            config.num_classes,
-            dtype=jnp.dtype(config.dtype),
-            param_dtype=jnp.float32,
-            kernel_init=nnx.with_partitioning(HEAD_INIT, ("embed", "classes")),
-            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",)),
-            rngs=rngs,
-        )
+        if config.projection_dims:
+            self.projection = ProjectionHead(features, config.projection_dims, config, rngs)
+        else:
+            self.head = nnx.Linear(
+                features,
+                config.num_classes,
+                dtype=jnp.dtype(config.dtype),
+                param_dtype=jnp.float32,
+                kernel_init=nnx.with_partitioning(HEAD_INIT, ("embed", "classes")),
+                bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",)),
+                rngs=rngs,
+            )
 
     def __call__(
         self, images: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
@@ -238,4 +243,30 @@ class ResNet(nnx.Module):
         for block in self.blocks:
             x = layers.constrain_batch(block(x, deterministic=deterministic))
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        if self.config.projection_dims:
+            return self.projection(pooled, deterministic=deterministic).astype(jnp.float32)
         return self.head(pooled).astype(jnp.float32)
+
+
+class ProjectionHead(nnx.Module):
+    """SimCLR's projection MLP: (Linear, BatchNorm, ReLU) for each hidden width, then Linear to the last width.
+
+    Chen et al. 2020 (v1) use one hidden layer of the feature width and 128 outputs; SimCLR v2 three layers.
+    The contrastive loss reads its output; after pretraining it is dropped and a linear head is probed or
+    fine-tuned on the pooled features.
+    """
+
+    def __init__(self, in_features: int, dims: tuple[int, ...], config: ResNetConfig, rngs: nnx.Rngs):
+        widths = (in_features, *dims)
+        self.dense = nnx.List([
+            nnx.Linear(a, b, use_bias=False, dtype=jnp.dtype(config.dtype), param_dtype=jnp.float32,
+                       kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp")),
+                       rngs=rngs)
+            for a, b in zip(widths[:-1], widths[1:])
+        ])
+        self.norms = nnx.List([_norm(width, config, rngs) for width in dims[:-1]])
+
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+        for dense, norm in zip(self.dense[:-1], self.norms):
+            x = jax.nn.relu(norm(dense(x), use_running_average=deterministic))
+        return self.dense[-1](x)
