@@ -242,14 +242,14 @@ def load_mlm_head_params(path: str, head_params: dict) -> tuple[dict, dict]:
     A directory without them (a plain BertModel) leaves the head fresh: all of it is reported 'missing'.
     Partial heads are an error. Returns (new head params, report with 'loaded' and 'missing').
     """
-    names = _canonical_names(read_state_dict(path))
+    state_dict = read_state_dict(path)
+    names = _canonical_names(state_dict)
     present = [hf for hf, _ in MLM_HEAD_NAMES.values() if hf in names]
     if not present:
         return head_params, {"loaded": [], "missing": [_dotted(("mlm_head",) + p) for p in MLM_HEAD_NAMES]}
     absent = [hf for hf, _ in MLM_HEAD_NAMES.values() if hf not in names]
     if absent:
         raise ValueError(f"{path}: the masked-LM head is incomplete: it has {present} but lacks {absent}.")
-    state_dict = read_state_dict(path)
     flat = {}
     for ours, (hf, transpose) in MLM_HEAD_NAMES.items():
         value = state_dict[names[hf]]
