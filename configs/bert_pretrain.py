@@ -34,8 +34,10 @@ of the steps at length 128 and added next-sentence prediction; this config train
 BERT-base's masked-token accuracy is ~70% on held-out Wikipedia text (perplexity ~4), and fine-tuned from it
 the GLUE scores of Devlin et al. (SST-2 93.5 dev).
 
-Measured on this 2-core CPU (README "Pretraining"): continued pretraining of all-MiniLM-L6-v2 on the SST-2
-sentences, then SST-2 fine-tuning.
+Measured on this 2-core CPU (README "Pretraining"): continued pretraining of all-MiniLM-L6-v2 on the 7,792
+SST-2 train+dev sentences (64-token blocks, batch 32, 178 steps, lr 1e-4) takes held-out masked-token
+accuracy from 0% (fresh head) to 17.6% (perplexity 375); SST-2 fine-tuned from it reaches 86.2% test accuracy
+against 87.4% straight from MiniLM (one seed).
 """
 
 import ml_collections
