@@ -41,6 +41,7 @@ def _build_resnet(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Modul
         stride_in_1x1=model.get("stride_in_1x1", False),
         conv_bias=model.get("conv_bias", False),
         norm_epsilon=model.get("norm_epsilon", 1e-5),
+        conv_weight_grad=model.get("conv_weight_grad", "auto"),
         dtype=model.dtype,
     )
     return resnet.ResNet(config, rngs=rngs)
@@ -54,6 +55,7 @@ def _build_vgg(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         dropout_rate=model.dropout_rate,
         pool_size=model.pool_size,
         classifier_width=model.classifier_width,
+        conv_weight_grad=model.get("conv_weight_grad", "auto"),
         dtype=model.dtype,
     )
     return vgg.VGG(config, rngs=rngs)
