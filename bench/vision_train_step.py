@@ -9,6 +9,8 @@ linearly to the batch, no warm-up):
 The contenders train on the same random NHWC float32 batch and random labels, BatchNorm in train mode
 (batch statistics, running averages updated):
   ours    lm.train.jit_train_step on a 1-device mesh, built as the trainer builds it (state donated)
+  ours_xla_grad  the same with model.conv_weight_grad="xla": kernel gradients as XLA's backward-filter
+          convolutions instead of matrix products (lm/models/convolution.py); not run by default
   keras   Keras 3 on the TensorFlow backend, `compile(jit_compile=True)` and `train_on_batch`.
           resnet50: `keras.applications.ResNet50(weights=None)`, which is ResNet v1 (stride on the first
           1x1 convolution of a block, convolutions with biases): about 5% fewer FLOPs than v1.5.
@@ -51,8 +53,9 @@ import numpy as np
 import configs.vision_classification
 from lm import config_checks, experiment, metrics, optimizers, sharding, train
 from lm import state as state_lib
+from lm.models import convolution
 
-CONTENDERS = ("ours", "keras", "torch")
+CONTENDERS = ("ours", "ours_xla_grad", "keras", "torch")
 CASES = {  # name: (config argument, image size, default batch, default rounds, default steps)
     "resnet50": ("resnet50,imagenet2012", 224, 16, 3, 2),
     "resnet18_cifar": ("resnet18_cifar,cifar10", 32, 128, 3, 2),
@@ -67,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=0, help="0: the case's default (3)")
     parser.add_argument("--steps", type=int, default=0,
                         help="timed steps per contender per round; 0: the case's default (2)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
+    parser.add_argument("--contenders", default="ours,keras,torch", help="comma-separated subset of "
                         + ",".join(CONTENDERS))
     parser.add_argument("--torch-memory-format", default="channels_last",
                         choices=("channels_last", "contiguous"))
@@ -155,7 +158,9 @@ class Contender:
 class Ours(Contender):
     name = "ours"
 
-    def __init__(self, config, batch: dict[str, np.ndarray]):
+    def __init__(self, config, batch: dict[str, np.ndarray], weight_grad: str = "auto"):
+        config = config.copy_and_resolve_references()
+        config.model.conv_weight_grad = weight_grad
         self.mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
         tx, schedule = optimizers.create_optimizer(config.optimizer, TOTAL_STEPS)
         spec = state_lib.state_spec(config.model, tx, self.mesh, config.axis_rules, config.seed)
@@ -170,7 +175,8 @@ class Ours(Contender):
             self.step = train.jit_train_step(exp).lower(self.state, self.batch).compile()
         self.flops = step_flops(self.step)
         self.metrics = None
-        self.note = f"ResNet-{config.model.depth} v1.5, {config.model.variant} stem, NHWC"
+        self.note = (f"ResNet-{config.model.depth} v1.5, {config.model.variant} stem, NHWC, kernel gradients: "
+                     f"{convolution.resolve_weight_grad(weight_grad)}")
 
     def run(self, steps: int) -> None:
         with jax.set_mesh(self.mesh):
@@ -318,8 +324,8 @@ def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dic
     built = {}
     for name in args.contenders:
         start = time.perf_counter()
-        if name == "ours":
-            contender = Ours(config, batch)
+        if name in ("ours", "ours_xla_grad"):
+            contender = Ours(config, batch, weight_grad="xla" if name == "ours_xla_grad" else "auto")
         elif name == "keras":
             contender = Keras(config, batch)
         else:
@@ -387,13 +393,13 @@ def print_table(result: dict) -> None:
           f"{s['rounds']} rounds x {s['steps']} steps; matmul peak (2048^2 fp32, jitted) "
           f"{result['matmul_peak_flops_per_second'] / 1e9:.1f} GFLOP/s; "
           f"load average {result['load_average_after']:.1f}")
-    print(f"{'contender':<10}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'img/s':>8}{'GFLOP/step':>12}"
+    print(f"{'contender':<14}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'img/s':>8}{'GFLOP/step':>12}"
           f"{'GFLOP/s':>9}{'of peak':>9}  model")
     nan = float("nan")
     for name, row in result["contenders"].items():
         flops, rate, fraction = row["flops_per_step"], row["flops_per_second"], row["fraction_of_matmul_peak"]
         marker = "*" if row["flops_source"] == "ours_xla" else " "
-        print(f"{name:<10}{row['step_ms_median']:>11.0f}{min(row['step_ms_rounds']):>9.0f}"
+        print(f"{name:<14}{row['step_ms_median']:>11.0f}{min(row['step_ms_rounds']):>9.0f}"
               f"{max(row['step_ms_rounds']):>9.0f}{row['images_per_second']:>8.1f}"
               f"{flops / 1e9 if flops else nan:>11.1f}{marker}{rate / 1e9 if rate else nan:>9.1f}"
               f"{fraction if fraction else nan:>9.1%}  {row['note']}")
