@@ -51,16 +51,17 @@ import jax
 import numpy as np
 
 import configs.vision_classification
-from lm import config_checks, experiment, metrics, optimizers, sharding, train
-from lm import state as state_lib
+from lm import config_checks
 from lm.models import convolution
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (bench/common.py)
 
 CONTENDERS = ("ours", "ours_xla_grad", "keras", "torch")
 CASES = {  # name: (config argument, image size, default batch, default rounds, default steps)
     "resnet50": ("resnet50,imagenet2012", 224, 16, 3, 2),
     "resnet18_cifar": ("resnet18_cifar,cifar10", 32, 128, 3, 2),
 }
-TOTAL_STEPS = 10_000  # Only shapes the learning-rate schedule; no contender runs that long.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -120,7 +121,7 @@ def model_config(settings: dict):
     config.optimizer.learning_rate *= settings["batch"] / config.global_batch_size
     config.optimizer.warmup_fraction = 0.0
     config.global_batch_size = settings["batch"]
-    config.num_train_steps = TOTAL_STEPS
+    config.num_train_steps = common.TOTAL_STEPS
     config.mesh.data = 1
     return config_checks.resolved_copy(config)
 
@@ -134,58 +135,15 @@ def host_batch(settings: dict, num_classes: int, seed: int) -> dict[str, np.ndar
     }
 
 
-def step_flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
-
-
-class Contender:
-    """A train step with its state; `run(n)` takes n steps and returns when they have finished."""
-
-    name = ""
-    flops = 0.0
-    note = ""
-
-    def run(self, steps: int) -> None:
-        raise NotImplementedError
-
-    def loss(self) -> float:
-        raise NotImplementedError
-
-
-class Ours(Contender):
-    name = "ours"
+class Ours(common.Ours):
+    """Our step; `weight_grad` sets model.conv_weight_grad (lm/models/convolution.py)."""
 
     def __init__(self, config, batch: dict[str, np.ndarray], weight_grad: str = "auto"):
         config = config.copy_and_resolve_references()
         config.model.conv_weight_grad = weight_grad
-        self.mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
-        tx, schedule = optimizers.create_optimizer(config.optimizer, TOTAL_STEPS)
-        spec = state_lib.state_spec(config.model, tx, self.mesh, config.axis_rules, config.seed)
-        exp = experiment.Experiment(
-            config=config, mesh=self.mesh, data=None, task=experiment.create_task(config), tx=tx,
-            schedule=schedule, spec=spec, total_steps=TOTAL_STEPS, steps_per_epoch=TOTAL_STEPS,
-            eval_every=TOTAL_STEPS,
-        )
-        with jax.set_mesh(self.mesh):
-            self.state = state_lib.init_state(config.model, tx, spec, config.seed)
-            self.batch = sharding.global_batch(batch, self.mesh)
-            self.step = train.jit_train_step(exp).lower(self.state, self.batch).compile()
-        self.flops = step_flops(self.step)
-        self.metrics = None
+        super().__init__(config, batch)
         self.note = (f"ResNet-{config.model.depth} v1.5, {config.model.variant} stem, NHWC, kernel gradients: "
                      f"{convolution.resolve_weight_grad(weight_grad)}")
-
-    def run(self, steps: int) -> None:
-        with jax.set_mesh(self.mesh):
-            for _ in range(steps):
-                self.state, self.metrics = self.step(self.state, self.batch)
-            jax.block_until_ready((self.state, self.metrics))
-
-    def loss(self) -> float:
-        return float(self.metrics["loss"])
 
 
 def keras_resnet18_cifar(keras, num_classes: int, width: int = 64):
@@ -214,7 +172,7 @@ def keras_resnet18_cifar(keras, num_classes: int, width: int = 64):
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="resnet18_cifar")
 
 
-class Keras(Contender):
+class Keras(common.Contender):
     name = "keras"
 
     def __init__(self, config, batch: dict[str, np.ndarray]):
@@ -256,7 +214,7 @@ class Keras(Contender):
         return float(self.last_loss)
 
 
-class Torch(Contender):
+class Torch(common.Contender):
     name = "torch"
 
     def __init__(self, config, batch: dict[str, np.ndarray], threads: int, memory_format: str):
@@ -314,13 +272,8 @@ class Torch(Contender):
         return float(self.last_loss)
 
 
-def matmul_peak() -> float:
-    return metrics.matmul_peak_flops(size=2048, repeats=3)
-
-
-def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, Contender]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = args.torch_threads or cores
+def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, common.Contender]:
+    threads = args.torch_threads or common.cores()
     built = {}
     for name in args.contenders:
         start = time.perf_counter()
@@ -337,25 +290,7 @@ def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dic
     return built
 
 
-def measure(settings: dict, contenders: dict[str, Contender]) -> tuple[dict[str, list[float]], list[float]]:
-    """Per contender, seconds per step of each round; rounds alternate the contenders (rotating the order)."""
-    times = {name: [] for name in contenders}
-    peaks = [matmul_peak()]
-    print(f"  load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    names = list(contenders)
-    for round_index in range(settings["rounds"]):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
-        for name in order:
-            start = time.perf_counter()
-            contenders[name].run(settings["steps"])
-            times[name].append((time.perf_counter() - start) / settings["steps"])
-        peaks.append(matmul_peak())
-        summary = ", ".join(f"{n} {times[n][-1] * 1e3:.0f}" for n in names)
-        print(f"  round {round_index + 1}/{settings['rounds']} (ms/step): {summary}", flush=True)
-    return times, peaks
-
-
-def summarize(settings: dict, contenders: dict[str, Contender], times, peaks) -> dict:
+def summarize(settings: dict, contenders: dict[str, common.Contender], times, peaks) -> dict:
     peak = statistics.median(peaks)
     reference_flops = contenders["ours"].flops if "ours" in contenders else 0.0
     rows = {}
@@ -419,7 +354,7 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     print(f"\nBuilding {', '.join(args.contenders)} for {case} (batch {settings['batch']}, "
           f"{settings['image_size']}x{settings['image_size']}) on {jax.devices()[0]}", flush=True)
     contenders = build(args, config, batch)
-    times, peaks = measure(settings, contenders)
+    times, _, peaks = common.measure(contenders, settings["rounds"], settings["steps"])
     result = summarize(settings, contenders, times, peaks)
     del contenders  # Frees the states before the next case builds its own.
     return result
