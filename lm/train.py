@@ -61,11 +61,10 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
         finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         params = state_lib.combine(optax.apply_updates(params, updates), frozen)
-        new_state = dict(state, params=params, opt_state=opt_state, batch_stats=batch_stats)
-        kept = {key: state[key] for key in ("params", "opt_state", "batch_stats")}
-        new_state = dict(new_state, **jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                                   {key: new_state[key] for key in kept}, kept))
-        new_state["step"] = state["step"] + 1
+        updated = {"params": params, "opt_state": opt_state, "batch_stats": batch_stats}
+        kept = {key: state[key] for key in updated}
+        chosen = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, kept)
+        new_state = dict(state, **chosen, step=state["step"] + 1)
         step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
         return new_state, {**step_metrics, "nonfinite": 1 - finite.astype(jnp.int32)}
 
@@ -148,11 +147,7 @@ def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str) -> 
     found = checkpointer.restore_latest(exp.spec.abstract)
     if found is None:
         return experiment.initial_state(exp)
-    state, meta, step = found
-    if meta.get("data_position", step) != step:
-        raise checkpointing.CheckpointError(
-            f"{checkpointer.step_path(step)}: data position {meta['data_position']} != step {step}."
-        )
+    state, _, step = found
     log.info("Resumed from %s at step %d (the data pipeline restarts at batch %d).", workdir, step, step)
     return state
 

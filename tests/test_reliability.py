@@ -148,19 +148,25 @@ def test_random_kills(data, tmp_path):
     expected_starts = [0]
     while True:
         process = start(data, workdir, num_train_steps=steps, checkpoint_every=1)
-        if kills < 10:
-            wait_for(lambda p=process: logged_steps(workdir)[-1:] and logged_steps(workdir)[-1][0] != "start"
-                     or p.poll() is not None)
+        if kills < 10:  # Once this process has trained a step, at a random moment.
+            starts = len(expected_starts)
+            wait_for(lambda p=process, n=starts: p.poll() is not None or _training(workdir, n))
             time.sleep(rng.uniform(0.0, 1.5))
             process.kill()
         if finish(process, workdir) == 0:
             break
         kills += 1
-        steps = committed_steps(workdir)
-        expected_starts.append(steps[-1] if steps else 0)
-    assert kills == 10
+        committed = committed_steps(workdir)
+        expected_starts.append(committed[-1] if committed else 0)
+    assert kills == 10 and expected_starts[-1] > 0
     assert check_replay(workdir, logged_steps(straight), steps) == expected_starts
     assert state_digests(workdir) == state_digests(straight)
+
+
+def _training(workdir, starts: int) -> bool:
+    """Whether the `starts`-th start of the run has logged a step."""
+    lines = logged_steps(workdir)
+    return sum(line[0] == "start" for line in lines) == starts and lines[-1][0] != "start"
 
 
 def test_sigterm_saves_the_step_and_exits_0(data, straight, tmp_path):
