@@ -138,7 +138,7 @@ class Checkpointer:
             try:
                 state, meta = self.restore(step, abstract_state)
             except Exception as error:  # Any failure means this checkpoint cannot be used: fall back.
-                log.warning("Checkpoint %s cannot be restored and is skipped: %s: %s",
+                log.warning("Checkpoint %s cannot be restored and is skipped: %s: %.500s",
                             self.step_path(step), type(error).__name__, error)
                 self._set_aside(step)
                 continue

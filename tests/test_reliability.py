@@ -40,14 +40,15 @@ def data(tmp_path_factory) -> dict[str, pathlib.Path]:
 
 def run_config(data, **overrides):
     settings = {"num_train_steps": STEPS, "checkpoint_every": 2, "eval_every": 1000, "log_every": 4,
-                "keep_checkpoints": 3, "debug_step_log": True, "peak_flops_per_device": 1.0, **overrides}
+                "keep_checkpoints": 3, "debug_step_log": True, "peak_flops_per_device": 1.0,
+                "eval_splits_at_end": (), **overrides}
     return files_config(data["vocab"], data["csv"], **settings)
 
 
 def main_args(data, workdir, **overrides) -> list[str]:
     config = run_config(data, **overrides)
     flags = {"num_train_steps", "checkpoint_every", "eval_every", "log_every", "keep_checkpoints", "debug_step_log",
-             "peak_flops_per_device", *overrides}
+             "peak_flops_per_device", "eval_splits_at_end", *overrides}
     args = [sys.executable, str(ROOT / "main.py"), "--config=configs/bert_sentiment.py:files,smoke",
             f"--workdir={workdir}", f"--config.data.train_files={data['csv']}", "--config.data.text_field=review",
             "--config.data.label_field=sentiment", '--config.data.label_names=("negative","positive")',
@@ -132,7 +133,7 @@ def test_kill_9_and_resume_is_exact(data, straight, tmp_path):
     assert finish(process, workdir) == -signal.SIGKILL
     newest = committed_steps(workdir)[-1]
     assert newest < STEPS
-    assert finish(start(data, workdir), workdir) == 0
+    lm.run(run_config(data), str(workdir), "train")  # The restart, in this process to save a start-up.
     assert check_replay(workdir, logged_steps(straight)) == [0, newest]
     assert state_digests(workdir) == state_digests(straight)
 
@@ -179,7 +180,7 @@ def test_sigterm_saves_the_step_and_exits_0(data, straight, tmp_path):
     stopped_at = int(logged_steps(workdir)[-1][0])
     assert stopped_at < STEPS and committed_steps(workdir) == [stopped_at]
     assert "Preempted: saved step" in workdir.with_suffix(".log").read_text()
-    assert finish(start(data, workdir, checkpoint_every=100), workdir) == 0
+    lm.run(run_config(data, checkpoint_every=100), str(workdir), "train")  # The restart, in this process.
     assert check_replay(workdir, logged_steps(straight)) == [0, stopped_at]
     assert state_digests(workdir) == state_digests(straight)
 
