@@ -111,21 +111,28 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restores onto the shardings in `abstract_state` (jax.ShapeDtypeStruct leaves): any mesh works.
 
-        Raises CheckpointError if the arrays do not match the checksums recorded at save.
+        Raises CheckpointError, on every process alike, if any process fails to read the checkpoint or finds
+        arrays that differ from the checksums recorded at save.
         """
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
-                                    checksums=ocp.args.JsonRestore()),
-        )
-        if not restored.get("checksums"):
-            raise CheckpointError(f"{self.step_path(step)} holds no checksums: it was not written by this version.")
-        problems = integrity.mismatches(restored["state"], restored["checksums"])
+        problems, restored, error = [], {}, None
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
+                                        checksums=ocp.args.JsonRestore()),
+            )
+            if not restored.get("checksums"):
+                problems = ["it holds no checksums (not written by this version of lm)"]
+            else:
+                problems = integrity.local_mismatches(restored["state"], restored["checksums"])
+        except Exception as caught:  # Reported below, on every process, as a CheckpointError.
+            error = caught
+            problems = [f"{type(caught).__name__}: {str(caught)[:300]}"]
+        problems = integrity.agree(problems)
         if problems:
             raise CheckpointError(
-                f"{self.step_path(step)}: {len(problems)} array shard(s) differ from their checksums, e.g. "
-                f"{'; '.join(problems[:3])}."
-            )
+                f"{self.step_path(step)} cannot be restored: {len(problems)} problem(s), e.g. {'; '.join(problems[:3])}"
+            ) from error
         return restored["state"], restored["meta"]
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
@@ -137,9 +144,8 @@ class Checkpointer:
         for step in reversed(self.all_steps()):
             try:
                 state, meta = self.restore(step, abstract_state)
-            except Exception as error:  # Any failure means this checkpoint cannot be used: fall back.
-                log.warning("Checkpoint %s cannot be restored and is skipped: %s: %.500s",
-                            self.step_path(step), type(error).__name__, error)
+            except CheckpointError as error:  # This checkpoint cannot be used: fall back to the one before.
+                log.warning("Checkpoint %s is skipped: %s", self.step_path(step), error)
                 self._set_aside(step)
                 continue
             return state, meta, step

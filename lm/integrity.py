@@ -5,9 +5,10 @@ the global slice it covers ("0:64,0:128"; "" for a scalar), so the digests do no
 or process held the shard: each process hashes the shards it owns (replica 0) and the processes exchange
 their digests, so every process returns the whole map. It also refuses non-finite floating-point values.
 
-`mismatches(tree, expected)` recomputes the digests of a restored tree and lists what differs. A process
-checks every recorded shard whose slice lies inside data it holds; on the mesh that saved the checkpoint,
-or on a single process, every shard is checked.
+`local_mismatches(tree, expected)` recomputes the digests of a restored tree and lists what differs. A
+process checks every recorded shard whose slice lies inside data it holds; on the mesh that saved the
+checkpoint, or on a single process, every shard is checked. `agree(problems)` gives every process the union
+of all processes' findings, so that they all take the same decision.
 """
 
 import hashlib
@@ -70,11 +71,8 @@ def checksums(tree: Any, where: str = "") -> dict[str, dict[str, str]]:
     return _merge(_allgather_json(local))
 
 
-def mismatches(tree: Any, expected: dict[str, dict[str, str]]) -> list[str]:
-    """What differs between `tree` and the digests `checksums` recorded; empty when all match.
-
-    The verdict is the same on every process (each one's findings are exchanged).
-    """
+def local_mismatches(tree: Any, expected: dict[str, dict[str, str]]) -> list[str]:
+    """What differs between `tree` and the digests `checksums` recorded, as far as this process can see."""
     problems = []
     leaves = dict(leaf_paths(tree))
     for path in sorted(set(expected) - set(leaves)):
@@ -88,7 +86,12 @@ def mismatches(tree: Any, expected: dict[str, dict[str, str]]) -> list[str]:
             data = _slice_of(held, _parse(key))
             if data is not None and _digest(data) != digest:
                 problems.append(f"{path}[{key}]: sha256 differs from the one recorded at save")
-    return sorted(set(p for found in _allgather_json(problems) for p in found))
+    return problems
+
+
+def agree(problems: list[str]) -> list[str]:
+    """The problems any process found, on every process (a collective: every process must call it)."""
+    return sorted({problem for found in _allgather_json(problems) for problem in found})
 
 
 def _held_data(leaf: Any) -> list[tuple[tuple[tuple[int, int], ...], Any]]:
