@@ -90,6 +90,14 @@ def training_defaults() -> ml_collections.ConfigDict:
     # gradient, no optimizer state and no weight decay: they stay bit-for-bit as loaded.
     config.trainable = "all"
     config.freeze = ""  # Regular expression: of the parameters `trainable` selects, those it finds are frozen.
+    # A step whose loss or gradients are not finite is skipped (no update; counted in train/nonfinite_skips); this
+    # many skipped steps in a row halt the run with an error.
+    config.max_consecutive_nonfinite = 5
+    # Test hooks, off by default. debug_step_log appends "step loss sha256-of-batch" per step to
+    # WORKDIR/debug_steps.txt (reads the loss every step: a host sync). debug_nan_steps makes the gradients NaN
+    # at these steps (1-based, as logged), to exercise the non-finite handling.
+    config.debug_step_log = False
+    config.debug_nan_steps = ()
     config.peak_flops_per_device = 0.0  # For MFU; 0 measures a matmul on this device at start.
     config.distributed = ml_collections.ConfigDict(
         {"coordinator_address": "", "num_processes": 1, "process_id": 0}

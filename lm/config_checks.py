@@ -33,8 +33,14 @@ def _positive(config, key: str) -> None:
 
 def check_static(config: ml_collections.ConfigDict) -> None:
     """Checks that need neither devices nor data."""
-    for key in ("global_batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+    for key in ("global_batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                "max_consecutive_nonfinite"):
         _positive(config, key)
+    if any(not isinstance(step, int) or step < 1 for step in config.debug_nan_steps):
+        raise ValueError(
+            f"config.debug_nan_steps={config.debug_nan_steps!r} must hold step numbers >= 1 "
+            "(a test hook; () disables it)."
+        )
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError(
             f"config.num_train_steps={config.num_train_steps} and config.num_epochs={config.num_epochs}: "
