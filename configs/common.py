@@ -90,6 +90,10 @@ def training_defaults() -> ml_collections.ConfigDict:
     # gradient, no optimizer state and no weight decay: they stay bit-for-bit as loaded.
     config.trainable = "all"
     config.freeze = ""  # Regular expression: of the parameters `trainable` selects, those it finds are frozen.
+    # A bad example in the user's files (an empty text, an unknown label, a row without a field, an image that
+    # does not decode): 'error' stops before training with the file, the row and what is wrong; 'skip' leaves
+    # it out, logs how many were skipped per split with the files, and trains on the rest.
+    config.on_bad_example = "error"
     config.peak_flops_per_device = 0.0  # For MFU; 0 measures a matmul on this device at start.
     config.distributed = ml_collections.ConfigDict(
         {"coordinator_address": "", "num_processes": 1, "process_id": 0}

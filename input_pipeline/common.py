@@ -4,6 +4,7 @@ Host i of n takes examples i, i + n, ... of a split; every host takes the same n
 (the smallest share decides) and of evaluation batches (the largest share decides, the rest is padding).
 """
 
+import logging
 import math
 from collections.abc import Iterator
 
@@ -11,7 +12,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "validation", "test")
+ON_BAD_EXAMPLE = ("error", "skip")
 # Stream ids for numpy's SeedSequence: each use of the config seed draws independently.
 SPLIT_STREAM, EPOCH_STREAM, AUGMENT_STREAM, MIXUP_STREAM = 1, 2, 3, 4
 
@@ -23,6 +27,49 @@ def host_counts(num_examples: int, process_count: int) -> list[int]:
 
 def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, EPOCH_STREAM, epoch])
+
+
+def check_on_bad_example(value: object) -> None:
+    if value not in ON_BAD_EXAMPLE:
+        raise ValueError(
+            f"config.on_bad_example={value!r}: use 'error' (stop at the first bad example, naming its file and "
+            "row) or 'skip' (leave bad examples out, count them and log the count)."
+        )
+
+
+class BadExamples:
+    """Bad examples met while reading: raised at once (policy 'error') or recorded and skipped ('skip').
+
+    `skipped[name]` lists (file, "FILE line N: what is wrong") for each example left out of the data read
+    under `name` (a config key such as "train_files"); `counts()` gives how many per name.
+    """
+
+    def __init__(self, policy: str):
+        check_on_bad_example(policy)
+        self.policy = policy
+        self.skipped: dict[str, list[tuple[str, str]]] = {}
+
+    def report(self, name: str, path: str, message: str) -> None:
+        """`message` says where and what ("FILE line 3: the text is empty."); raises under 'error'."""
+        if self.policy == "error":
+            raise ValueError(
+                f"{message} Fix or remove this example, or set config.on_bad_example='skip' to leave bad "
+                "examples out (they are counted and logged)."
+            )
+        self.skipped.setdefault(name, []).append((path, message))
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(found) for name, found in self.skipped.items()}
+
+    def log_summary(self) -> None:
+        """One warning per name that skipped examples: the count, the files, and the first problem."""
+        for name, found in self.skipped.items():
+            files = dict.fromkeys(path for path, _ in found)
+            per_file = ", ".join(f"{path} ({sum(p == path for p, _ in found)})" for path in files)
+            log.warning(
+                "config.on_bad_example='skip': skipped %d bad example(s) of config.data.%s: %s. First: %s",
+                len(found), name, per_file, found[0][1],
+            )
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, process_count: int) -> None:
