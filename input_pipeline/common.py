@@ -1,6 +1,7 @@
 """What every input pipeline shares: split names, per-host slicing, epoch seeds, padding, numpy batches.
 
-Host i of n takes examples i, i + n, ... of a split; every host takes the same number of training steps
+Host i of n takes examples i, i + n, ... of an evaluation split, and block i of each global batch of a
+training epoch held in memory (`host_share`); every host takes the same number of training steps
 (the smallest share decides) and of evaluation batches (the largest share decides, the rest is padding).
 """
 
@@ -23,6 +24,20 @@ SPLIT_STREAM, EPOCH_STREAM, AUGMENT_STREAM, MIXUP_STREAM = 1, 2, 3, 4
 def host_counts(num_examples: int, process_count: int) -> list[int]:
     """Examples per host when host i takes examples i, i + process_count, ..."""
     return [len(range(i, num_examples, process_count)) for i in range(process_count)]
+
+
+def host_share(order: np.ndarray, process_index: int, process_count: int, host_batch_size: int) -> np.ndarray:
+    """This host's training examples of an epoch visited in `order`: block `process_index` of each global batch.
+
+    Global batch k, assembled from the hosts' batches in host order, is then order[k * G : (k + 1) * G] (G the
+    global batch size) whatever the process count, example for example and device for device: 2 processes x 4
+    devices train on what 1 process x 8 devices does. The tail that fills no global batch is dealt out in turn,
+    so a host holds as many examples as `host_counts` says.
+    """
+    global_batch = host_batch_size * process_count
+    whole = len(order) // global_batch * global_batch
+    blocks = order[:whole].reshape(-1, process_count, host_batch_size)[:, process_index].reshape(-1)
+    return np.concatenate([blocks, order[whole:][process_index::process_count]])
 
 
 def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:

@@ -17,7 +17,8 @@ the dataset's metadata) before anything compiles, then serves:
   every example of the split appears once over all hosts and every host yields the same number of batches.
 
 Per host. Folder, digits and arrays are held in memory (folders as file paths, decoded in tf.data): the
-training set is permuted afresh each epoch and host i takes every `process_count`-th example from i;
+training set is permuted afresh each epoch and host i takes block i of each global batch of the permutation
+(the global batches do not depend on the process count);
 evaluation splits are sliced the same way unpermuted. TFDS: `tfds.even_splits` gives each host a fixed,
 disjoint slice, shuffled each epoch in a `shuffle_buffer`-long buffer of still-encoded images. Every TFDS
 dataset is built (`as_dataset`) once, in the constructor: under `tfds.testing.mock_data` `as_dataset`
@@ -54,6 +55,7 @@ from input_pipeline.common import (
     epoch_seed,
     eval_padding,
     host_counts,
+    host_share,
     numpy_batches,
     steps_per_epoch,
 )
@@ -388,7 +390,7 @@ def array_class_names(arrays: dict[str, np.ndarray], splits: dict[str, Examples]
 class MemorySource:
     """Splits held in memory; this host's share of each, as tf.data of (item, label[, index])."""
 
-    def __init__(self, loaded: Loaded, seed: int, process_index: int, process_count: int):
+    def __init__(self, loaded: Loaded, seed: int, process_index: int, process_count: int, host_batch_size: int):
         self.class_names, self.defaults = loaded.class_names, loaded.defaults
         self.description = loaded.description
         bad = loaded.bad_examples
@@ -401,6 +403,7 @@ class MemorySource:
         self._labels = {split: tf.constant(e.labels) for split, e in loaded.splits.items()}
         self._seed = seed
         self._process_index, self._process_count = process_index, process_count
+        self._host_batch_size = host_batch_size
 
     def has_split(self, split: str) -> bool:
         return split in self._sizes
@@ -416,7 +419,8 @@ class MemorySource:
     def _host_permutation(self, epoch: np.int64) -> np.ndarray:
         rng = np.random.default_rng(epoch_seed(self._seed, int(epoch)))
         permutation = rng.permutation(self._sizes["train"])
-        return permutation[self._process_index :: self._process_count].astype(np.int64)
+        share = host_share(permutation, self._process_index, self._process_count, self._host_batch_size)
+        return share.astype(np.int64)
 
     def eval_examples(self, split: str) -> tf.data.Dataset:
         ds = tf.data.Dataset.range(self._process_index, self._sizes[split], self._process_count)
@@ -625,7 +629,8 @@ def load_source(config: ml_collections.ConfigDict, process_index: int, process_c
     if config.data.source == "tfds":
         return TfdsSource(config, process_index, process_count)
     loaders = {"folder": load_folder, "digits": load_digits, "arrays": load_arrays}
-    return MemorySource(loaders[config.data.source](config), config.seed, process_index, process_count)
+    host_batch_size = config.global_batch_size // process_count
+    return MemorySource(loaders[config.data.source](config), config.seed, process_index, process_count, host_batch_size)
 
 
 # ----------------------------------------------------------------------------------------------------

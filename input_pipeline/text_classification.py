@@ -14,7 +14,8 @@ before anything compiles, then serves:
   the same number of batches, so a multi-host jitted evaluation never waits for a host that ran out.
 
 Per host. Files: every host reads the files; the training set is permuted afresh each epoch and host i
-takes every `process_count`-th example from i (so hosts see different examples each epoch); evaluation
+takes block i of each global batch of the permutation (so hosts see different examples each epoch, and the
+global batches do not depend on the process count); evaluation
 splits are sliced the same way without permuting. TFDS: `tfds.even_splits` gives each host a fixed,
 disjoint slice; each epoch shuffles it with a `shuffle_buffer`-long buffer (files ignore `shuffle_buffer`:
 they are permuted whole). A TFDS dataset not yet on disk is downloaded and prepared first, as `tfds.load`
@@ -53,6 +54,7 @@ from input_pipeline.common import (
     epoch_seed,
     eval_padding,
     host_counts,
+    host_share,
     numpy_batches,
     steps_per_epoch,
 )
@@ -288,6 +290,7 @@ class FileSource:
         self._splits = splits
         self._seed = config.seed
         self._process_index, self._process_count = process_index, process_count
+        self._host_batch_size = config.global_batch_size // process_count
         train = splits["train"]
         self._train_texts = tf.constant(train.texts, dtype=tf.string)
         self._train_labels = tf.constant(train.labels)
@@ -307,7 +310,8 @@ class FileSource:
     def _host_permutation(self, epoch: np.int64) -> np.ndarray:
         rng = np.random.default_rng(epoch_seed(self._seed, int(epoch)))
         permutation = rng.permutation(len(self._splits["train"]))
-        return permutation[self._process_index :: self._process_count].astype(np.int64)
+        share = host_share(permutation, self._process_index, self._process_count, self._host_batch_size)
+        return share.astype(np.int64)
 
     def host_examples(self, split: str) -> tf.data.Dataset:
         host = self._splits[split].take(
