@@ -122,9 +122,9 @@ def initialize(config: ml_collections.ConfigDict) -> None:
 def _use_timed_orbax_barriers() -> None:
     """Orbax waits at barriers of the coordination service (timed) instead of device collectives (untimed).
 
-    Orbax reads an absl flag for this, readable only once flags are parsed (main.py); a value given on the
-    command line wins.
+    Orbax reads an absl flag for this, readable only once flags are parsed (main.py).
     """
+    import orbax.checkpoint  # noqa: F401 (defines the flag)
     from absl import flags
 
     name = "experimental_orbax_use_distributed_barrier"

@@ -197,6 +197,23 @@ def test_global_batches_do_not_depend_on_the_process_count(tmp_path, minilm_voca
                 np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want)
 
 
+ORBAX_BARRIER_CHECK = """
+from absl import flags
+from lm import distributed
+flags.FLAGS(["main.py"])  # As app.run does in main.py, before Orbax is imported.
+distributed._use_timed_orbax_barriers()
+from orbax.checkpoint._src.multihost import multihost
+print("timed barriers:", multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.value)
+"""
+
+
+def test_orbax_barriers_are_timed_under_main():
+    """Once flags are parsed (main.py), Orbax waits at timed coordination-service barriers."""
+    result = subprocess.run([sys.executable, "-c", ORBAX_BARRIER_CHECK], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert "timed barriers: True" in result.stdout, result.stderr[-3000:]
+
+
 def test_settings_from_config_and_environment():
     config = files_config(pathlib.Path("vocab.txt"), "x.csv")
     dist = config.distributed
