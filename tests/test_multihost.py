@@ -233,3 +233,6 @@ def test_settings_from_config_and_environment():
     dist.coordinator_address = "localhost"
     with pytest.raises(ValueError, match="needs a port"):
         distributed.resolve(dist, {})
+    config.distributed.timeout_s = 0
+    with pytest.raises(ValueError, match=r"config.distributed.timeout_s=0 must be a positive number of seconds"):
+        distributed.initialize(config)
