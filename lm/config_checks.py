@@ -4,6 +4,7 @@ import os
 
 import ml_collections
 
+from input_pipeline.common import check_on_bad_example
 from lm.weights import pretrained
 
 KNOWN_METRICS = ("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy")
@@ -66,6 +67,7 @@ def check_static(config: ml_collections.ConfigDict) -> None:
                 f"config.model.hidden_size={config.model.hidden_size} is not divisible by "
                 f"config.model.num_heads={config.model.num_heads}."
             )
+    check_on_bad_example(config.on_bad_example)
     for split in config.eval_splits_at_end:
         if split not in ("train", "validation", "test"):
             raise ValueError(f"config.eval_splits_at_end has {split!r}; use 'train', 'validation' or 'test'.")
