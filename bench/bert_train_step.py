@@ -38,18 +38,19 @@ import numpy as np
 import optax
 
 import configs.bert_sentiment
-from configs import common
-from lm import config_checks, experiment, optimizers, sharding, train
-from lm import state as state_lib
+from configs import common as config_common
+from lm import config_checks, optimizers
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (bench/common.py)
 
 CONTENDERS = ("ours", "hf_flax", "torch")
 NUM_CLASSES = 2
-TOTAL_STEPS = 10_000  # Only shapes the learning-rate schedule; no contender runs that long.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="mini", choices=tuple(common.BERT_SIZES))
+    parser.add_argument("--size", default="mini", choices=tuple(config_common.BERT_SIZES))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
@@ -91,7 +92,7 @@ def model_config(args: argparse.Namespace):
     config.model.num_classes = NUM_CLASSES
     config.global_batch_size = args.batch
     config.data.max_length = args.length
-    config.num_train_steps = TOTAL_STEPS
+    config.num_train_steps = common.TOTAL_STEPS
     if args.no_dropout:
         config.model.dropout_rate = 0.0
         config.model.attention_dropout_rate = 0.0
@@ -116,61 +117,12 @@ def host_batch(args: argparse.Namespace, vocab_size: int) -> dict[str, np.ndarra
     }
 
 
-def step_flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
-
-
 def analytic_flops(model, batch: int, length: int) -> float:
     """Matmul FLOPs of one train step (forward + backward = 3x forward), for a cross-check of XLA's count."""
     h, m, layers = model.hidden_size, model.intermediate_size, model.num_layers
     per_token_layer = 2 * (4 * h * h + 2 * h * m) + 2 * 2 * length * h  # projections, MLP, QK^T and PV
     head = 2 * (h * h + h * NUM_CLASSES)  # pooler and classifier, first token only
     return 3.0 * (batch * length * layers * per_token_layer + batch * head)
-
-
-class Contender:
-    """A train step with its state; `run(n)` takes n steps and returns when they have finished."""
-
-    name = ""
-    flops = 0.0
-
-    def run(self, steps: int) -> None:
-        raise NotImplementedError
-
-    def loss(self) -> float:
-        raise NotImplementedError
-
-
-class Ours(Contender):
-    name = "ours"
-
-    def __init__(self, config, batch: dict[str, np.ndarray]):
-        self.mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
-        tx, schedule = optimizers.create_optimizer(config.optimizer, TOTAL_STEPS)
-        spec = state_lib.state_spec(config.model, tx, self.mesh, config.axis_rules, config.seed)
-        exp = experiment.Experiment(
-            config=config, mesh=self.mesh, data=None, task=experiment.create_task(config), tx=tx,
-            schedule=schedule, spec=spec, total_steps=TOTAL_STEPS, steps_per_epoch=TOTAL_STEPS,
-            eval_every=TOTAL_STEPS,
-        )
-        with jax.set_mesh(self.mesh):
-            self.state = state_lib.init_state(config.model, tx, spec, config.seed)
-            self.batch = sharding.global_batch(batch, self.mesh)
-            self.step = train.jit_train_step(exp).lower(self.state, self.batch).compile()
-        self.flops = step_flops(self.step)
-        self.metrics = None
-
-    def run(self, steps: int) -> None:
-        with jax.set_mesh(self.mesh):
-            for _ in range(steps):
-                self.state, self.metrics = self.step(self.state, self.batch)
-            jax.block_until_ready((self.state, self.metrics))
-
-    def loss(self) -> float:
-        return float(self.metrics["loss"])
 
 
 def hf_bert_config(model):
@@ -185,7 +137,7 @@ def hf_bert_config(model):
     )
 
 
-class HFFlax(Contender):
+class HFFlax(common.Contender):
     name = "hf_flax"
 
     def __init__(self, config, batch: dict[str, np.ndarray], train_mode: bool):
@@ -195,7 +147,7 @@ class HFFlax(Contender):
             hf_bert_config(config.model), input_shape=(1, 1), seed=config.seed
         )
         opt = config.optimizer
-        schedule = optimizers.learning_rate_schedule(opt, TOTAL_STEPS)
+        schedule = optimizers.learning_rate_schedule(opt, common.TOTAL_STEPS)
         tx = optax.chain(
             optax.clip_by_global_norm(opt.clip_norm),
             optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
@@ -224,7 +176,7 @@ class HFFlax(Contender):
         self.step = jax.jit(train_step, donate_argnums=(0, 1)).lower(
             self.params, self.opt_state, self.step_count, self.batch
         ).compile()
-        self.flops = step_flops(self.step)
+        self.flops = common.step_flops(self.step)
         self.last_loss = None
 
     def run(self, steps: int) -> None:
@@ -238,7 +190,7 @@ class HFFlax(Contender):
         return float(self.last_loss)
 
 
-class Torch(Contender):
+class Torch(common.Contender):
     name = "torch"
 
     def __init__(self, config, batch: dict[str, np.ndarray], threads: int):
@@ -277,26 +229,13 @@ class Torch(Contender):
         return float(self.last_loss)
 
 
-def matmul_peak(size: int = 2048, repeats: int = 3) -> list[float]:
-    """FLOP/s of a jitted square float32 matmul, one sample per repeat."""
-    a = jax.device_put(jnp.ones((size, size), jnp.float32), jax.devices()[0])
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        samples.append(2 * size**3 / (time.perf_counter() - start))
-    return samples
-
-
-def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, Contender]:
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, common.Contender]:
+    threads = common.cores()
     built = {}
     for name in args.contenders:
         start = time.perf_counter()
         if name == "ours":
-            contender = Ours(config, batch)
+            contender = common.Ours(config, batch)
         elif name == "hf_flax":
             contender = HFFlax(config, batch, train_mode=not args.no_dropout)
         else:
@@ -306,27 +245,6 @@ def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dic
               f"loss {contender.loss():.4f}", flush=True)
         built[name] = contender
     return built
-
-
-def measure(args: argparse.Namespace, contenders: dict[str, Contender]) -> tuple[dict, dict, list]:
-    """Per contender, wall and process-CPU seconds per step of each round; rounds alternate the contenders
-    (rotating the order)."""
-    times = {name: [] for name in contenders}
-    cpu_times = {name: [] for name in contenders}
-    peaks = matmul_peak()
-    print(f"  load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    names = list(contenders)
-    for round_index in range(args.rounds):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
-        for name in order:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            contenders[name].run(args.steps)
-            times[name].append((time.perf_counter() - start) / args.steps)
-            cpu_times[name].append((time.process_time() - cpu_start) / args.steps)
-        peaks += matmul_peak()
-        summary = ", ".join(f"{n} {times[n][-1] * 1e3:.1f}" for n in names)
-        print(f"  round {round_index + 1}/{args.rounds} (ms/step): {summary}", flush=True)
-    return times, cpu_times, peaks
 
 
 def summarize(args, config, contenders, times, cpu_times, peaks) -> dict:
@@ -416,7 +334,7 @@ def main(argv=None) -> dict:
     print(f"Building {', '.join(args.contenders)} (BERT-{args.size}, batch {args.batch}, length {args.length}) "
           f"on {jax.devices()[0]}", flush=True)
     contenders = build(args, config, batch)
-    times, cpu_times, peaks = measure(args, contenders)
+    times, cpu_times, peaks = common.measure(contenders, args.rounds, args.steps, digits=1)
     result = summarize(args, config, contenders, times, cpu_times, peaks)
     print_table(result)
     if args.json:

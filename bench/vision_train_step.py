@@ -9,6 +9,8 @@ linearly to the batch, no warm-up):
 The contenders train on the same random NHWC float32 batch and random labels, BatchNorm in train mode
 (batch statistics, running averages updated):
   ours    lm.train.jit_train_step on a 1-device mesh, built as the trainer builds it (state donated)
+  ours_xla_grad  the same with model.conv_weight_grad="xla": kernel gradients as XLA's backward-filter
+          convolutions instead of matrix products (lm/models/convolution.py); not run by default
   keras   Keras 3 on the TensorFlow backend, `compile(jit_compile=True)` and `train_on_batch`.
           resnet50: `keras.applications.ResNet50(weights=None)`, which is ResNet v1 (stride on the first
           1x1 convolution of a block, convolutions with biases): about 5% fewer FLOPs than v1.5.
@@ -49,15 +51,17 @@ import jax
 import numpy as np
 
 import configs.vision_classification
-from lm import config_checks, experiment, metrics, optimizers, sharding, train
-from lm import state as state_lib
+from lm import config_checks
+from lm.models import convolution
 
-CONTENDERS = ("ours", "keras", "torch")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (bench/common.py)
+
+CONTENDERS = ("ours", "ours_xla_grad", "keras", "torch")
 CASES = {  # name: (config argument, image size, default batch, default rounds, default steps)
     "resnet50": ("resnet50,imagenet2012", 224, 16, 3, 2),
     "resnet18_cifar": ("resnet18_cifar,cifar10", 32, 128, 3, 2),
 }
-TOTAL_STEPS = 10_000  # Only shapes the learning-rate schedule; no contender runs that long.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=0, help="0: the case's default (3)")
     parser.add_argument("--steps", type=int, default=0,
                         help="timed steps per contender per round; 0: the case's default (2)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
+    parser.add_argument("--contenders", default="ours,keras,torch", help="comma-separated subset of "
                         + ",".join(CONTENDERS))
     parser.add_argument("--torch-memory-format", default="channels_last",
                         choices=("channels_last", "contiguous"))
@@ -117,7 +121,7 @@ def model_config(settings: dict):
     config.optimizer.learning_rate *= settings["batch"] / config.global_batch_size
     config.optimizer.warmup_fraction = 0.0
     config.global_batch_size = settings["batch"]
-    config.num_train_steps = TOTAL_STEPS
+    config.num_train_steps = common.TOTAL_STEPS
     config.mesh.data = 1
     return config_checks.resolved_copy(config)
 
@@ -131,55 +135,15 @@ def host_batch(settings: dict, num_classes: int, seed: int) -> dict[str, np.ndar
     }
 
 
-def step_flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+class Ours(common.Ours):
+    """Our step; `weight_grad` sets model.conv_weight_grad (lm/models/convolution.py)."""
 
-
-class Contender:
-    """A train step with its state; `run(n)` takes n steps and returns when they have finished."""
-
-    name = ""
-    flops = 0.0
-    note = ""
-
-    def run(self, steps: int) -> None:
-        raise NotImplementedError
-
-    def loss(self) -> float:
-        raise NotImplementedError
-
-
-class Ours(Contender):
-    name = "ours"
-
-    def __init__(self, config, batch: dict[str, np.ndarray]):
-        self.mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
-        tx, schedule = optimizers.create_optimizer(config.optimizer, TOTAL_STEPS)
-        spec = state_lib.state_spec(config.model, tx, self.mesh, config.axis_rules, config.seed)
-        exp = experiment.Experiment(
-            config=config, mesh=self.mesh, data=None, task=experiment.create_task(config), tx=tx,
-            schedule=schedule, spec=spec, total_steps=TOTAL_STEPS, steps_per_epoch=TOTAL_STEPS,
-            eval_every=TOTAL_STEPS,
-        )
-        with jax.set_mesh(self.mesh):
-            self.state = state_lib.init_state(config.model, tx, spec, config.seed)
-            self.batch = sharding.global_batch(batch, self.mesh)
-            self.step = train.jit_train_step(exp).lower(self.state, self.batch).compile()
-        self.flops = step_flops(self.step)
-        self.metrics = None
-        self.note = f"ResNet-{config.model.depth} v1.5, {config.model.variant} stem, NHWC"
-
-    def run(self, steps: int) -> None:
-        with jax.set_mesh(self.mesh):
-            for _ in range(steps):
-                self.state, self.metrics = self.step(self.state, self.batch)
-            jax.block_until_ready((self.state, self.metrics))
-
-    def loss(self) -> float:
-        return float(self.metrics["loss"])
+    def __init__(self, config, batch: dict[str, np.ndarray], weight_grad: str = "auto"):
+        config = config.copy_and_resolve_references()
+        config.model.conv_weight_grad = weight_grad
+        super().__init__(config, batch)
+        self.note = (f"ResNet-{config.model.depth} v1.5, {config.model.variant} stem, NHWC, kernel gradients: "
+                     f"{convolution.resolve_weight_grad(weight_grad)}")
 
 
 def keras_resnet18_cifar(keras, num_classes: int, width: int = 64):
@@ -208,7 +172,7 @@ def keras_resnet18_cifar(keras, num_classes: int, width: int = 64):
     return keras.Model(inputs, layers.Dense(num_classes)(x), name="resnet18_cifar")
 
 
-class Keras(Contender):
+class Keras(common.Contender):
     name = "keras"
 
     def __init__(self, config, batch: dict[str, np.ndarray]):
@@ -250,7 +214,7 @@ class Keras(Contender):
         return float(self.last_loss)
 
 
-class Torch(Contender):
+class Torch(common.Contender):
     name = "torch"
 
     def __init__(self, config, batch: dict[str, np.ndarray], threads: int, memory_format: str):
@@ -308,18 +272,13 @@ class Torch(Contender):
         return float(self.last_loss)
 
 
-def matmul_peak() -> float:
-    return metrics.matmul_peak_flops(size=2048, repeats=3)
-
-
-def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, Contender]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = args.torch_threads or cores
+def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, common.Contender]:
+    threads = args.torch_threads or common.cores()
     built = {}
     for name in args.contenders:
         start = time.perf_counter()
-        if name == "ours":
-            contender = Ours(config, batch)
+        if name in ("ours", "ours_xla_grad"):
+            contender = Ours(config, batch, weight_grad="xla" if name == "ours_xla_grad" else "auto")
         elif name == "keras":
             contender = Keras(config, batch)
         else:
@@ -331,25 +290,7 @@ def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dic
     return built
 
 
-def measure(settings: dict, contenders: dict[str, Contender]) -> tuple[dict[str, list[float]], list[float]]:
-    """Per contender, seconds per step of each round; rounds alternate the contenders (rotating the order)."""
-    times = {name: [] for name in contenders}
-    peaks = [matmul_peak()]
-    print(f"  load average before timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    names = list(contenders)
-    for round_index in range(settings["rounds"]):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
-        for name in order:
-            start = time.perf_counter()
-            contenders[name].run(settings["steps"])
-            times[name].append((time.perf_counter() - start) / settings["steps"])
-        peaks.append(matmul_peak())
-        summary = ", ".join(f"{n} {times[n][-1] * 1e3:.0f}" for n in names)
-        print(f"  round {round_index + 1}/{settings['rounds']} (ms/step): {summary}", flush=True)
-    return times, peaks
-
-
-def summarize(settings: dict, contenders: dict[str, Contender], times, peaks) -> dict:
+def summarize(settings: dict, contenders: dict[str, common.Contender], times, peaks) -> dict:
     peak = statistics.median(peaks)
     reference_flops = contenders["ours"].flops if "ours" in contenders else 0.0
     rows = {}
@@ -387,13 +328,13 @@ def print_table(result: dict) -> None:
           f"{s['rounds']} rounds x {s['steps']} steps; matmul peak (2048^2 fp32, jitted) "
           f"{result['matmul_peak_flops_per_second'] / 1e9:.1f} GFLOP/s; "
           f"load average {result['load_average_after']:.1f}")
-    print(f"{'contender':<10}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'img/s':>8}{'GFLOP/step':>12}"
+    print(f"{'contender':<14}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'img/s':>8}{'GFLOP/step':>12}"
           f"{'GFLOP/s':>9}{'of peak':>9}  model")
     nan = float("nan")
     for name, row in result["contenders"].items():
         flops, rate, fraction = row["flops_per_step"], row["flops_per_second"], row["fraction_of_matmul_peak"]
         marker = "*" if row["flops_source"] == "ours_xla" else " "
-        print(f"{name:<10}{row['step_ms_median']:>11.0f}{min(row['step_ms_rounds']):>9.0f}"
+        print(f"{name:<14}{row['step_ms_median']:>11.0f}{min(row['step_ms_rounds']):>9.0f}"
               f"{max(row['step_ms_rounds']):>9.0f}{row['images_per_second']:>8.1f}"
               f"{flops / 1e9 if flops else nan:>11.1f}{marker}{rate / 1e9 if rate else nan:>9.1f}"
               f"{fraction if fraction else nan:>9.1%}  {row['note']}")
@@ -413,7 +354,7 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     print(f"\nBuilding {', '.join(args.contenders)} for {case} (batch {settings['batch']}, "
           f"{settings['image_size']}x{settings['image_size']}) on {jax.devices()[0]}", flush=True)
     contenders = build(args, config, batch)
-    times, peaks = measure(settings, contenders)
+    times, _, peaks = common.measure(contenders, settings["rounds"], settings["steps"])
     result = summarize(settings, contenders, times, peaks)
     del contenders  # Frees the states before the next case builds its own.
     return result

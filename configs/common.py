@@ -79,6 +79,10 @@ def training_defaults() -> ml_collections.ConfigDict:
     config.best_metric = "accuracy"  # Eval metric that picks the best checkpoint; "" disables.
     config.best_mode = "max"
     config.label_smoothing = 0.0
+    # A bad example in the user's files (an empty text, an unknown label, a row without a field, an image that
+    # does not decode): 'error' stops before training with the file, the row and what is wrong; 'skip' leaves
+    # it out, logs how many were skipped per split with the files, and trains on the rest.
+    config.on_bad_example = "error"
     config.eval_splits_at_end = ("test",)
     config.eval_split = "test"  # --mode=eval evaluates this split.
     config.eval_checkpoint = "best"  # --mode=eval: best | latest | a step number.
@@ -90,10 +94,27 @@ def training_defaults() -> ml_collections.ConfigDict:
     # gradient, no optimizer state and no weight decay: they stay bit-for-bit as loaded.
     config.trainable = "all"
     config.freeze = ""  # Regular expression: of the parameters `trainable` selects, those it finds are frozen.
+    # A step whose loss or gradients are not finite is skipped (no update; counted in train/nonfinite_skips); this
+    # many skipped steps in a row halt the run with an error.
+    config.max_consecutive_nonfinite = 5
+    # Test hooks, off by default. debug_step_log appends "step loss sha256-of-batch" per step to
+    # WORKDIR/debug_steps.txt (reads the loss every step: a host sync). debug_nan_steps makes the gradients NaN
+    # at these steps (1-based, as logged), to exercise the non-finite handling.
+    config.debug_step_log = False
+    config.debug_nan_steps = ()
     config.peak_flops_per_device = 0.0  # For MFU; 0 measures a matmul on this device at start.
-    config.distributed = ml_collections.ConfigDict(
-        {"coordinator_address": "", "num_processes": 1, "process_id": 0}
-    )
+    # Multi-host: one process per host, all started with the same config. Each key left at its default falls back
+    # to an environment variable: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID. With no coordinator
+    # address anywhere (and auto_detect off) the run is one process.
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.coordinator_address = ""  # "HOST:PORT" where process 0 serves the coordinator.
+    config.distributed.num_processes = -1  # -1: from the environment.
+    config.distributed.process_id = -1  # -1: from the environment; 0 .. num_processes - 1.
+    config.distributed.auto_detect = False  # True: JAX finds all three (Cloud TPU pods, SLURM, Open MPI, Kubernetes).
+    config.distributed.initialization_timeout_s = 300  # Every process must connect within this, else all fail.
+    # A peer silent for this long (dead, killed, stopped) makes every process exit non-zero instead of hanging; the
+    # processes that finish also wait at most this long for the others at exit.
+    config.distributed.timeout_s = 100
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"  # adamw | sgd

@@ -1,9 +1,11 @@
 """What every input pipeline shares: split names, per-host slicing, epoch seeds, padding, numpy batches.
 
-Host i of n takes examples i, i + n, ... of a split; every host takes the same number of training steps
+Host i of n takes examples i, i + n, ... of an evaluation split, and block i of each global batch of a
+training epoch held in memory (`host_share`); every host takes the same number of training steps
 (the smallest share decides) and of evaluation batches (the largest share decides, the rest is padding).
 """
 
+import logging
 import math
 from collections.abc import Iterator
 
@@ -11,7 +13,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "validation", "test")
+ON_BAD_EXAMPLE = ("error", "skip")
 # Stream ids for numpy's SeedSequence: each use of the config seed draws independently.
 SPLIT_STREAM, EPOCH_STREAM, AUGMENT_STREAM, MIXUP_STREAM = 1, 2, 3, 4
 
@@ -21,8 +26,65 @@ def host_counts(num_examples: int, process_count: int) -> list[int]:
     return [len(range(i, num_examples, process_count)) for i in range(process_count)]
 
 
+def host_share(order: np.ndarray, process_index: int, process_count: int, host_batch_size: int) -> np.ndarray:
+    """This host's training examples of an epoch visited in `order`: block `process_index` of each global batch.
+
+    Global batch k, assembled from the hosts' batches in host order, is then order[k * G : (k + 1) * G] (G the
+    global batch size) whatever the process count, example for example and device for device: 2 processes x 4
+    devices train on what 1 process x 8 devices does. The tail that fills no global batch is dealt out in turn,
+    so a host holds as many examples as `host_counts` says.
+    """
+    global_batch = host_batch_size * process_count
+    whole = len(order) // global_batch * global_batch
+    blocks = order[:whole].reshape(-1, process_count, host_batch_size)[:, process_index].reshape(-1)
+    return np.concatenate([blocks, order[whole:][process_index::process_count]])
+
+
 def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, EPOCH_STREAM, epoch])
+
+
+def check_on_bad_example(value: object) -> None:
+    if value not in ON_BAD_EXAMPLE:
+        raise ValueError(
+            f"config.on_bad_example={value!r}: use 'error' (stop at the first bad example, naming its file and "
+            "row) or 'skip' (leave bad examples out, count them and log the count)."
+        )
+
+
+class BadExamples:
+    """Bad examples met while reading: raised at once (policy 'error') or recorded and skipped ('skip').
+
+    `skipped[name]` lists (file, "FILE line N: what is wrong") for each example left out of the data read
+    under `name` (a config key such as "train_files"); `counts()` gives how many per name.
+    """
+
+    def __init__(self, policy: str):
+        check_on_bad_example(policy)
+        self.policy = policy
+        self.skipped: dict[str, list[tuple[str, str]]] = {}
+
+    def report(self, name: str, path: str, message: str) -> None:
+        """`message` says where and what ("FILE line 3: the text is empty."); raises under 'error'."""
+        if self.policy == "error":
+            raise ValueError(
+                f"{message} Fix or remove this example, or set config.on_bad_example='skip' to leave bad "
+                "examples out (they are counted and logged)."
+            )
+        self.skipped.setdefault(name, []).append((path, message))
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(found) for name, found in self.skipped.items()}
+
+    def log_summary(self) -> None:
+        """One warning per name that skipped examples: the count, the files, and the first problem."""
+        for name, found in self.skipped.items():
+            files = dict.fromkeys(path for path, _ in found)
+            per_file = ", ".join(f"{path} ({sum(p == path for p, _ in found)})" for path in files)
+            log.warning(
+                "config.on_bad_example='skip': skipped %d bad example(s) of config.data.%s: %s. First: %s",
+                len(found), name, per_file, found[0][1],
+            )
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, process_count: int) -> None:

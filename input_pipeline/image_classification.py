@@ -17,11 +17,17 @@ the dataset's metadata) before anything compiles, then serves:
   every example of the split appears once over all hosts and every host yields the same number of batches.
 
 Per host. Folder, digits and arrays are held in memory (folders as file paths, decoded in tf.data): the
-training set is permuted afresh each epoch and host i takes every `process_count`-th example from i;
+training set is permuted afresh each epoch and host i takes block i of each global batch of the permutation
+(the global batches do not depend on the process count);
 evaluation splits are sliced the same way unpermuted. TFDS: `tfds.even_splits` gives each host a fixed,
 disjoint slice, shuffled each epoch in a `shuffle_buffer`-long buffer of still-encoded images. Every TFDS
 dataset is built (`as_dataset`) once, in the constructor: under `tfds.testing.mock_data` `as_dataset`
 patches the file system of the whole process while it runs.
+
+Folders: every image is decoded once when the folder is listed (a parallel tf.data pass over all cores;
+about one epoch of decoding, per host). One that does not decode follows config.on_bad_example: 'error'
+raises a ValueError naming the file and TensorFlow's reason; 'skip' leaves it out, logs the count once per
+folder key with the files (process 0), and reports it in `skipped_examples`.
 
 In-memory arrays from Python: `register_arrays(name, x_train, y_train, ...)`, then
 config.data.source='arrays' and config.data.arrays_name=name.
@@ -43,10 +49,13 @@ from input_pipeline.common import (
     MIXUP_STREAM,
     SPLIT_STREAM,
     SPLITS,
+    BadExamples,
     check_batch_sizes,
+    check_on_bad_example,
     epoch_seed,
     eval_padding,
     host_counts,
+    host_share,
     numpy_batches,
     steps_per_epoch,
 )
@@ -156,6 +165,7 @@ class Loaded:
     defaults: Defaults
     files: bool  # items are image file paths (else pixels)
     description: str  # names the data in error messages
+    bad_examples: BadExamples | None = None  # folders: the images that did not decode
 
 
 def carve_splits(train: Examples, fractions: dict[str, float], seed: int) -> dict[str, Examples]:
@@ -196,11 +206,12 @@ def _is_image(name: str) -> bool:
 
 
 def read_image_folder(
-    key: str, path: str, class_names: list[str] | None = None
+    key: str, path: str, bad: BadExamples, class_names: list[str] | None = None
 ) -> tuple[Examples, list[str]]:
     """config.data.<key>: one sub-folder per class -> (file paths and labels, class names).
 
-    Classes are the sorted sub-folder names, or, for validation/test folders, train's `class_names`.
+    Classes are the sorted sub-folder names, or, for validation/test folders, train's `class_names`. Images
+    that do not decode go to `bad` (raise, or leave out and count): see `undecodable_images`.
     """
     fix = "Set it to a folder with one sub-folder of JPEG/PNG images per class."
     if not path:
@@ -223,28 +234,63 @@ def read_image_folder(
     paths, labels = [], []
     for name in classes:
         files = sorted(f for f in tf.io.gfile.listdir(os.path.join(path, name)) if _is_image(f))
+        files = [os.path.join(path, name, f) for f in files]
+        broken = undecodable_images(files)
+        for file, problem in broken.items():
+            bad.report(key, file, f"{file}: the image does not decode ({problem}).")
+        files = [f for f in files if f not in broken]
         if not files:
+            what = "JPEG or PNG image" if not broken else f"image that decodes ({len(broken)} skipped)"
             raise ValueError(
-                f"config.data.{key}={path!r}: the class folder {name!r} holds no JPEG or PNG image "
+                f"config.data.{key}={path!r}: the class folder {name!r} holds no {what} "
                 f"({', '.join(IMAGE_EXTENSIONS)}). Add images to it or remove it."
             )
-        paths.extend(os.path.join(path, name, f) for f in files)
+        paths.extend(files)
         labels.extend([index[name]] * len(files))
     return Examples(np.array(paths), np.array(labels, np.int32)), class_names or classes
 
 
+def undecodable_images(paths: list[str]) -> dict[str, str]:
+    """{path: why} for the files that do not read or decode as images.
+
+    Every file is read and decoded once, in a parallel tf.data pass (all cores), when the folder is listed:
+    a broken file then fails before training with its name, instead of stopping training midway with a
+    TensorFlow error that names no file. It costs one decode of the data set per host at start.
+    """
+    if not paths:
+        return {}
+
+    def decoded_shape(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        return index, tf.shape(image)
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
+    ds = ds.map(decoded_shape, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+    decoded = {int(index) for index, _ in ds.as_numpy_iterator()}
+    return {path: _decode_error(path) for i, path in enumerate(paths) if i not in decoded}
+
+
+def _decode_error(path: str) -> str:
+    """The reason one file fails to decode, from TensorFlow's error, in a line."""
+    try:
+        tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except tf.errors.OpError as e:
+        return e.message.strip().splitlines()[0]
+    return "it decodes when read alone"
+
+
 def load_folder(config: ml_collections.ConfigDict) -> Loaded:
     data = config.data
-    train, class_names = read_image_folder("train_dir", data.train_dir)
+    bad = BadExamples(config.on_bad_example)
+    train, class_names = read_image_folder("train_dir", data.train_dir, bad)
     given = {
-        split: read_image_folder(f"{split}_dir", data[f"{split}_dir"], class_names)[0]
+        split: read_image_folder(f"{split}_dir", data[f"{split}_dir"], bad, class_names)[0]
         for split in ("validation", "test")
         if data[f"{split}_dir"]
     }
     splits = complete_splits(train, given, data, config.seed)
-    return Loaded(
-        splits, class_names, PHOTOS, files=True, description=f"config.data.train_dir={data.train_dir!r}"
-    )
+    description = f"config.data.train_dir={data.train_dir!r}"
+    return Loaded(splits, class_names, PHOTOS, files=True, description=description, bad_examples=bad)
 
 
 def load_digits(config: ml_collections.ConfigDict) -> Loaded:
@@ -344,15 +390,20 @@ def array_class_names(arrays: dict[str, np.ndarray], splits: dict[str, Examples]
 class MemorySource:
     """Splits held in memory; this host's share of each, as tf.data of (item, label[, index])."""
 
-    def __init__(self, loaded: Loaded, seed: int, process_index: int, process_count: int):
+    def __init__(self, loaded: Loaded, seed: int, process_index: int, process_count: int, host_batch_size: int):
         self.class_names, self.defaults = loaded.class_names, loaded.defaults
         self.description = loaded.description
+        bad = loaded.bad_examples
+        self.skipped_examples: dict[str, int] = bad.counts() if bad else {}
+        if bad and process_index == 0:
+            bad.log_summary()
         self._files = loaded.files
         self._sizes = {split: len(examples) for split, examples in loaded.splits.items()}
         self._items = {split: tf.constant(e.items) for split, e in loaded.splits.items()}
         self._labels = {split: tf.constant(e.labels) for split, e in loaded.splits.items()}
         self._seed = seed
         self._process_index, self._process_count = process_index, process_count
+        self._host_batch_size = host_batch_size
 
     def has_split(self, split: str) -> bool:
         return split in self._sizes
@@ -368,7 +419,8 @@ class MemorySource:
     def _host_permutation(self, epoch: np.int64) -> np.ndarray:
         rng = np.random.default_rng(epoch_seed(self._seed, int(epoch)))
         permutation = rng.permutation(self._sizes["train"])
-        return permutation[self._process_index :: self._process_count].astype(np.int64)
+        share = host_share(permutation, self._process_index, self._process_count, self._host_batch_size)
+        return share.astype(np.int64)
 
     def eval_examples(self, split: str) -> tf.data.Dataset:
         ds = tf.data.Dataset.range(self._process_index, self._sizes[split], self._process_count)
@@ -394,6 +446,7 @@ class TfdsSource:
         builder = _prepared_builder(data, self._spec)
         self.class_names = list(builder.info.features[self._spec.label_key].names)
         self.defaults, self.description = self._spec.defaults, f"TFDS {data.tfds_name!r}"
+        self.skipped_examples: dict[str, int] = {}  # TFDS images are not checked one by one.
         self._seed, self._shuffle_buffer = config.seed, data.shuffle_buffer
         self._examples, self._counts = {}, {}
         for split, default in zip(SPLITS, self._spec.splits, strict=True):
@@ -499,6 +552,7 @@ def _check_manual_dir(data: ml_collections.ConfigDict, data_dir: str) -> None:
 def check_config(config: ml_collections.ConfigDict, process_count: int) -> None:
     """Checks of the config alone, before any data is read."""
     check_batch_sizes(config, process_count)
+    check_on_bad_example(config.on_bad_example)
     data = config.data
     if data.source not in SOURCES:
         raise ValueError(f"config.data.source={data.source!r}: use one of {SOURCES}.")
@@ -575,7 +629,8 @@ def load_source(config: ml_collections.ConfigDict, process_index: int, process_c
     if config.data.source == "tfds":
         return TfdsSource(config, process_index, process_count)
     loaders = {"folder": load_folder, "digits": load_digits, "arrays": load_arrays}
-    return MemorySource(loaders[config.data.source](config), config.seed, process_index, process_count)
+    host_batch_size = config.global_batch_size // process_count
+    return MemorySource(loaders[config.data.source](config), config.seed, process_index, process_count, host_batch_size)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -593,6 +648,8 @@ class ImageClassificationData:
         self._source = load_source(config, process_index, process_count)
         self.class_names: list[str] = list(self._source.class_names)
         self.num_classes: int = len(self.class_names)
+        # Examples left out under config.on_bad_example='skip', by the config key they were read under.
+        self.skipped_examples: dict[str, int] = self._source.skipped_examples
         _check_num_classes(config, self.num_classes, self._source.description)
         defaults = self._source.defaults
         self.image_size: int = data.image_size

@@ -14,7 +14,8 @@ before anything compiles, then serves:
   the same number of batches, so a multi-host jitted evaluation never waits for a host that ran out.
 
 Per host. Files: every host reads the files; the training set is permuted afresh each epoch and host i
-takes every `process_count`-th example from i (so hosts see different examples each epoch); evaluation
+takes block i of each global batch of the permutation (so hosts see different examples each epoch, and the
+global batches do not depend on the process count); evaluation
 splits are sliced the same way without permuting. TFDS: `tfds.even_splits` gives each host a fixed,
 disjoint slice; each epoch shuffles it with a `shuffle_buffer`-long buffer (files ignore `shuffle_buffer`:
 they are permuted whole). A TFDS dataset not yet on disk is downloaded and prepared first, as `tfds.load`
@@ -24,6 +25,13 @@ Files: `.csv` (comma, standard quoting), `.tsv` (tab, no quoting, as GLUE's file
 JSON object a line, or one JSON array of objects); CSV and TSV need a header row. Text and label are
 stripped. With `label_names` labels are names mapped to their index, else integers in [0, num_classes).
 Splits without their own files are carved from train_files by a permutation seeded with config.seed.
+
+Bad rows (an empty text, a label that is unknown, not an integer or out of range, a row without the text
+or label field, a JSONL line that is not a JSON object) follow config.on_bad_example: 'error' raises a
+ValueError naming the file, the 1-based line and the problem; 'skip' leaves the row out, logs the count
+once per config key with the files (process 0), and reports it in `skipped_examples`. Every row is checked
+while the files are read, before anything compiles. A header without a configured column is a config error
+and always raises.
 """
 
 import csv
@@ -40,10 +48,13 @@ import tensorflow_datasets as tfds
 from input_pipeline.common import (
     SPLIT_STREAM,
     SPLITS,
+    BadExamples,
     check_batch_sizes,
+    check_on_bad_example,
     epoch_seed,
     eval_padding,
     host_counts,
+    host_share,
     numpy_batches,
     steps_per_epoch,
 )
@@ -94,8 +105,13 @@ def file_format(path: str) -> str | None:
     return FORMATS.get(suffix)
 
 
-def read_rows(path: str, text_field: str, label_field: str) -> Iterator[tuple[int, object, object]]:
-    """Yields (line number, text, label) from a CSV, TSV or JSONL file."""
+def read_rows(path: str, text_field: str, label_field: str) -> Iterator[tuple[str, object, object, str]]:
+    """Yields (where, text, label, problem) from a CSV, TSV or JSONL file.
+
+    `where` is "FILE line N" (1-based, as an editor counts; "record N" in a JSON array); `problem` is "" for
+    a readable row, else what is wrong with it (a row without the text or label field, a line that is not
+    a JSON object). A file whose header lacks a configured column raises: that is a config error.
+    """
     with tf.io.gfile.GFile(path, "rb") as f:
         content = f.read().decode("utf-8-sig")
     if file_format(path) == "jsonl":
@@ -116,41 +132,50 @@ def _delimited_rows(path: str, content: str, fmt: str, text_field: str, label_fi
                 f"Set config.data.{key} to one of them (a header row is required)."
             )
     for row in reader:
-        if row[text_field] is None or row[label_field] is None:
-            raise ValueError(f"{path} line {reader.line_num}: the row has fewer fields than the header.")
-        yield reader.line_num, row[text_field], row[label_field]
+        problem = ""
+        missing = [column for column in (text_field, label_field) if row[column] is None]
+        if missing:
+            problem = f"the row has fewer fields than the header: no {' and no '.join(map(repr, missing))}."
+        yield f"{path} line {reader.line_num}", row[text_field], row[label_field], problem
 
 
 def _json_rows(path: str, content: str, text_field: str, label_field: str):
     if content.lstrip().startswith("["):
-        records = enumerate(json.loads(content), start=1)
+        records = ((n, record, "") for n, record in enumerate(json.loads(content), start=1))
         unit = "record"
     else:
-        records = ((n, _parse_json_line(path, n, line)) for n, line in enumerate(content.splitlines(), 1))
-        records = ((n, record) for n, record in records if record is not None)
+        records = (
+            (n, *_parse_json_line(line)) for n, line in enumerate(content.splitlines(), 1) if line.strip()
+        )
         unit = "line"
-    for n, record in records:
-        if not isinstance(record, dict):
-            # Bad data, not a bad argument: a ValueError like the other data errors.
-            raise ValueError(f"{path} {unit} {n}: expected a JSON object, got {type(record).__name__}.")  # noqa: TRY004
-        for column, key in ((text_field, "text_field"), (label_field, "label_field")):
-            if column not in record:
-                raise ValueError(
-                    f"{path} {unit} {n}: no column {column!r} (config.data.{key}); columns present: "
-                    f"{sorted(record)}. Set config.data.{key} to one of them."
-                )
-        yield n, record[text_field], record[label_field]
+    for n, record, problem in records:
+        where = f"{path} {unit} {n}"
+        if problem:
+            yield where, None, None, problem
+        elif not isinstance(record, dict):
+            yield where, None, None, f"expected a JSON object, got {type(record).__name__}."
+        else:
+            yield where, record.get(text_field), record.get(label_field), _missing_json_fields(
+                record, text_field, label_field
+            )
 
 
-def _parse_json_line(path: str, number: int, line: str) -> object:
-    if not line.strip():
-        return None
+def _missing_json_fields(record: dict, text_field: str, label_field: str) -> str:
+    for column, key in ((text_field, "text_field"), (label_field, "label_field")):
+        if column not in record:
+            return (
+                f"no column {column!r} (config.data.{key}); columns present: {sorted(record)}. "
+                f"Set config.data.{key} to one of them."
+            )
+    return ""
+
+
+def _parse_json_line(line: str) -> tuple[object, str]:
+    """(record, "") or (None, what is wrong)."""
     try:
-        return json.loads(line)
+        return json.loads(line), ""
     except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{path} line {number}: not valid JSON ({e.msg}); JSONL needs one object a line."
-        ) from e
+        return None, f"not valid JSON ({e.msg}); JSONL needs one object a line."
 
 
 class LabelParser:
@@ -190,19 +215,28 @@ class LabelParser:
 
 
 def read_examples(
-    key: str, value: str, data: ml_collections.ConfigDict, parse_label: LabelParser
+    key: str, value: str, data: ml_collections.ConfigDict, parse_label: LabelParser, bad: BadExamples
 ) -> Examples:
-    """Reads and validates every file of config.data.<key>."""
+    """Reads and validates every file of config.data.<key>; bad rows go to `bad` (raise, or skip and count)."""
     texts, labels = [], []
     for path in expand_files(key, value):
-        for line, text, label in read_rows(path, data.text_field, data.label_field):
-            where = f"{path} line {line}"
-            if text is None:
-                raise ValueError(f"{where}: the text ({data.text_field!r}) is empty.")
+        for where, text, label, problem in read_rows(path, data.text_field, data.label_field):
+            if not problem and (text is None or not str(text).strip()):
+                problem = f"the text ({data.text_field!r}) is empty."
+            if problem:
+                bad.report(key, path, f"{where}: {problem}")
+                continue
+            try:
+                label = parse_label(label, where)
+            except ValueError as e:
+                bad.report(key, path, str(e))
+                continue
             texts.append(str(text).strip())
-            labels.append(parse_label(label, where))
+            labels.append(label)
     if not texts:
-        raise ValueError(f"config.data.{key}={value!r}: the files hold no examples.")
+        skipped = bad.counts().get(key, 0)
+        reason = f" ({skipped} bad example(s) were skipped)" if skipped else ""
+        raise ValueError(f"config.data.{key}={value!r}: the files hold no examples{reason}.")
     return Examples(np.array(texts, dtype=object), np.array(labels, dtype=np.int32))
 
 
@@ -218,17 +252,17 @@ def carve_splits(train: Examples, fractions: dict[str, float], seed: int) -> dic
     return splits
 
 
-def read_splits(config: ml_collections.ConfigDict) -> dict[str, Examples]:
+def read_splits(config: ml_collections.ConfigDict, bad: BadExamples) -> dict[str, Examples]:
     """The train split and the validation/test splits that have files or a fraction > 0."""
     data = config.data
     if not data.train_files:
         raise ValueError("config.data.source='files' needs config.data.train_files (paths or globs).")
     parse_label = LabelParser(tuple(data.label_names), config.model.num_classes)
-    splits = {"train": read_examples("train_files", data.train_files, data, parse_label)}
+    splits = {"train": read_examples("train_files", data.train_files, data, parse_label, bad)}
     fractions = {}
     for split in ("validation", "test"):
         if data[f"{split}_files"]:
-            splits[split] = read_examples(f"{split}_files", data[f"{split}_files"], data, parse_label)
+            splits[split] = read_examples(f"{split}_files", data[f"{split}_files"], data, parse_label, bad)
         elif data[f"{split}_fraction"] > 0:
             fractions[split] = data[f"{split}_fraction"]
     splits.update(carve_splits(splits.pop("train"), fractions, config.seed))
@@ -248,10 +282,15 @@ class FileSource:
     """Examples read from the user's CSV/TSV/JSONL files, held in memory."""
 
     def __init__(self, config: ml_collections.ConfigDict, process_index: int, process_count: int):
-        splits = read_splits(config)
+        self.bad_examples = BadExamples(config.on_bad_example)
+        splits = read_splits(config, self.bad_examples)
+        if process_index == 0:
+            self.bad_examples.log_summary()
+        self.skipped_examples = self.bad_examples.counts()
         self._splits = splits
         self._seed = config.seed
         self._process_index, self._process_count = process_index, process_count
+        self._host_batch_size = config.global_batch_size // process_count
         train = splits["train"]
         self._train_texts = tf.constant(train.texts, dtype=tf.string)
         self._train_labels = tf.constant(train.labels)
@@ -271,7 +310,8 @@ class FileSource:
     def _host_permutation(self, epoch: np.int64) -> np.ndarray:
         rng = np.random.default_rng(epoch_seed(self._seed, int(epoch)))
         permutation = rng.permutation(len(self._splits["train"]))
-        return permutation[self._process_index :: self._process_count].astype(np.int64)
+        share = host_share(permutation, self._process_index, self._process_count, self._host_batch_size)
+        return share.astype(np.int64)
 
     def host_examples(self, split: str) -> tf.data.Dataset:
         host = self._splits[split].take(
@@ -285,6 +325,7 @@ class TfdsSource:
 
     def __init__(self, config: ml_collections.ConfigDict, process_index: int, process_count: int):
         data = config.data
+        self.skipped_examples: dict[str, int] = {}  # TFDS rows are not checked one by one.
         self._builder = _tfds_builder(data.tfds_name, data.tfds_data_dir)
         _check_tfds_features(self._builder, data, config.model.num_classes)
         self._text_field, self._label_field = data.text_field, data.label_field
@@ -414,6 +455,7 @@ def resolve_vocab_path(config: ml_collections.ConfigDict) -> str:
 def check_config(config: ml_collections.ConfigDict, process_count: int) -> None:
     """Checks of the config alone, before any data is read."""
     check_batch_sizes(config, process_count)
+    check_on_bad_example(config.on_bad_example)
     data = config.data
     if data.source not in ("tfds", "files"):
         raise ValueError(f"config.data.source={data.source!r}: use 'tfds' or 'files'.")
@@ -441,6 +483,8 @@ class TextClassificationData:
         self.vocab_size: int = self.tokenizer.vocab_size
         source_class = FileSource if data.source == "files" else TfdsSource
         self._source = source_class(config, process_index, process_count)
+        # Examples left out under config.on_bad_example='skip', by the config key they were read under.
+        self.skipped_examples: dict[str, int] = self._source.skipped_examples
         self._process_index = process_index
         self.train_batch_size: int = config.global_batch_size // process_count
         self.eval_batch_size: int = config.eval_batch_size // process_count

@@ -12,7 +12,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
     # tf.data only feeds numpy batches: keep TensorFlow off accelerators JAX owns.
     tf.config.set_visible_devices([], "GPU")
     _quiet_library_logs()
-    _initialize_distributed(config)
+    from lm import distributed
+
+    distributed.initialize(config)
     if mode == "train":
         from lm import train
 
@@ -30,19 +32,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
 
         return {"export_dir": export_hf.export(config, workdir)}
     raise ValueError(f"--mode={mode!r} is not known; use one of {MODES}.")
-
-
-def _initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """Multi-host: `jax.distributed.initialize` from config.distributed (automatic on TPU VMs)."""
-    import jax
-
-    dist = config.get("distributed")
-    if dist is not None and dist.coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=dist.coordinator_address,
-            num_processes=dist.num_processes,
-            process_id=dist.process_id,
-        )
 
 
 class _DropLibraryInfo:

@@ -1,20 +1,40 @@
-"""The one module that talks to Orbax: save, keep, find and restore train-state checkpoints.
+"""The one module that talks to Orbax: save, keep, find, verify and restore train-state checkpoints.
 
-A workdir holds `checkpoints/<step>/` with two items: `state` (the train state pytree: params, optimizer
-state, step, rng, ...) and `meta` (JSON: the step and the config's model section, so that a checkpoint
-can be read without the config that wrote it). Saves are asynchronous. Retention keeps the newest
-`keep` checkpoints and, when a metric is named, the best one by that metric.
+A workdir holds `checkpoints/<step>/` with three items: `state` (the train state pytree: params, optimizer
+state, step, rng, ...), `meta` (JSON: the step, the data position and the config's model section, so that
+a checkpoint can be read without the config that wrote it) and `checksums` (JSON: a sha256 per shard of
+every state array, `lm.integrity`). Orbax writes the items into a temporary directory and renames it to
+`<step>` once all are written: a step directory is either whole or absent, and its checksums are inside.
+
+Restores verify the checksums: a truncated, missing or altered file, an empty or foreign step directory
+never restores silently. `restore_latest` sets such a directory aside (into `checkpoints_rejected/`, with a
+warning that names it) and falls back to the next newest good one.
+
+Saves are asynchronous. The next save (or `wait`) confirms that the previous one reached the disk and
+raises in the main thread if it did not. Retention is ours, not Orbax's: the newest `keep` checkpoints and,
+when a metric is named, the best one by that metric stay; older ones are deleted only after a newer save
+is confirmed, so the last good checkpoint is never deleted before its successor is committed.
 """
 
 import logging
+import os
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+from jax.experimental import multihost_utils
+
+from lm import integrity
 
 log = logging.getLogger(__name__)
+
+ITEMS = ("state", "meta", "checksums")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted, or a save that did not reach the disk."""
 
 
 class Checkpointer:
@@ -24,37 +44,32 @@ class Checkpointer:
             raise ValueError(f"config.best_mode={best_mode!r}: use 'max' or 'min'.")
         if keep < 1:
             raise ValueError(f"config.keep_checkpoints={keep}: keep at least 1 checkpoint.")
+        self.directory = epath.Path(directory)
+        self.keep = keep
         self.best_metric = best_metric
         self.best_mode = best_mode
-        policies: list[Any] = [preservation.LatestN(keep)]
-        if best_metric:
-            policies.append(
-                preservation.BestN(
-                    get_metric_fn=lambda metrics: metrics[best_metric],
-                    reverse=best_mode == "min",
-                    n=1,
-                    keep_checkpoints_without_metrics=False,
-                )
-            )
+        self.read_only = read_only
+        self._pending: int | None = None  # The step of a save not yet confirmed on disk.
         options = ocp.CheckpointManagerOptions(
-            # best_fn also makes Orbax store each step's metrics, which BestN and best_step() read.
+            # best_fn makes Orbax store each step's metrics, which best_step() reads. No max_to_keep and no
+            # preservation policy: Orbax keeps everything and `_prune` decides (see the module docstring).
             best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
             best_mode=best_mode,
-            preservation_policy=preservation.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save,
             create=not read_only,
             read_only=read_only,
             cleanup_tmp_directories=not read_only,
         )
-        self.manager = ocp.CheckpointManager(
-            epath.Path(directory), options=options, item_names=("state", "meta")
-        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        return sorted(self.manager.all_steps())
+
+    def step_path(self, step: int) -> epath.Path:
+        return self.directory / str(step)
 
     def best_step(self) -> int | None:
         """The step with the best `best_metric` among checkpoints saved with metrics, else the latest."""
@@ -69,26 +84,87 @@ class Checkpointer:
         return pick(scored)[1]
 
     def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None, force: bool = False) -> bool:
+        """Starts an asynchronous save; first confirms the previous one (raising CheckpointError if it failed).
+
+        The checksums are computed here, on host copies of this process's shards; a state holding NaN or
+        infinity raises `integrity.NonFiniteError` and is not saved.
+        """
         if metrics is not None and self.best_metric and self.best_metric not in metrics:
             raise ValueError(
                 f"config.best_metric={self.best_metric!r} is not among the eval metrics {sorted(metrics)}; "
                 "pick one of them or set it to ''."
             )
+        self._confirm_pending()
+        checksums = integrity.checksums(state, where=f" at step {step}")
         scalars = None if metrics is None else {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
-        return self.manager.save(
+        saved = self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+                                    checksums=ocp.args.JsonSave(checksums)),
             metrics=scalars,
             force=force,
         )
+        if saved:
+            self._pending = step
+        return saved
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-        """Restores onto the shardings in `abstract_state` (jax.ShapeDtypeStruct leaves): any mesh works."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-        )
+        """Restores onto the shardings in `abstract_state` (jax.ShapeDtypeStruct leaves): any mesh works.
+
+        Raises CheckpointError, on every process alike, if any process fails to read the checkpoint or finds
+        arrays that differ from the checksums recorded at save.
+        """
+        problems, restored, error = [], {}, None
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
+                                        checksums=ocp.args.JsonRestore()),
+            )
+            if not restored.get("checksums"):
+                problems = ["it holds no checksums (not written by this version of lm)"]
+            else:
+                problems = integrity.local_mismatches(restored["state"], restored["checksums"])
+        except Exception as caught:  # Reported below, on every process, as a CheckpointError.
+            error = caught
+            problems = [f"{type(caught).__name__}: {str(caught)[:300]}"]
+        problems = integrity.agree(problems)
+        if problems:
+            raise CheckpointError(
+                f"{self.step_path(step)} cannot be restored: {len(problems)} problem(s), e.g. {'; '.join(problems[:3])}"
+            ) from error
         return restored["state"], restored["meta"]
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
+        """The newest checkpoint that restores and verifies: (state, meta, step), or None if there is none.
+
+        Each newer directory that fails is reported with a warning that names it and, unless read-only,
+        moved into `checkpoints_rejected/` so that the run does not trip over it again.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                state, meta = self.restore(step, abstract_state)
+            except CheckpointError as error:  # This checkpoint cannot be used: fall back to the one before.
+                log.warning("Checkpoint %s is skipped: %s", self.step_path(step), error)
+                self._set_aside(step)
+                continue
+            return state, meta, step
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        if self.read_only:
+            return
+        rejected = self.directory.parent / f"{self.directory.name}_rejected"
+        if jax.process_index() == 0:
+            os.makedirs(rejected, exist_ok=True)
+            target, n = rejected / str(step), 1
+            while target.exists():
+                target, n = rejected / f"{step}.{n}", n + 1
+            shutil.move(str(self.step_path(step)), str(target))
+            log.warning("Moved %s to %s.", self.step_path(step), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"lm_checkpoint_set_aside_{step}")
+        self.manager.reload()
 
     def restore_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -105,10 +181,38 @@ class Checkpointer:
         return self.restore(step, abstract)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the last save is on disk (CheckpointError if it failed), then applies retention."""
+        self._confirm_pending()
 
     def close(self) -> None:
         self.manager.close()
+
+    def _confirm_pending(self) -> None:
+        if self._pending is None:
+            return
+        step, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as error:
+            raise CheckpointError(f"Saving checkpoint {self.step_path(step)} failed: {error}") from error
+        finally:
+            self.manager.reload()  # The disk decides what is listed, not the failed save's bookkeeping.
+        if step not in self.all_steps():
+            raise CheckpointError(
+                f"Saving checkpoint {self.step_path(step)} failed: it is not on disk after the save finished "
+                f"(earlier checkpoints: {self.all_steps()})."
+            )
+        self._prune()
+
+    def _prune(self) -> None:
+        steps = self.all_steps()
+        keep = set(steps[-self.keep:])
+        if self.best_metric:
+            keep.add(self.best_step())
+        for step in steps:
+            if step not in keep:
+                self.manager.delete(step)
 
 
 def _is_scalar(value: Any) -> bool:

@@ -4,6 +4,7 @@ import os
 
 import ml_collections
 
+from input_pipeline.common import check_on_bad_example
 from lm.weights import pretrained
 
 KNOWN_METRICS = ("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy", "perplexity")
@@ -33,8 +34,14 @@ def _positive(config, key: str) -> None:
 
 def check_static(config: ml_collections.ConfigDict) -> None:
     """Checks that need neither devices nor data."""
-    for key in ("global_batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+    for key in ("global_batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                "max_consecutive_nonfinite"):
         _positive(config, key)
+    if any(not isinstance(step, int) or step < 1 for step in config.debug_nan_steps):
+        raise ValueError(
+            f"config.debug_nan_steps={config.debug_nan_steps!r} must hold step numbers >= 1 "
+            "(a test hook; () disables it)."
+        )
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError(
             f"config.num_train_steps={config.num_train_steps} and config.num_epochs={config.num_epochs}: "
@@ -81,6 +88,7 @@ def check_static(config: ml_collections.ConfigDict) -> None:
                 f"config.model.hidden_size={config.model.hidden_size} is not divisible by "
                 f"config.model.num_heads={config.model.num_heads}."
             )
+    check_on_bad_example(config.on_bad_example)
     for split in config.eval_splits_at_end:
         if split not in ("train", "validation", "test"):
             raise ValueError(f"config.eval_splits_at_end has {split!r}; use 'train', 'validation' or 'test'.")

@@ -3,6 +3,11 @@
 Stages: validate the config -> mesh -> input pipeline -> model and train state (born sharded) ->
 pretrained weights -> resume from the workdir -> jitted train and eval steps -> loop with logging,
 periodic evaluation and checkpoints -> final evaluation of the best checkpoint on the test split.
+
+Reliability (docs/RELIABILITY.md): the run resumes from the newest checkpoint that verifies, at the exact
+batch it stopped at (the data position is the step); SIGTERM saves and stops with exit status 0; a step
+whose loss or gradients are not finite changes nothing and is counted, and `max_consecutive_nonfinite` of
+them in a row halt the run before any checkpoint could hold a bad value.
 """
 
 import logging
@@ -11,24 +16,31 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from lm import checkpointing, config_checks, evaluate, experiment, metrics, sharding
+from lm import checkpointing, config_checks, evaluate, experiment, metrics, preemption, sharding, step_log
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
 
 
-def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False):
+def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False,
+                    nan_steps: tuple[int, ...] = ()):
     """The pure train step: (state, batch) -> (new state, metrics). Jitted by the caller with donation.
 
     Only the parameters that `trainable` marks are differentiated and updated; the frozen ones pass
     through unchanged. `deterministic` runs the model in eval mode (no dropout, BatchNorm on and keeping its
     running statistics), for linear probing of a frozen backbone.
+
+    A step whose loss or gradients are not all finite is skipped on device: parameters, optimizer state and
+    BatchNorm statistics keep their values, the step counter (the data position) still advances, and the
+    metric `nonfinite` is 1. `nan_steps` (a test hook, config.debug_nan_steps) makes the gradients NaN at
+    those steps (1-based, as logged).
     """
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
@@ -43,19 +55,33 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
             return loss, (aux, batch_stats)
 
         (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if nan_steps:
+            inject = jnp.isin(state["step"] + 1, jnp.asarray(nan_steps))
+            grads = jax.tree.map(lambda g: jnp.where(inject, jnp.nan, g), grads)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         params = state_lib.combine(optax.apply_updates(params, updates), frozen)
-        new_state = dict(state, params=params, opt_state=opt_state, batch_stats=batch_stats, step=state["step"] + 1)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        updated = {"params": params, "opt_state": opt_state, "batch_stats": batch_stats}
+        kept = {key: state[key] for key in updated}
+        chosen = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, kept)
+        new_state = dict(state, **chosen, step=state["step"] + 1)
+        step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        return new_state, {**step_metrics, "nonfinite": 1 - finite.astype(jnp.int32)}
 
     return train_step
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
 def jit_train_step(exp: experiment.Experiment):
     """The jitted train step; with config.trainable="head" the frozen backbone runs in eval mode."""
     spec = exp.spec
     return jax.jit(
-        make_train_step(spec.graphdef, exp.task, exp.tx, spec.trainable, deterministic=exp.config.trainable == "head"),
+        make_train_step(spec.graphdef, exp.task, exp.tx, spec.trainable, deterministic=exp.config.trainable == "head",
+                        nan_steps=tuple(exp.config.debug_nan_steps)),
         in_shardings=(spec.shardings, sharding.batch_sharding(exp.mesh)),
         out_shardings=(spec.shardings, sharding.replicated(exp.mesh)),
         donate_argnums=0,
@@ -82,7 +108,10 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains, evaluates and checkpoints in `workdir`; resumes by itself. Returns the final metrics by split."""
+    """Trains, evaluates and checkpoints in `workdir`; resumes by itself. Returns the final metrics by split.
+
+    A run stopped by SIGTERM saves, skips the final evaluation and returns {"preempted_at_step": step}.
+    """
     config = config_checks.resolved_copy(config)
     exp = experiment.build(config)
     _write_config(config, workdir)
@@ -90,25 +119,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpointing.checkpoint_dir(workdir), keep=config.keep_checkpoints,
         best_metric=config.best_metric, best_mode=config.best_mode,
     )
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, _ = checkpointer.restore(latest, exp.spec.abstract)
-        log.info("Resumed from %s at step %d.", workdir, latest)
-    else:
-        state = experiment.initial_state(exp)
+    state = _resume_or_start(exp, checkpointer, workdir)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
     eval_step = evaluate.make_eval_step(exp.spec, exp.task, exp.mesh)
+    watch = preemption.PreemptionWatch()
+    debug_log = step_log.StepLog(workdir, int(jax.device_get(state["step"]))) if config.debug_step_log else None
     try:
         with jax.set_mesh(exp.mesh):
-            state = _train_loop(exp, state, checkpointer, eval_step, writer)
+            state, preempted = _train_loop(exp, state, checkpointer, eval_step, writer, watch, debug_log)
             checkpointer.wait()
+            if preempted:
+                step = int(jax.device_get(state["step"]))
+                log.warning("Preempted: saved step %d in %s; run again with the same workdir to resume.", step,
+                            workdir)
+                return {"preempted_at_step": step}
             return _final_evaluation(exp, state, checkpointer, eval_step, writer, workdir)
     finally:
+        watch.close()
+        if debug_log is not None:
+            debug_log.close()
         writer.flush()
         checkpointer.close()
 
 
-def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step, writer) -> dict:
+def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str) -> dict:
+    """The newest checkpoint that verifies (bad ones are set aside with a warning), else a fresh state."""
+    found = checkpointer.restore_latest(exp.spec.abstract)
+    if found is None:
+        return experiment.initial_state(exp)
+    state, _, step = found
+    log.info("Resumed from %s at step %d (the data pipeline restarts at batch %d).", workdir, step, step)
+    return state
+
+
+class _NonFiniteGuard:
+    """Counts consecutive skipped (non-finite) steps from the per-step flags, read only at sync points."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.streak = 0
+        self._pending: list[tuple[int, jax.Array]] = []
+
+    def add(self, step: int, nonfinite: jax.Array) -> None:
+        self._pending.append((step, nonfinite))
+
+    def check(self) -> None:
+        """Reads the flags gathered since the last check; raises once `limit` steps in a row were skipped."""
+        flags = jax.device_get([flag for _, flag in self._pending])
+        for (step, _), flag in zip(self._pending, flags):
+            self.streak = self.streak + 1 if int(flag) else 0
+            if self.streak >= self.limit:
+                raise FloatingPointError(
+                    f"{self.streak} consecutive training steps had a non-finite loss or gradients (the last at step "
+                    f"{step}; config.max_consecutive_nonfinite={self.limit}); stopping. Those steps did not change "
+                    "the parameters and no checkpoint holds a non-finite value. Lower the learning rate, check the "
+                    "data, or compute in float32."
+                )
+        self._pending = []
+
+
+def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step, writer, watch,
+                debug_log) -> tuple[dict, bool]:
+    """Runs the steps after the state's step; returns (state, whether it stopped for preemption)."""
     config, data, mesh = exp.config, exp.data, exp.mesh
     start_step = int(jax.device_get(state["step"]))
     report_progress = periodic_actions.ReportProgress(
@@ -122,14 +194,19 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         evaluate.write_eval_scalars(writer, 0, "validation", eval_metrics)
         log.info("validation at step 0: %s", evaluate.summary(eval_metrics))
     train_iter = data.train_iterator(start_step)
+    guard = _NonFiniteGuard(config.max_consecutive_nonfinite)
     history, last_time, last_step = [], time.perf_counter(), start_step
     for step in range(start_step + 1, exp.total_steps + 1):
-        batch = sharding.global_batch(next(train_iter), mesh)
+        host_batch = next(train_iter)
+        batch = sharding.global_batch(host_batch, mesh)
         if step == start_step + 1:  # Compile ahead of time once, to read the step's FLOPs.
             train_step = train_step.lower(state, batch).compile()
             flops_per_step = _step_flops(train_step)
         state, step_metrics = train_step(state, batch)
         history.append(step_metrics)  # Device arrays: read only at logging steps (no host sync per step).
+        guard.add(step, step_metrics["nonfinite"])
+        if debug_log is not None:
+            debug_log.write(step, step_metrics["loss"], host_batch)
         report_progress(step)
         last = step == exp.total_steps
         if step % config.log_every == 0 or last:
@@ -137,21 +214,29 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
             seconds = time.perf_counter() - last_time
             _log_train(writer, exp, step, history, (step - last_step) / max(seconds, 1e-9), flops_per_step, peak_flops)
             history, last_time, last_step = [], time.perf_counter(), step
+            guard.check()
+        preempted = watch.reached(step)
         eval_metrics = None
-        if step % exp.eval_every == 0 or last:
+        if (step % exp.eval_every == 0 or last) and not preempted:
             eval_metrics = evaluate.evaluate_split(eval_step, state, data, "validation", mesh, exp.task)
             evaluate.write_eval_scalars(writer, step, "validation", eval_metrics)
-        if step % config.checkpoint_every == 0 or last or eval_metrics is not None:
-            checkpointer.save(step, state, meta, metrics=evaluate.checkpoint_metrics(eval_metrics), force=True)
-    return state
+        if step % config.checkpoint_every == 0 or last or eval_metrics is not None or preempted:
+            guard.check()  # Never checkpoint a run that must halt: the last good checkpoint stays the newest.
+            checkpointer.save(step, state, dict(meta, step=step, data_position=step),
+                              metrics=evaluate.checkpoint_metrics(eval_metrics), force=True)
+        if preempted:
+            return state, True
+    return state, False
 
 
 def _log_train(writer, exp, step: int, history: list[dict], steps_per_second: float, flops: float,
                peak_flops: float) -> None:
+    """Means over the window's finite steps, and `nonfinite_skips`: how many steps of the window were skipped."""
     values = jax.device_get(history)
-    scalars = {key: float(np.mean([v[key] for v in values])) for key in values[0]}
-    if not all(math.isfinite(v) for v in scalars.values()):
-        raise FloatingPointError(f"Non-finite training metrics at step {step}: {scalars}.")
+    finite = [v for v in values if not v["nonfinite"]]
+    scalars = {key: float(np.mean([v[key] for v in finite])) if finite else math.nan
+               for key in values[0] if key != "nonfinite"}
+    scalars["nonfinite_skips"] = float(sum(int(v["nonfinite"]) for v in values))
     scalars["examples_per_second"] = steps_per_second * exp.config.global_batch_size
     scalars["learning_rate"] = float(exp.schedule(step - 1))
     if flops and peak_flops:

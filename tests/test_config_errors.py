@@ -107,3 +107,20 @@ def test_bad_best_metric(tmp_path, small_vocab, no_compile):
     config = smoke_config(small_vocab, best_metric="auc")
     with pytest.raises(ValueError, match="config.best_metric='auc'"):
         lm.run(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"max_consecutive_nonfinite": 0}, r"config.max_consecutive_nonfinite=0 must be a positive integer"),
+        ({"debug_nan_steps": (0, 2)}, r"config.debug_nan_steps=\(0, 2\) must hold step numbers >= 1"),
+    ],
+)
+def test_bad_reliability_keys(tmp_path, small_vocab, no_compile, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        lm.run(smoke_config(small_vocab, **overrides), str(tmp_path / "run"))
+
+
+def test_debug_nan_steps_parses_from_the_command_line():
+    config = _parse(["--config=configs/bert_sentiment.py:smoke", "--config.debug_nan_steps=(3,4)"])
+    assert config.debug_nan_steps == (3, 4)

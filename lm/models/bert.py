@@ -43,7 +43,7 @@ class BertEmbeddings(nnx.Module):
         )
         self.token_type = layers.embed(config.type_vocab_size, config.hidden_size, (None, "embed"), dtype, rngs)
         self.norm = layers.layer_norm(config.hidden_size, config.layer_norm_eps, dtype, rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = layers.Dropout(config.dropout_rate)
 
     def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs: nnx.Rngs | None):
         positions = jnp.arange(input_ids.shape[-1])[None, :]
@@ -60,7 +60,7 @@ class BertSelfAttention(nnx.Module):
         self.key = layers.dense(h, h, ("embed", "heads"), dtype, rngs)
         self.value = layers.dense(h, h, ("embed", "heads"), dtype, rngs)
         self.output = layers.dense(h, h, ("heads", "embed"), dtype, rngs)
-        self.attention_dropout = nnx.Dropout(config.attention_dropout_rate)
+        self.attention_dropout = layers.Dropout(config.attention_dropout_rate)
 
     def __call__(self, x, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None):
         batch, length, _ = x.shape
@@ -86,7 +86,7 @@ class BertLayer(nnx.Module):
         self.intermediate = layers.dense(h, m, ("embed", "mlp"), dtype, rngs)
         self.output = layers.dense(m, h, ("mlp", "embed"), dtype, rngs)
         self.output_norm = layers.layer_norm(h, config.layer_norm_eps, dtype, rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = layers.Dropout(config.dropout_rate)
 
     def __call__(self, x, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None):
         a = self.attention(x, attention_mask, deterministic=deterministic, rngs=rngs)
@@ -122,7 +122,7 @@ class BertClassifier(nnx.Module):
 
     def __init__(self, config: BertConfig, num_classes: int, *, rngs: nnx.Rngs):
         self.encoder = BertEncoder(config, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = layers.Dropout(config.dropout_rate)
         self.classifier = layers.dense(
             config.hidden_size, num_classes, ("embed", "classes"), jnp.dtype(config.dtype), rngs
         )

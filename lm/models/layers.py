@@ -1,8 +1,10 @@
 """Small layer constructors shared by the model files: every parameter gets logical axis names."""
 
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 # BERT and ViT initialise with a truncated normal of stddev 0.02 (Devlin et al. 2019).
 DEFAULT_INIT = nnx.initializers.truncated_normal(stddev=0.02)
@@ -44,7 +46,57 @@ def layer_norm(features, epsilon, dtype, rngs):
     )
 
 
-def attention_with_dropout(q, k, v, mask, dropout: nnx.Dropout, rngs):
+def dropout_keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array:
+    """A boolean mask of `shape`, True with probability `keep_prob` (rounded to a multiple of 2**-16).
+
+    `jax.random.bernoulli` draws one threefry2x32 block (64 bits) per element; dropout needs far fewer
+    bits, so here one block gives four 16-bit uniforms. On CPU this makes BERT-mini's train step ~15%
+    faster (bench/README.md). The block counters follow the element layout of `shape`, so each shard
+    of a sharded mask computes its own part and the mask is the same on any mesh. Keys of other PRNG
+    implementations (e.g. rbg) fall back to `jax.random.bernoulli`.
+    """
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+        return jax.random.bernoulli(key, keep_prob, shape)
+    *lead, last = shape
+    blocks_shape = (*lead, -(-last // 4))  # Each block: two 32-bit words = four 16-bit uniforms.
+    counter, stride = jnp.zeros(blocks_shape, jnp.uint32), 1
+    for axis in reversed(range(len(blocks_shape))):
+        counter = counter + lax.broadcasted_iota(jnp.uint32, blocks_shape, axis) * jnp.uint32(stride)
+        stride *= blocks_shape[axis]
+    key_words = jax.random.key_data(key)
+    bits = jax.extend.random.threefry2x32_p.bind(key_words[0], key_words[1], jnp.zeros_like(counter), counter)
+    uniforms = lax.bitcast_convert_type(jnp.stack(bits, axis=-1), jnp.uint16).reshape(*lead, -1)[..., :last]
+    return uniforms < jnp.uint16(min(round(keep_prob * 65536), 65535))
+
+
+class Dropout(nnx.Dropout):
+    """`nnx.Dropout` (same arguments and call) whose mask comes from `dropout_keep_mask`."""
+
+    def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if deterministic is None:
+            raise ValueError("Dropout needs `deterministic`, in the constructor or the call.")
+        if deterministic or self.rate == 0.0:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        rngs = self.rngs if rngs is None else rngs
+        if isinstance(rngs, nnx.Rngs):
+            key = rngs[self.rng_collection]()
+        elif isinstance(rngs, nnx.RngStream):
+            key = rngs()
+        elif isinstance(rngs, jax.Array):
+            key = rngs
+        else:
+            raise TypeError(f"Dropout needs rngs (nnx.Rngs, an RngStream or a key) when training, got {rngs!r}.")
+        if self.broadcast_dims:
+            raise NotImplementedError("lm's Dropout does not broadcast masks; use nnx.Dropout for that.")
+        keep_prob = 1.0 - self.rate
+        mask = dropout_keep_mask(key, inputs.shape, keep_prob)
+        return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+
+
+def attention_with_dropout(q, k, v, mask, dropout: Dropout, rngs):
     """Softmax attention with dropout on the probabilities (what BERT trains with).
 
     q, k, v: [batch, length, heads, head_dim]; mask: broadcastable to [batch, heads, q_len, k_len].

@@ -16,7 +16,9 @@ and updates the running averages (momentum 0.9) when `deterministic=False`, and 
 averages when `deterministic=True`. Under `jax.jit` over a batch-sharded input the statistics are those
 of the global batch. Inputs are NHWC images; logits are float32.
 
-`conv` and `batch_norm` are also used by `lm.models.vgg`.
+Convolutions and BatchNorm come from `lm.models.convolution`: `nnx.Conv` and `nnx.BatchNorm` with the
+same parameters and results, arranged for XLA:CPU speed (`conv_weight_grad`, default "auto": kernel
+gradients by matrix products on CPU). `conv` and `batch_norm` are also used by `lm.models.vgg`.
 """
 
 import dataclasses
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lm.models import layers
+from lm.models import convolution, layers
 
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
@@ -54,6 +56,7 @@ class ResNetConfig:
     norm_epsilon: float = 1e-5  # BatchNorm epsilon (torchvision 1e-5, Keras applications 1.001e-5).
     # Non-empty: a projection MLP (SimCLR, Chen et al. 2020) of these widths replaces the linear head.
     projection_dims: tuple[int, ...] = ()
+    conv_weight_grad: str = "auto"  # auto | matmul | xla: how kernel gradients are computed (lm.models.convolution).
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -63,6 +66,7 @@ class ResNetConfig:
             )
         if self.variant not in ("imagenet", "cifar"):
             raise ValueError(f"ResNet variant={self.variant!r} is not known; choose 'imagenet' or 'cifar'.")
+        convolution.resolve_weight_grad(self.conv_weight_grad)
 
     @property
     def bottleneck(self) -> bool:
@@ -78,15 +82,15 @@ def conv(
     *,
     strides: int = 1,
     use_bias: bool = False,
-) -> nnx.Conv:
+    weight_grad: str = "auto",
+) -> convolution.Conv:
     """A square convolution with torchvision's symmetric padding (kernel_size // 2) and logical names."""
-    pad = kernel_size // 2
-    return nnx.Conv(
+    return convolution.Conv(
         in_features,
         out_features,
-        kernel_size=(kernel_size, kernel_size),
-        strides=(strides, strides),
-        padding=((pad, pad), (pad, pad)),
+        kernel_size,
+        strides=strides,
+        weight_grad=weight_grad,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -98,10 +102,10 @@ def conv(
 
 def batch_norm(
     features: int, dtype: jnp.dtype, rngs: nnx.Rngs, *, zero_scale: bool = False, epsilon: float = 1e-5
-) -> nnx.BatchNorm:
+) -> convolution.BatchNorm:
     """BatchNorm over the channel axis with momentum 0.9 and (by default) epsilon 1e-5, torchvision's values."""
     scale_init = nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init()
-    return nnx.BatchNorm(
+    return convolution.BatchNorm(
         features,
         momentum=0.9,
         epsilon=epsilon,
@@ -120,12 +124,12 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 
 
 def _conv(in_features: int, out_features: int, kernel_size: int, config: ResNetConfig, rngs: nnx.Rngs, *,
-          strides: int = 1) -> nnx.Conv:
+          strides: int = 1) -> convolution.Conv:
     return conv(in_features, out_features, kernel_size, jnp.dtype(config.dtype), rngs, strides=strides,
-                use_bias=config.conv_bias)
+                use_bias=config.conv_bias, weight_grad=config.conv_weight_grad)
 
 
-def _norm(features: int, config: ResNetConfig, rngs: nnx.Rngs, *, zero_scale: bool = False) -> nnx.BatchNorm:
+def _norm(features: int, config: ResNetConfig, rngs: nnx.Rngs, *, zero_scale: bool = False) -> convolution.BatchNorm:
     return batch_norm(features, jnp.dtype(config.dtype), rngs, zero_scale=zero_scale, epsilon=config.norm_epsilon)
 
 

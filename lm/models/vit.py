@@ -88,7 +88,7 @@ class SelfAttention(nnx.Module):
         self.key = _dense(h, h, ("embed", "heads"), config, rngs)
         self.value = _dense(h, h, ("embed", "heads"), config, rngs)
         self.output = _dense(h, h, ("heads", "embed"), config, rngs)
-        self.attention_dropout = nnx.Dropout(config.attention_dropout_rate)
+        self.attention_dropout = layers.Dropout(config.attention_dropout_rate)
 
     def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
         batch, length, hidden = x.shape
@@ -111,7 +111,7 @@ class EncoderBlock(nnx.Module):
         self.mlp_norm = layers.layer_norm(h, config.layer_norm_eps, dtype, rngs)
         self.mlp_in = _dense(h, 4 * h, ("embed", "mlp"), config, rngs)
         self.mlp_out = _dense(4 * h, h, ("mlp", "embed"), config, rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = layers.Dropout(config.dropout_rate)
 
     def __call__(self, x: jax.Array, *, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
         a = self.attention(self.attention_norm(x), deterministic=deterministic, rngs=rngs)
@@ -171,7 +171,7 @@ class VisionTransformer(nnx.Module):
         self.config = config
         h, dtype = config.hidden_size, jnp.dtype(config.dtype)
         self.embedding = PatchEmbedding(config, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = layers.Dropout(config.dropout_rate)
         self.blocks = nnx.List([EncoderBlock(config, rngs=rngs) for _ in range(config.num_layers)])
         self.norm = layers.layer_norm(h, config.layer_norm_eps, dtype, rngs)
         zeros = nnx.initializers.zeros_init()

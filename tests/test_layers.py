@@ -1,0 +1,58 @@
+"""The shared layers: the dropout mask that the transformer models train with."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lm.models import layers
+
+
+@pytest.mark.parametrize("keep_prob", [0.9, 0.5])
+def test_keep_mask_rate_and_independence(keep_prob):
+    shape = (64, 8, 33, 67)  # The last axis is not a multiple of the four uniforms per block.
+    mask = np.asarray(jax.jit(lambda k: layers.dropout_keep_mask(k, shape, keep_prob))(jax.random.key(0)))
+    assert mask.shape == shape and mask.dtype == bool
+    assert abs(mask.mean() - keep_prob) < 0.005
+    # Neighbours along every axis are independent: P(both kept) = keep_prob ** 2.
+    for axis in range(len(shape)):
+        both = np.logical_and(mask, np.roll(mask, 1, axis=axis)).mean()
+        assert abs(both - keep_prob**2) < 0.005, axis
+    other = np.asarray(layers.dropout_keep_mask(jax.random.key(1), shape, keep_prob))
+    assert abs((mask == other).mean() - (keep_prob**2 + (1 - keep_prob) ** 2)) < 0.005
+
+
+def test_keep_mask_is_the_same_on_any_mesh():
+    shape = (16, 4, 32, 30)
+    key = jax.random.fold_in(jax.random.key(3), 7)
+    single = np.asarray(jax.jit(lambda k: layers.dropout_keep_mask(k, shape, 0.9))(key))
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.jit(lambda k: layers.dropout_keep_mask(k, shape, 0.9), out_shardings=NamedSharding(mesh, P("data")))
+    np.testing.assert_array_equal(single, np.asarray(sharded(key)))
+
+
+def test_non_threefry_keys_fall_back_to_bernoulli():
+    key = jax.random.key(0, impl="rbg")
+    mask = np.asarray(layers.dropout_keep_mask(key, (256, 256), 0.8))
+    assert abs(mask.mean() - 0.8) < 0.01
+
+
+def test_dropout_scales_kept_values_and_gradients():
+    x = jnp.linspace(1.0, 2.0, 8 * 40 * 24).reshape(8, 40, 24)
+    dropout = layers.Dropout(0.1)
+
+    def apply(x):
+        return dropout(x, deterministic=False, rngs=nnx.Rngs(dropout=5))
+
+    y = apply(x)
+    kept = np.asarray(y) != 0
+    assert abs(kept.mean() - 0.9) < 0.02
+    np.testing.assert_allclose(np.asarray(y)[kept], np.asarray(x)[kept] / 0.9, rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda x: apply(x).sum())(x), kept / 0.9, rtol=1e-6)
+    np.testing.assert_array_equal(dropout(x, deterministic=True), x)
+    np.testing.assert_array_equal(layers.Dropout(0.0)(x, deterministic=False, rngs=nnx.Rngs(0)), x)
+    with pytest.raises(TypeError, match="rngs"):
+        dropout(x, deterministic=False)

@@ -1,0 +1,241 @@
+"""Many hosts in real processes on 127.0.0.1: 2 processes x 4 CPU devices against 1 process x 8 devices.
+
+Each process is main.py, as a user starts it on each host; the coordinator listens on a free local port.
+The real multi-process tests take 1.5-2 minutes each on 2 shared cores: they are marked slow (make test-all).
+"""
+
+import hashlib
+import itertools
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from input_pipeline.image_classification import ImageClassificationData
+from input_pipeline.text_classification import TextClassificationData
+from lm import checkpointing, config_checks, distributed, experiment
+from tests import text_data
+from tests.test_image_pipeline import folder_config, image_folder  # noqa: F401, F811 (a fixture)
+from tests.test_text_pipeline import NAMES, make_config, make_rows, write
+from tests.test_train import files_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main_args(vocab, csv_path, workdir, **overrides) -> list[str]:
+    """main.py flags: a tiny BERT on the synthetic CSV, no dropout, 8 steps, checkpoints at 4 and 8."""
+    settings = {
+        "data.train_files": csv_path, "data.text_field": "review", "data.label_field": "sentiment",
+        "data.label_names": "('negative','positive')", "data.vocab_path": vocab, "model.vocab_size": -1,
+        "num_train_steps": 8, "checkpoint_every": 4, "eval_every": 4, "log_every": 4, "mesh.data": 8,
+        "peak_flops_per_device": 1e12, **overrides,
+    }
+    return [f"--config={ROOT}/configs/bert_sentiment.py:files,smoke", f"--workdir={workdir}",
+            *(f"--config.{key}={value}" for key, value in settings.items())]
+
+
+def start(args: list[str], devices: int, log: pathlib.Path, **env) -> subprocess.Popen:
+    environment = dict(
+        os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT), **env,
+    )
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=environment,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def start_hosts(args: list[str], logs: pathlib.Path, timeout_s: int = 100, **env) -> list[subprocess.Popen]:
+    """Two main.py processes of 4 devices each, joined by the config (process 0 is the coordinator)."""
+    port = free_port()
+    return [
+        start([*args, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+               "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+               f"--config.distributed.timeout_s={timeout_s}", "--config.distributed.initialization_timeout_s=120"],
+              4, logs / f"process{i}.log", **env)
+        for i in range(2)
+    ]
+
+
+def wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path], timeout: float = 600) -> None:
+    """Waits for every process (killing what is left after `timeout`); each must exit 0."""
+    deadline = time.monotonic() + timeout
+    try:
+        for process in processes:
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, log in zip(processes, logs):
+        assert process.returncode == 0, log.read_text()[-6000:]
+
+
+def digest(state) -> dict[str, str]:
+    """sha256 of every leaf of a state."""
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+    return {jax.tree_util.keystr(path): hashlib.sha256(np.ascontiguousarray(leaf).tobytes()).hexdigest()
+            for path, leaf in leaves}
+
+
+def restored(workdir: pathlib.Path, step: int, vocab: str, csv_path: str, devices, **mesh) -> dict:
+    """The state saved at `step`, restored in this single process onto `devices` with the given mesh."""
+    config = files_config(pathlib.Path(vocab), csv_path, **{f"mesh.{k}": v for k, v in mesh.items()})
+    exp = experiment.build(config_checks.resolved_copy(config), devices)
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
+    state, _ = ckpt.restore(step, exp.spec.abstract)
+    ckpt.close()
+    return state
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, small_vocab):
+    root = tmp_path_factory.mktemp("multihost")
+    return root, str(text_data.write_csv(root / "reviews.csv", text_data.sentiment_rows(400))), str(small_vocab)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_bitwise_and_restore_elsewhere(data):
+    """2 processes x 4 devices end in the same state, bit for bit, as 1 process x 8 devices on the same mesh;
+    the checkpoint the two processes wrote restores in one process onto a 2-device mesh."""
+    root, csv_path, vocab = data
+    overrides = {"model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0}
+    # The single process joins a one-process "cluster": its collectives are then gloo's, as between processes.
+    single_args = [*main_args(vocab, csv_path, root / "single", **overrides),
+                   f"--config.distributed.coordinator_address=127.0.0.1:{free_port()}",
+                   "--config.distributed.num_processes=1", "--config.distributed.process_id=0"]
+    single = start(single_args, 8, root / "single.log")
+    wait_all([single], [root / "single.log"])
+    hosts = start_hosts(main_args(vocab, csv_path, root / "two", **overrides), root)
+    wait_all(hosts, [root / "process0.log", root / "process1.log"])
+
+    single_state = restored(root / "single", 8, vocab, csv_path, jax.devices(), data=8)
+    two_state = restored(root / "two", 8, vocab, csv_path, jax.devices(), data=8)
+    assert len(digest(two_state)) > 10 and digest(two_state) == digest(single_state)
+    assert (root / "two" / "metrics_test.json").exists()
+    assert len(list((root / "two").glob("events.out.tfevents.*"))) == 1, "only process 0 writes the metrics"
+    assert "Process 1 of 2" in (root / "process1.log").read_text()
+
+    # Onto another mesh: 2 devices, data 1 x fsdp 2.
+    state = restored(root / "two", 8, vocab, csv_path, jax.devices()[:2], data=1, fsdp=2)
+    kernel = state["params"]["encoder"]["layers"][0]["intermediate"]["kernel"]
+    assert len(kernel.sharding.device_set) == 2 and kernel.sharding.spec[0] == "fsdp"
+    assert digest(state) == digest(single_state)
+
+
+@pytest.mark.parametrize(
+    ("victim", "how"),
+    [
+        pytest.param(1, signal.SIGKILL, marks=pytest.mark.slow, id="kill_process1"),
+        pytest.param(0, signal.SIGKILL, marks=pytest.mark.slow, id="kill_coordinator"),
+        pytest.param(1, signal.SIGSTOP, marks=pytest.mark.slow, id="stop_process1"),  # Alive but silent.
+    ],
+)
+def test_dead_or_stalled_peer_stops_every_process_within_the_timeout(data, victim, how):
+    """kill -9 (or SIGSTOP) of one process mid-training: the other exits non-zero within timeout_s, not hanging.
+
+    A stopped process, continued afterwards, exits non-zero too.
+    """
+    root, csv_path, vocab = data
+    timeout_s, slack = 5, 60
+    run = root / f"victim{victim}_signal{int(how)}"
+    run.mkdir()
+    args = main_args(vocab, csv_path, run / "workdir", num_train_steps=100_000,
+                     checkpoint_every=100_000, eval_every=100_000, log_every=1)
+    hosts = start_hosts(args, run, timeout_s)
+    survivor, logs = hosts[1 - victim], [run / "process0.log", run / "process1.log"]
+    try:
+        deadline = time.monotonic() + 300
+        while "train/loss" not in logs[0].read_text() and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in hosts), logs[0].read_text()[-4000:] + logs[1].read_text()[-4000:]
+            time.sleep(1)
+        assert "train/loss" in logs[0].read_text(), "the run never started training"
+        hosts[victim].send_signal(how)
+        stopped_at = time.monotonic()
+        returncode = survivor.wait(timeout=timeout_s + slack)
+        elapsed = time.monotonic() - stopped_at
+        if how == signal.SIGSTOP:
+            hosts[victim].send_signal(signal.SIGCONT)
+            assert hosts[victim].wait(timeout=timeout_s + slack) != 0
+    finally:
+        for process in hosts:
+            if process.poll() is None:
+                process.kill()
+    assert returncode != 0, logs[1 - victim].read_text()[-3000:]
+    assert elapsed < timeout_s + slack
+    survivor_log = logs[1 - victim].read_text()
+    assert "distributed service detected fatal errors" in survivor_log or "heartbeat" in survivor_log, (
+        survivor_log[-3000:]
+    )
+
+
+def test_global_batches_do_not_depend_on_the_process_count(tmp_path, minilm_vocab, image_folder):  # noqa: F811
+    """Host batches concatenated in host order are the single-process batch: the basis of bitwise parity."""
+    rows = make_rows(37)
+    text_config = make_config(minilm_vocab, train_files=write(tmp_path / "t.csv", rows), label_names=NAMES)
+    text_config.global_batch_size = 8
+    image_config = folder_config(image_folder, augmentation="pad_crop", pad=2, flip=True)
+    for make, config, key in ((TextClassificationData, text_config, "input_ids"),
+                              (ImageClassificationData, image_config, "image")):
+        single = make(config)
+        steps = 2 * single.steps_per_epoch + 1  # Across two epoch boundaries.
+        expected = [b[key] for b in itertools.islice(single.train_iterator(), steps)]
+        for count in (2, 4):
+            hosts = [make(config, i, count) for i in range(count)]
+            assert {h.steps_per_epoch for h in hosts} == {single.steps_per_epoch}
+            batches = zip(*(itertools.islice(h.train_iterator(), steps) for h in hosts))
+            for want, parts in zip(expected, batches, strict=True):
+                np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want)
+
+
+ORBAX_BARRIER_CHECK = """
+from absl import flags
+from lm import distributed
+flags.FLAGS(["main.py"])  # As app.run does in main.py, before Orbax is imported.
+distributed._use_timed_orbax_barriers()
+from orbax.checkpoint._src.multihost import multihost
+print("timed barriers:", multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER.value)
+"""
+
+
+def test_orbax_barriers_are_timed_under_main():
+    """Once flags are parsed (main.py), Orbax waits at timed coordination-service barriers."""
+    result = subprocess.run([sys.executable, "-c", ORBAX_BARRIER_CHECK], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert "timed barriers: True" in result.stdout, result.stderr[-3000:]
+
+
+def test_settings_from_config_and_environment():
+    config = files_config(pathlib.Path("vocab.txt"), "x.csv")
+    dist = config.distributed
+    assert distributed.resolve(dist, environ={}) is None
+    environ = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    assert distributed.resolve(dist, environ) == distributed.Settings("10.0.0.1:1234", 4, 3)
+    dist.process_id = 1
+    assert distributed.resolve(dist, environ) == distributed.Settings("10.0.0.1:1234", 4, 1)
+    with pytest.raises(ValueError, match=r"config.distributed.num_processes=-1 .* \$JAX_NUM_PROCESSES is not set"):
+        distributed.resolve(dist, {"JAX_COORDINATOR_ADDRESS": "h:1"})
+    dist.num_processes = 2
+    dist.process_id = 2
+    with pytest.raises(ValueError, match=r"process_id=2 must be in \[0, num_processes=2\)"):
+        distributed.resolve(dist, {"JAX_COORDINATOR_ADDRESS": "h:1"})
+    with pytest.raises(ValueError, match="no coordinator"):
+        distributed.resolve(dist, {})
+    dist.coordinator_address = "localhost"
+    with pytest.raises(ValueError, match="needs a port"):
+        distributed.resolve(dist, {})
+    config.distributed.timeout_s = 0
+    with pytest.raises(ValueError, match=r"config.distributed.timeout_s=0 must be a positive number of seconds"):
+        distributed.initialize(config)

@@ -1,0 +1,369 @@
+"""Runs that survive: exact resume after kill -9, SIGTERM, corrupt checkpoints, failed saves, non-finite steps,
+determinism. docs/RELIABILITY.md cites these tests line by line.
+
+The kill tests run main.py in real processes on a tiny BERT (8 fake CPU devices) with config.debug_step_log,
+which writes `step loss sha256-of-batch` per step: two runs that saw the same batches and computed the same
+losses have the same lines.
+"""
+
+import hashlib
+import logging
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lm
+from lm import checkpointing, step_log
+from tests import text_data
+from tests.test_train import files_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 12  # 80 training examples, batch 16: 5 steps an epoch, so the runs cross two epoch boundaries.
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, pathlib.Path]:
+    folder = tmp_path_factory.mktemp("data")
+    return {"csv": text_data.write_csv(folder / "reviews.csv", text_data.sentiment_rows(100)),
+            "vocab": text_data.write_vocab(folder / "vocab.txt")}
+
+
+def run_config(data, **overrides):
+    settings = {"num_train_steps": STEPS, "checkpoint_every": 2, "eval_every": 1000, "log_every": 4,
+                "keep_checkpoints": 3, "debug_step_log": True, "peak_flops_per_device": 1.0,
+                "eval_splits_at_end": (), **overrides}
+    return files_config(data["vocab"], data["csv"], **settings)
+
+
+def main_args(data, workdir, **overrides) -> list[str]:
+    config = run_config(data, **overrides)
+    flags = {"num_train_steps", "checkpoint_every", "eval_every", "log_every", "keep_checkpoints", "debug_step_log",
+             "peak_flops_per_device", "eval_splits_at_end", *overrides}
+    args = [sys.executable, str(ROOT / "main.py"), "--config=configs/bert_sentiment.py:files,smoke",
+            f"--workdir={workdir}", f"--config.data.train_files={data['csv']}", "--config.data.text_field=review",
+            "--config.data.label_field=sentiment", '--config.data.label_names=("negative","positive")',
+            f"--config.data.vocab_path={data['vocab']}", "--config.model.vocab_size=-1"]
+    return args + [f"--config.{key}={config[key]}" for key in sorted(flags)]
+
+
+def start(data, workdir, **overrides) -> subprocess.Popen:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT))
+    log_file = open(pathlib.Path(workdir).with_suffix(".log"), "a")  # noqa: SIM115 - the child holds it.
+    return subprocess.Popen(main_args(data, workdir, **overrides), cwd=ROOT, env=env, stdout=log_file,
+                            stderr=subprocess.STDOUT)
+
+
+def finish(process: subprocess.Popen, workdir) -> int:
+    code = process.wait(timeout=600)
+    assert code in (0, -signal.SIGKILL), pathlib.Path(workdir).with_suffix(".log").read_text()[-4000:]
+    return code
+
+
+def committed_steps(workdir) -> list[int]:
+    folder = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+
+
+def logged_steps(workdir) -> list[list[str]]:
+    path = pathlib.Path(step_log.path(str(workdir)))
+    return step_log.read(str(workdir)) if path.exists() else []
+
+
+def wait_for(condition, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def state_digests(workdir, step=None) -> dict[str, str]:
+    """sha256 of every leaf of a checkpoint's state (the newest by default)."""
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(workdir)), read_only=True)
+    state, _ = ckpt.restore_raw(step if step is not None else ckpt.latest_step())
+    ckpt.close()
+    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+    return {jax.tree_util.keystr(path): hashlib.sha256(np.ascontiguousarray(leaf).tobytes()).hexdigest()
+            for path, leaf in flat}
+
+
+def check_replay(workdir, straight_lines, steps=STEPS) -> list[int]:
+    """Each (re)start began at a committed step, every step's batch and loss equal the straight run's, and the
+    steps after each start continue without a gap. Returns the start steps."""
+    expected = {int(line[0]): line for line in straight_lines if line[0] != "start"}
+    assert sorted(expected) == list(range(1, steps + 1))
+    starts, next_step = [], None
+    for line in logged_steps(workdir):
+        if line[0] == "start":
+            starts.append(int(line[1]))
+            next_step = int(line[1]) + 1
+            continue
+        assert int(line[0]) == next_step, f"step {line[0]} after {next_step - 1}: a batch skipped or repeated"
+        assert line == expected[int(line[0])], f"step {line[0]} differs from the uninterrupted run"
+        next_step += 1
+    assert next_step == steps + 1
+    return starts
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory) -> pathlib.Path:
+    """The uninterrupted run, in its own process."""
+    workdir = tmp_path_factory.mktemp("straight") / "run"
+    assert finish(start(data, workdir), workdir) == 0
+    return workdir
+
+
+def test_kill_9_and_resume_is_exact(data, straight, tmp_path):
+    """kill -9 once the step-6 checkpoint is committed; the restart resumes at the newest committed step and ends
+    bitwise where the uninterrupted run ends: same state leaves, same per-step batches and losses."""
+    workdir = tmp_path / "run"
+    process = start(data, workdir)
+    wait_for(lambda: STEPS // 2 in committed_steps(workdir) or process.poll() is not None)
+    process.kill()
+    assert finish(process, workdir) == -signal.SIGKILL
+    newest = committed_steps(workdir)[-1]
+    assert newest < STEPS
+    lm.run(run_config(data), str(workdir), "train")  # The restart, in this process to save a start-up.
+    assert check_replay(workdir, logged_steps(straight)) == [0, newest]
+    assert state_digests(workdir) == state_digests(straight)
+
+
+@pytest.mark.slow
+def test_random_kills(data, tmp_path):
+    """kill -9 at random moments, ten times, with a save every step: each restart resumes at the newest committed
+    step, no batch is skipped or repeated, and the final state equals the uninterrupted run's bitwise."""
+    steps = 40
+    straight = tmp_path / "straight"
+    assert finish(start(data, straight, num_train_steps=steps), straight) == 0
+    workdir, rng, kills = tmp_path / "run", random.Random(0), 0
+    expected_starts = [0]
+    while True:
+        process = start(data, workdir, num_train_steps=steps, checkpoint_every=1)
+        if kills < 10:  # Once this process has trained a step, at a random moment.
+            starts = len(expected_starts)
+            wait_for(lambda p=process, n=starts: p.poll() is not None or _training(workdir, n))
+            time.sleep(rng.uniform(0.0, 10.0))  # A process's first save takes seconds here, later ones < 1 s.
+            process.kill()
+        if finish(process, workdir) == 0:
+            break
+        kills += 1
+        committed = committed_steps(workdir)
+        expected_starts.append(committed[-1] if committed else 0)
+    assert kills == 10 and max(expected_starts) > 0, expected_starts
+    assert check_replay(workdir, logged_steps(straight), steps) == expected_starts
+    assert state_digests(workdir) == state_digests(straight)
+
+
+def _training(workdir, starts: int) -> bool:
+    """Whether the `starts`-th start of the run has logged a step."""
+    lines = logged_steps(workdir)
+    return sum(line[0] == "start" for line in lines) == starts and lines[-1][0] != "start"
+
+
+def test_sigterm_saves_the_step_and_exits_0(data, straight, tmp_path):
+    """SIGTERM: the run saves the step it is at and exits with status 0; the restart continues from that step."""
+    workdir = tmp_path / "run"
+    process = start(data, workdir, checkpoint_every=100)
+    wait_for(lambda: len(logged_steps(workdir)) > 3 or process.poll() is not None)
+    process.send_signal(signal.SIGTERM)
+    assert finish(process, workdir) == 0
+    stopped_at = int(logged_steps(workdir)[-1][0])
+    assert stopped_at < STEPS and committed_steps(workdir) == [stopped_at]
+    assert "Preempted: saved step" in workdir.with_suffix(".log").read_text()
+    lm.run(run_config(data, checkpoint_every=100), str(workdir), "train")  # The restart, in this process.
+    assert check_replay(workdir, logged_steps(straight)) == [0, stopped_at]
+    assert state_digests(workdir) == state_digests(straight)
+
+
+def test_two_fresh_runs_with_one_seed_are_bitwise_equal(data, straight, tmp_path):
+    """A second fresh run (in this process, the first ran in its own) gives bitwise the same parameters."""
+    lm.run(run_config(data), str(tmp_path / "again"), "train")
+    assert state_digests(tmp_path / "again") == state_digests(straight)
+    assert logged_steps(tmp_path / "again") == logged_steps(straight)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoint integrity.
+
+
+def _corrupt(kind: str, step_dir: pathlib.Path) -> None:
+    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    biggest = max(data_files, key=lambda p: p.stat().st_size)
+    if kind == "truncated":
+        biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+    elif kind == "deleted":
+        biggest.unlink()
+    elif kind == "bit_flip":  # Same size; Orbax alone restores it without complaint.
+        content = bytearray(biggest.read_bytes())
+        content[len(content) // 2] ^= 0x10
+        biggest.write_bytes(bytes(content))
+    elif kind == "empty":
+        shutil.rmtree(step_dir)
+        step_dir.mkdir()
+    elif kind == "foreign":  # Another program's checkpoint: no checksums item.
+        shutil.rmtree(step_dir / "checksums")
+
+
+def _small_state(value: float) -> dict:
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    weights = np.random.default_rng(int(value)).normal(size=(64, 64)).astype(np.float32)
+    return {"w": jax.device_put(weights, sharded), "step": jnp.int32(value)}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "deleted", "bit_flip", "empty", "foreign"])
+def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, kind):
+    directory = tmp_path / "checkpoints"
+    ckpt = checkpointing.Checkpointer(str(directory), keep=3)
+    for step in (1, 2):
+        ckpt.save(step, _small_state(step), {"step": step}, force=True)
+    ckpt.wait()
+    ckpt.close()
+    _corrupt(kind, directory / "2")
+
+    ckpt = checkpointing.Checkpointer(str(directory), keep=3)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), _small_state(0))
+    with caplog.at_level(logging.WARNING, logger="lm.checkpointing"):
+        state, _, step = ckpt.restore_latest(abstract)
+    assert step == 1
+    np.testing.assert_array_equal(state["w"], _small_state(1)["w"])
+    assert any(str(directory / "2") in record.getMessage() for record in caplog.records), caplog.text
+    assert ckpt.all_steps() == [1] and (tmp_path / "checkpoints_rejected" / "2").exists()
+    ckpt.save(2, _small_state(2), {"step": 2}, force=True)  # The step is free again: no crash loop.
+    ckpt.wait()
+    ckpt.close()
+
+
+def test_run_continues_from_the_previous_good_checkpoint(data, straight, tmp_path, caplog):
+    """The newest checkpoint of a finished run is bit-flipped: the run restarts from the one before, redoes the
+    last steps, and ends bitwise where the uninterrupted run ended."""
+    workdir = tmp_path / "run"
+    shutil.copytree(straight, workdir)
+    (workdir / step_log.path("")).unlink()
+    assert committed_steps(workdir) == [8, 10, 12]
+    _corrupt("bit_flip", workdir / "checkpoints" / "12")
+    with caplog.at_level(logging.WARNING, logger="lm.checkpointing"):
+        lm.run(run_config(data), str(workdir), "train")
+    assert f"{workdir / 'checkpoints' / '12'} cannot be restored" in caplog.text
+    assert logged_steps(workdir)[0] == ["start", "10"]
+    assert state_digests(workdir) == state_digests(straight)
+
+
+def test_failed_async_save_raises_by_the_next_save(tmp_path, monkeypatch):
+    """The commit of step 2 fails in Orbax's background thread: the next save raises in the main thread, and
+    step 1, the last good checkpoint, is neither dropped from the list nor deleted by retention (keep=1)."""
+    from orbax.checkpoint._src.path import async_path
+
+    real_rename = async_path.rename
+
+    async def failing_rename(src, dst):
+        if pathlib.Path(dst).name == "2":
+            raise PermissionError(13, "Permission denied", str(dst))
+        return await real_rename(src, dst)
+
+    monkeypatch.setattr(async_path, "rename", failing_rename)
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=1)
+    ckpt.save(1, _small_state(1), {"step": 1}, force=True)
+    ckpt.save(2, _small_state(2), {"step": 2}, force=True)
+    with pytest.raises(checkpointing.CheckpointError, match="checkpoints/2 failed: .*Permission denied"):
+        ckpt.save(3, _small_state(3), {"step": 3}, force=True)
+    assert ckpt.all_steps() == [1] and (tmp_path / "checkpoints" / "1").exists()
+    ckpt.close()
+
+
+def test_retention_keeps_the_newest(tmp_path):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    for step in (1, 2, 3, 4):
+        ckpt.save(step, _small_state(step), {"step": step}, force=True)
+        assert len(ckpt.all_steps()) <= 3  # The newest two plus the one being written.
+    ckpt.wait()
+    assert ckpt.all_steps() == [3, 4]
+    ckpt.close()
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+    state = _small_state(1)
+    state["w"] = state["w"].at[3, 3].set(jnp.nan)
+    with pytest.raises(FloatingPointError, match="w holds non-finite values at step 1"):
+        ckpt.save(1, state, {"step": 1}, force=True)
+    assert ckpt.all_steps() == []
+    ckpt.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Non-finite steps.
+
+
+def _all_checkpoints(workdir) -> dict[int, dict]:
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(workdir)), read_only=True)
+    states = {step: jax.device_get(ckpt.restore_raw(step)[0]) for step in ckpt.all_steps()}
+    ckpt.close()
+    return states
+
+
+def test_nan_gradients_are_skipped_and_counted(data, tmp_path, monkeypatch):
+    """NaN gradients at step 3: the step changes no parameter and no optimizer state, train/nonfinite_skips
+    counts it, and training goes on."""
+    from lm import train
+
+    logged = []
+    real_log = train._log_train
+    monkeypatch.setattr(train, "_log_train", lambda writer, exp, step, history, *a: logged.append(
+        (step, jax.device_get(history))) or real_log(writer, exp, step, history, *a))
+    lm.run(run_config(data, num_train_steps=4, checkpoint_every=1, keep_checkpoints=10, log_every=4,
+                      debug_nan_steps=(3,), debug_step_log=False), str(tmp_path / "run"), "train")
+    states = _all_checkpoints(tmp_path / "run")
+    assert sorted(states) == [1, 2, 3, 4]
+    for key in ("params", "opt_state", "batch_stats"):
+        jax.tree.map(np.testing.assert_array_equal, states[2][key], states[3][key])
+    assert int(states[3]["step"]) == 3
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(states[3]["params"]),
+                                                         jax.tree.leaves(states[4]["params"])))
+    (step, history), = logged
+    assert step == 4 and [int(h["nonfinite"]) for h in history] == [0, 0, 1, 0]
+
+
+def test_consecutive_non_finite_steps_halt_the_run(data, tmp_path):
+    """Three NaN steps in a row with max_consecutive_nonfinite=3: the run halts naming the step; every checkpoint
+    holds only finite values, and none was written at or after the halting step."""
+    workdir = tmp_path / "run"
+    config = run_config(data, num_train_steps=8, checkpoint_every=1, keep_checkpoints=10, log_every=100,
+                        debug_nan_steps=(3, 4, 5), max_consecutive_nonfinite=3, debug_step_log=False)
+    with pytest.raises(FloatingPointError, match=r"3 consecutive training steps .*the last at step 5"):
+        lm.run(config, str(workdir), "train")
+    states = _all_checkpoints(workdir)
+    assert sorted(states) == [1, 2, 3, 4]
+    for state in states.values():
+        assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state) if np.issubdtype(leaf.dtype, np.inexact))
+    jax.tree.map(np.testing.assert_array_equal, states[2]["params"], states[4]["params"])
+
+
+def test_two_processes_agree_on_a_mismatch_only_one_can_see(tmp_path):
+    """Two processes of 4 devices: the checksums of an array sharded across them are all recorded; a digest that
+    only process 1 can check is altered, and both processes skip that checkpoint for the previous one."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    processes = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "multiprocess_checkpoint.py"), str(port),
+                                   str(i), str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    for i, (process, output) in enumerate(zip(processes, outputs)):
+        assert process.returncode == 0, output[-3000:]
+        assert f"process {i}: restored step 1, equal True, steps [1]" in output, output[-3000:]
+        assert "checkpoints/2 cannot be restored: 1 problem(s), e.g. w[48:56,0:64]: sha256 differs" in output
