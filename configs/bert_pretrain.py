@@ -83,21 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task = "mlm"
     config.eval_at_start = False  # Evaluate before the first step (the starting point of continued pretraining).
 
-    layers, hidden = common.BERT_SIZES[variant.size]
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "bert"
-    config.model.head = "mlm"
-    config.model.vocab_size = 30522
-    config.model.hidden_size = hidden
-    config.model.num_layers = layers
-    config.model.num_heads = hidden // 64
-    config.model.intermediate_size = 4 * hidden
-    config.model.max_position_embeddings = 512
-    config.model.type_vocab_size = 2
-    config.model.dropout_rate = 0.1
-    config.model.attention_dropout_rate = 0.1
-    config.model.layer_norm_eps = 1e-12
-    config.model.dtype = "float32"
+    config.model = common.bert_model_config(variant.size, head="mlm")
 
     config.data = corpus_data_config()
     if variant.corpus != "files":

@@ -19,6 +19,26 @@ BERT_SIZES = {
 }
 
 
+def bert_model_config(size: str, **extra) -> ml_collections.ConfigDict:
+    """The `config.model` section of a BERT of `size` (a BERT_SIZES name) with `extra` keys added."""
+    layers, hidden = BERT_SIZES[size]
+    model = ml_collections.ConfigDict()
+    model.name = "bert"
+    model.vocab_size = 30522
+    model.hidden_size = hidden
+    model.num_layers = layers
+    model.num_heads = hidden // 64
+    model.intermediate_size = 4 * hidden
+    model.max_position_embeddings = 512
+    model.type_vocab_size = 2
+    model.dropout_rate = 0.1
+    model.attention_dropout_rate = 0.1
+    model.layer_norm_eps = 1e-12
+    model.dtype = "float32"  # Compute dtype: float32 | bfloat16. Parameters stay float32.
+    model.update(extra)
+    return model
+
+
 def parse_arg(arg: str | None, **choices: tuple[str, ...]) -> ml_collections.ConfigDict:
     """Parses "w1,w2" into flags. Each keyword names a group of mutually exclusive words.
 

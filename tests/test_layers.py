@@ -56,3 +56,10 @@ def test_dropout_scales_kept_values_and_gradients():
     np.testing.assert_array_equal(layers.Dropout(0.0)(x, deterministic=False, rngs=nnx.Rngs(0)), x)
     with pytest.raises(TypeError, match="rngs"):
         dropout(x, deterministic=False)
+
+
+def test_dropout_broadcasts_its_mask_over_broadcast_dims():
+    x = jnp.ones((4, 16, 32))
+    y = np.asarray(layers.Dropout(0.5, broadcast_dims=(1,))(x, deterministic=False, rngs=nnx.Rngs(dropout=1)))
+    assert (y == y[:, :1, :]).all()  # One mask row shared along axis 1.
+    assert 0.3 < (y[:, 0, :] > 0).mean() < 0.7

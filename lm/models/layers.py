@@ -89,10 +89,10 @@ class Dropout(nnx.Dropout):
             key = rngs
         else:
             raise TypeError(f"Dropout needs rngs (nnx.Rngs, an RngStream or a key) when training, got {rngs!r}.")
-        if self.broadcast_dims:
-            raise NotImplementedError("lm's Dropout does not broadcast masks; use nnx.Dropout for that.")
         keep_prob = 1.0 - self.rate
-        mask = dropout_keep_mask(key, inputs.shape, keep_prob)
+        broadcast = {axis % inputs.ndim for axis in self.broadcast_dims}
+        mask_shape = tuple(1 if axis in broadcast else size for axis, size in enumerate(inputs.shape))
+        mask = jnp.broadcast_to(dropout_keep_mask(key, mask_shape, keep_prob), inputs.shape)
         return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
 
 
