@@ -9,8 +9,8 @@ linearly to the batch, no warm-up):
 The contenders train on the same random NHWC float32 batch and random labels, BatchNorm in train mode
 (batch statistics, running averages updated):
   ours    lm.train.jit_train_step on a 1-device mesh, built as the trainer builds it (state donated)
-  ours_xla_grad  the same with model.conv_weight_grad="xla": kernel gradients as XLA's backward-filter
-          convolutions instead of matrix products (lm/models/convolution.py); not run by default
+  ours_xla_default  the same with config.xla_cpu_ynn_fusions="xla_default": XLA:CPU's own choice of what
+          YNNPACK runs (convolutions included) instead of ours (lm/compiler.py); not run by default
   keras   Keras 3 on the TensorFlow backend, `compile(jit_compile=True)` and `train_on_batch`.
           resnet50: `keras.applications.ResNet50(weights=None)`, which is ResNet v1 (stride on the first
           1x1 convolution of a block, convolutions with biases): about 5% fewer FLOPs than v1.5.
@@ -51,13 +51,12 @@ import jax
 import numpy as np
 
 import configs.vision_classification
-from lm import config_checks
-from lm.models import convolution
+from lm import compiler, config_checks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (bench/common.py)
 
-CONTENDERS = ("ours", "ours_xla_grad", "keras", "torch")
+CONTENDERS = ("ours", "ours_xla_default", "keras", "torch")
 CASES = {  # name: (config argument, image size, default batch, default rounds, default steps)
     "resnet50": ("resnet50,imagenet2012", 224, 16, 3, 2),
     "resnet18_cifar": ("resnet18_cifar,cifar10", 32, 128, 3, 2),
@@ -136,14 +135,15 @@ def host_batch(settings: dict, num_classes: int, seed: int) -> dict[str, np.ndar
 
 
 class Ours(common.Ours):
-    """Our step; `weight_grad` sets model.conv_weight_grad (lm/models/convolution.py)."""
+    """Our step; `ynn_fusions` sets config.xla_cpu_ynn_fusions (lm/compiler.py)."""
 
-    def __init__(self, config, batch: dict[str, np.ndarray], weight_grad: str = "auto"):
+    def __init__(self, config, batch: dict[str, np.ndarray], ynn_fusions: str | None = None):
         config = config.copy_and_resolve_references()
-        config.model.conv_weight_grad = weight_grad
+        if ynn_fusions is not None:
+            config.xla_cpu_ynn_fusions = ynn_fusions
         super().__init__(config, batch)
-        self.note = (f"ResNet-{config.model.depth} v1.5, {config.model.variant} stem, NHWC, kernel gradients: "
-                     f"{convolution.resolve_weight_grad(weight_grad)}")
+        self.note = (f"ResNet-{config.model.depth} v1.5, {config.model.variant} stem, NHWC, "
+                     f"xla_cpu_ynn_fusions={config.xla_cpu_ynn_fusions!r}")
 
 
 def keras_resnet18_cifar(keras, num_classes: int, width: int = 64):
@@ -277,8 +277,8 @@ def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dic
     built = {}
     for name in args.contenders:
         start = time.perf_counter()
-        if name in ("ours", "ours_xla_grad"):
-            contender = Ours(config, batch, weight_grad="xla" if name == "ours_xla_grad" else "auto")
+        if name in ("ours", "ours_xla_default"):
+            contender = Ours(config, batch, compiler.XLA_DEFAULT if name == "ours_xla_default" else None)
         elif name == "keras":
             contender = Keras(config, batch)
         else:

@@ -123,6 +123,9 @@ def training_defaults() -> ml_collections.ConfigDict:
     config.debug_step_log = False
     config.debug_nan_steps = ()
     config.peak_flops_per_device = 0.0  # For MFU; 0 measures a matmul on this device at start.
+    # On CPU: the kinds of work XLA hands to the YNNPACK library (lm/compiler.py). Convolutions and elementwise
+    # fusions stay with XLA's own code, which is faster here; "xla_default" keeps XLA's choice, "" turns YNNPACK off.
+    config.xla_cpu_ynn_fusions = "dot,reduce"
     # Multi-host: one process per host, all started with the same config. Each key left at its default falls back
     # to an environment variable: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID. With no coordinator
     # address anywhere (and auto_detect off) the run is one process.

@@ -17,7 +17,6 @@ VISION_MODEL_DEFAULTS = {
         "stride_in_1x1": False,  # True: stride on the first 1x1 conv (ResNet v1, Keras) instead of the 3x3 (v1.5)
         "conv_bias": False,  # True: biases on every conv (Keras ResNet50)
         "norm_epsilon": 1e-5,  # BatchNorm epsilon (Keras: 1.001e-5)
-        "conv_weight_grad": "auto",  # auto (matmul on CPU, xla elsewhere) | matmul | xla: see lm/models/convolution.py
         "dtype": "float32",  # compute dtype; parameters and BatchNorm statistics stay float32
     },
     "vgg": {
@@ -27,7 +26,6 @@ VISION_MODEL_DEFAULTS = {
         "dropout_rate": 0.5,
         "pool_size": 7,  # adaptive average pool before the classifier; 1 = global pooling (small images)
         "classifier_width": 4096,
-        "conv_weight_grad": "auto",  # auto (matmul on CPU, xla elsewhere) | matmul | xla: see lm/models/convolution.py
         "dtype": "float32",
     },
     "vit": {

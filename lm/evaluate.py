@@ -12,13 +12,16 @@ import os
 import jax
 import ml_collections
 
-from lm import checkpointing, config_checks, experiment, metrics, sharding
+from lm import checkpointing, compiler, config_checks, experiment, metrics, sharding
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
 
 
-def make_eval_step(spec: state_lib.StateSpec, task, mesh: jax.sharding.Mesh):
+def make_eval_step(exp: experiment.Experiment):
+    """The jitted eval step: sums of the task's metrics over one global batch."""
+    spec, task, mesh = exp.spec, exp.task, exp.mesh
+
     def eval_step(params: dict, batch_stats: dict, batch: dict) -> dict:
         model = state_lib.merge_model(spec.graphdef, params, batch_stats)
         logits = task.logits(model, batch, deterministic=True)
@@ -28,6 +31,7 @@ def make_eval_step(spec: state_lib.StateSpec, task, mesh: jax.sharding.Mesh):
         eval_step,
         in_shardings=(spec.shardings["params"], spec.shardings["batch_stats"], sharding.batch_sharding(mesh)),
         out_shardings=sharding.replicated(mesh),
+        compiler_options=compiler.step_options(exp.config, mesh),
     )
 
 
@@ -94,7 +98,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step = select_step(checkpointer, str(config.eval_checkpoint))
     state, _ = checkpointer.restore(step, exp.spec.abstract)
     checkpointer.close()
-    eval_step = make_eval_step(exp.spec, exp.task, exp.mesh)
+    eval_step = make_eval_step(exp)
     with jax.set_mesh(exp.mesh):
         result = evaluate_split(eval_step, state, exp.data, config.eval_split, exp.mesh, exp.task)
     result["step"] = step

@@ -23,7 +23,7 @@ import optax
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from lm import checkpointing, config_checks, evaluate, experiment, metrics, preemption, sharding, step_log
+from lm import checkpointing, compiler, config_checks, evaluate, experiment, metrics, preemption, sharding, step_log
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def jit_train_step(exp: experiment.Experiment):
         in_shardings=(spec.shardings, sharding.batch_sharding(exp.mesh)),
         out_shardings=(spec.shardings, sharding.replicated(exp.mesh)),
         donate_argnums=0,
+        compiler_options=compiler.step_options(exp.config, exp.mesh),
     )
 
 
@@ -121,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     state = _resume_or_start(exp, checkpointer, workdir)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
-    eval_step = evaluate.make_eval_step(exp.spec, exp.task, exp.mesh)
+    eval_step = evaluate.make_eval_step(exp)
     watch = preemption.PreemptionWatch()
     debug_log = step_log.StepLog(workdir, int(jax.device_get(state["step"]))) if config.debug_step_log else None
     try:

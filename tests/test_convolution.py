@@ -9,11 +9,11 @@ from flax import nnx
 from lm.models import convolution
 
 
-def _pair(in_features, out_features, kernel_size, strides, weight_grad):
+def _pair(in_features, out_features, kernel_size, strides):
     """Our Conv and an nnx.Conv with the same kernel and bias."""
     pad = kernel_size // 2
-    ours = convolution.Conv(in_features, out_features, kernel_size, strides=strides, weight_grad=weight_grad,
-                            use_bias=True, rngs=nnx.Rngs(0))
+    ours = convolution.Conv(in_features, out_features, kernel_size, strides=strides, use_bias=True,
+                            rngs=nnx.Rngs(0))
     reference = nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=(strides, strides),
                          padding=((pad, pad), (pad, pad)), use_bias=True, rngs=nnx.Rngs(1))
     reference.kernel[...] = ours.kernel[...]
@@ -22,13 +22,12 @@ def _pair(in_features, out_features, kernel_size, strides, weight_grad):
     return ours, reference
 
 
-@pytest.mark.parametrize("weight_grad", ["matmul", "xla"])
 @pytest.mark.parametrize(
     "in_features,kernel_size,strides,size",
     [(16, 1, 1, 8), (16, 1, 2, 9), (16, 3, 1, 8), (24, 3, 2, 9), (3, 3, 1, 8), (3, 7, 2, 15)],
 )
-def test_conv_matches_nnx_conv_and_its_gradients(weight_grad, in_features, kernel_size, strides, size):
-    ours, reference = _pair(in_features, 20, kernel_size, strides, weight_grad)
+def test_conv_matches_nnx_conv_and_its_gradients(in_features, kernel_size, strides, size):
+    ours, reference = _pair(in_features, 20, kernel_size, strides)
     x = jax.random.normal(jax.random.key(3), (4, size, size, in_features))
     target = jax.random.normal(jax.random.key(4), reference(x).shape)
 
@@ -45,21 +44,6 @@ def test_conv_matches_nnx_conv_and_its_gradients(weight_grad, in_features, kerne
     np.testing.assert_allclose(x_grad, ref_x_grad, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(model_grads.kernel[...], ref_model_grads.kernel[...], rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(model_grads.bias[...], ref_model_grads.bias[...], rtol=1e-4, atol=1e-4)
-
-
-def test_matmul_kernel_gradient_under_a_sharded_batch():
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    x = jax.random.normal(jax.random.key(0), (16, 8, 8, 16))
-    w = jax.random.normal(jax.random.key(1), (3, 3, 16, 32)) * 0.1
-    sharded_x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-
-    def grad_w(x, w):
-        return jax.grad(lambda w: jnp.sum(jnp.sin(convolution.conv_matmul_grad(x, w, 1, 1))))(w)
-
-    def reference(x, w):
-        return jax.grad(lambda w: jnp.sum(jnp.sin(convolution._forward(x, w, 1, 1))))(w)
-
-    np.testing.assert_allclose(jax.jit(grad_w)(sharded_x, w), jax.jit(reference)(x, w), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("use_running_average", [False, True])
@@ -85,7 +69,3 @@ def test_batch_norm_matches_nnx_batch_norm(use_running_average):
     np.testing.assert_allclose(ours.mean[...], reference.mean[...], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(ours.var[...], reference.var[...], rtol=1e-5, atol=1e-6)
 
-
-def test_unknown_weight_grad_is_a_clear_error():
-    with pytest.raises(ValueError, match="conv_weight_grad='fast'.*choose one of"):
-        convolution.Conv(3, 4, 3, weight_grad="fast", rngs=nnx.Rngs(0))

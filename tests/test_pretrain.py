@@ -161,7 +161,7 @@ def test_pretraining_learns_and_fine_tuning_from_it_beats_scratch(tmp_path):
                                        "optimizer.learning_rate": 2e-3, "optimizer.warmup_steps": 10})
     exp = experiment.build(config_checks.resolved_copy(config))
     with jax.set_mesh(exp.mesh):
-        start = evaluate.evaluate_split(evaluate.make_eval_step(exp.spec, exp.task, exp.mesh),
+        start = evaluate.evaluate_split(evaluate.make_eval_step(exp),
                                         experiment.initial_state(exp), exp.data, "validation", exp.mesh, exp.task)
     pretrain_dir = tmp_path / "pretrain"
     final = lm.run(config, str(pretrain_dir), "train")["validation"]

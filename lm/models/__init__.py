@@ -48,7 +48,6 @@ def _build_resnet(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Modul
         conv_bias=model.get("conv_bias", False),
         norm_epsilon=model.get("norm_epsilon", 1e-5),
         projection_dims=tuple(model.get("projection_dims", ())),
-        conv_weight_grad=model.get("conv_weight_grad", "auto"),
         dtype=model.dtype,
     )
     return resnet.ResNet(config, rngs=rngs)
@@ -62,7 +61,6 @@ def _build_vgg(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         dropout_rate=model.dropout_rate,
         pool_size=model.pool_size,
         classifier_width=model.classifier_width,
-        conv_weight_grad=model.get("conv_weight_grad", "auto"),
         dtype=model.dtype,
     )
     return vgg.VGG(config, rngs=rngs)

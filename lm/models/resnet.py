@@ -17,8 +17,8 @@ averages when `deterministic=True`. Under `jax.jit` over a batch-sharded input t
 of the global batch. Inputs are NHWC images; logits are float32.
 
 Convolutions and BatchNorm come from `lm.models.convolution`: `nnx.Conv` and `nnx.BatchNorm` with the
-same parameters and results, arranged for XLA:CPU speed (`conv_weight_grad`, default "auto": kernel
-gradients by matrix products on CPU). `conv` and `batch_norm` are also used by `lm.models.vgg`.
+same parameters and results, arranged for XLA:CPU speed (1x1 convolutions as matrix products, BatchNorm as
+one multiply-add). `conv` and `batch_norm` are also used by `lm.models.vgg`.
 """
 
 import dataclasses
@@ -56,7 +56,6 @@ class ResNetConfig:
     norm_epsilon: float = 1e-5  # BatchNorm epsilon (torchvision 1e-5, Keras applications 1.001e-5).
     # Non-empty: a projection MLP (SimCLR, Chen et al. 2020) of these widths replaces the linear head.
     projection_dims: tuple[int, ...] = ()
-    conv_weight_grad: str = "auto"  # auto | matmul | xla: how kernel gradients are computed (lm.models.convolution).
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -66,7 +65,6 @@ class ResNetConfig:
             )
         if self.variant not in ("imagenet", "cifar"):
             raise ValueError(f"ResNet variant={self.variant!r} is not known; choose 'imagenet' or 'cifar'.")
-        convolution.resolve_weight_grad(self.conv_weight_grad)
 
     @property
     def bottleneck(self) -> bool:
@@ -82,7 +80,6 @@ def conv(
     *,
     strides: int = 1,
     use_bias: bool = False,
-    weight_grad: str = "auto",
 ) -> convolution.Conv:
     """A square convolution with torchvision's symmetric padding (kernel_size // 2) and logical names."""
     return convolution.Conv(
@@ -90,7 +87,6 @@ def conv(
         out_features,
         kernel_size,
         strides=strides,
-        weight_grad=weight_grad,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -126,7 +122,7 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 def _conv(in_features: int, out_features: int, kernel_size: int, config: ResNetConfig, rngs: nnx.Rngs, *,
           strides: int = 1) -> convolution.Conv:
     return conv(in_features, out_features, kernel_size, jnp.dtype(config.dtype), rngs, strides=strides,
-                use_bias=config.conv_bias, weight_grad=config.conv_weight_grad)
+                use_bias=config.conv_bias)
 
 
 def _norm(features: int, config: ResNetConfig, rngs: nnx.Rngs, *, zero_scale: bool = False) -> convolution.BatchNorm:

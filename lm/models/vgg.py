@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lm.models import convolution, layers
+from lm.models import layers
 from lm.models.resnet import batch_norm, conv
 
 # Output channels of the convolutions of each stage; a 2x2/2 max-pool ends every stage.
@@ -43,7 +43,6 @@ class VGGConfig:
     dropout_rate: float = 0.5
     pool_size: int = 7  # Side of the adaptive average pool before the classifier; 1 = global pooling.
     classifier_width: int = 4096
-    conv_weight_grad: str = "auto"  # auto | matmul | xla: how kernel gradients are computed (lm.models.convolution).
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -51,7 +50,6 @@ class VGGConfig:
             raise ValueError(f"VGG depth={self.depth} is not supported; choose one of {sorted(STAGES)}.")
         if self.pool_size < 1:
             raise ValueError(f"VGG pool_size={self.pool_size} must be >= 1 (7 as torchvision, 1 = global).")
-        convolution.resolve_weight_grad(self.conv_weight_grad)
 
 
 def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -80,8 +78,7 @@ class ConvBlock(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, config: VGGConfig, rngs: nnx.Rngs):
         dtype = jnp.dtype(config.dtype)
-        self.conv = conv(in_features, out_features, 3, dtype, rngs, use_bias=True,
-                         weight_grad=config.conv_weight_grad)
+        self.conv = conv(in_features, out_features, 3, dtype, rngs, use_bias=True)
         self.norm = batch_norm(out_features, dtype, rngs) if config.batch_norm else None
 
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
