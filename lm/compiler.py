@@ -4,15 +4,14 @@ On CPU, XLA hands some parts of a program to the YNNPACK library ("YNN fusions")
 of elementwise operations, reductions and convolutions. What each kind is worth depends on the operation.
 On this project's 2-core x86 CPU (jaxlib 0.10.2; commands in bench/README.md):
   - convolutions: a 3x3 convolution's forward and backward at batch 128, 32x32, 64 channels take ~0.25 s
-    with XLA's own (Eigen) convolutions and ~0.75 s when YNNPACK runs them (the kernel-gradient
-    convolution above all);
+    with XLA's own (Eigen) convolutions and ~0.75 s when YNNPACK runs them;
   - reductions: without YNNPACK, XLA rewrites a large reduction (a BatchNorm mean over batch x height x
     width) as a tree of reduce-window operations that run ~40x slower (80 ms against 2 ms for the case
-    above).
-  - elementwise chains: YNNPACK's make BERT-mini's step ~1.2x slower and ResNet-50's ~1.15x slower than
-    XLA's own loop fusions.
+    above);
+  - elementwise chains: with YNNPACK's fusions BERT-mini's step takes ~1.3x and ResNet-50's ~1.15x the
+    time it takes with XLA's own loop fusions.
 So `config.xla_cpu_ynn_fusions` defaults to "dot,reduce". Against XLA's default set it makes a
-ResNet-18-CIFAR train step ~1.8x faster and BERT-mini's ~4% faster.
+ResNet-18-CIFAR train step ~2x faster (0.51 of the time, bench/vision_train_step.py) and BERT-mini's ~4%.
 "xla_default" keeps XLA's own choice; "" turns YNNPACK off. Other platforms get no options.
 """
 

@@ -3,7 +3,7 @@
 `Conv` is `nnx.Conv` (same parameters, same results) for square kernels with symmetric padding, where a
 1x1 convolution is a matrix product over batch x height x width (after striding). Other convolutions and
 all the gradients are XLA's own; on CPU, `lm/compiler.py` keeps them on XLA's Eigen kernels, which are
-faster there than YNNPACK's (the kernel-gradient convolutions above all).
+faster there than YNNPACK's.
 
 `BatchNorm` is `nnx.BatchNorm` (same variables, statistics and running averages) that normalises as
 `x * a + b` with `a = scale / sqrt(var + eps)` and `b = bias - mean * a`: one multiply-add per element.
