@@ -26,7 +26,7 @@ XLA_DEFAULT = "xla_default"
 def ynn_kinds(value: str) -> tuple[str, ...]:
     """The YNNPACK fusion kinds that `config.xla_cpu_ynn_fusions` names; a clear error for others."""
     if not isinstance(value, str):
-        raise ValueError(f"config.xla_cpu_ynn_fusions={value!r} must be a string such as 'dot,eltwise,reduce'.")
+        raise ValueError(f"config.xla_cpu_ynn_fusions={value!r} must be a string such as 'dot,reduce'.")
     kinds = tuple(kind.strip() for kind in value.split(",") if kind.strip())
     unknown = [kind for kind in kinds if kind not in YNN_KINDS]
     if unknown and value != XLA_DEFAULT:
