@@ -39,7 +39,7 @@ import optax
 
 import configs.bert_sentiment
 from configs import common as config_common
-from lm import config_checks, optimizers
+from lm import config_checks, optimizers, train
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (bench/common.py)
@@ -176,7 +176,7 @@ class HFFlax(common.Contender):
         self.step = jax.jit(train_step, donate_argnums=(0, 1)).lower(
             self.params, self.opt_state, self.step_count, self.batch
         ).compile()
-        self.flops = common.step_flops(self.step)
+        self.flops = train.step_flops(self.step)
         self.last_loss = None
 
     def run(self, steps: int) -> None:

@@ -18,14 +18,6 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def step_flops(compiled) -> float:
-    """FLOPs of one step from XLA's cost analysis of a compiled program (0 when it has none)."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0)) if analysis else 0.0
-
-
 def matmul_peak() -> float:
     """FLOP/s of a jitted 2048x2048 float32 matmul: one sample, taken between rounds."""
     return metrics.matmul_peak_flops(size=2048, repeats=3)
@@ -63,7 +55,7 @@ class Ours(Contender):
             self.state = state_lib.init_state(config.model, tx, spec, config.seed)
             self.batch = sharding.global_batch(batch, self.mesh)
             self.step = train.jit_train_step(exp).lower(self.state, self.batch).compile()
-        self.flops = step_flops(self.step)
+        self.flops = train.step_flops(self.step)
         self.metrics = None
 
     def run(self, steps: int) -> None:

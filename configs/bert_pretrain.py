@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.task = "mlm"
     config.eval_at_start = False  # Evaluate before the first step (the starting point of continued pretraining).
 
-    config.model = common.bert_model_config(variant.size, head="mlm")
+    config.model = common.bert_model_config("tiny" if variant.smoke else variant.size, head="mlm")
 
     config.data = corpus_data_config()
     if variant.corpus != "files":
@@ -111,8 +111,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 0.01
 
     if variant.smoke:
-        layers, hidden = common.BERT_SIZES["tiny"]
-        config.model.update(num_layers=layers, hidden_size=hidden, num_heads=2, intermediate_size=4 * hidden)
         config.data.max_length = 32
         config.data.shuffle_buffer = 64
         config.data.validation_fraction = 0.1

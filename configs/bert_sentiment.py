@@ -76,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.training_defaults()
     config.task = "classification"
 
-    config.model = common.bert_model_config(variant.size, num_classes=2)
+    config.model = common.bert_model_config("tiny" if variant.smoke else variant.size, num_classes=2)
 
     config.data = text_data_config()
     if variant.dataset == "files":
@@ -94,8 +94,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 1000
 
     if variant.smoke:
-        layers, hidden = common.BERT_SIZES["tiny"]
-        config.model.update(num_layers=layers, hidden_size=hidden, num_heads=2, intermediate_size=4 * hidden)
         config.data.max_length = 32
         config.data.shuffle_buffer = 64
         config.global_batch_size = 16

@@ -44,6 +44,13 @@ def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, EPOCH_STREAM, epoch])
 
 
+def host_epoch_order(seed: int, epoch: int, num_examples: int, process_index: int, process_count: int,
+                     host_batch_size: int) -> np.ndarray:
+    """Indices (int64) of this host's training examples in epoch `epoch`: a seeded shuffle, then `host_share`."""
+    permutation = np.random.default_rng(epoch_seed(seed, epoch)).permutation(num_examples)
+    return host_share(permutation, process_index, process_count, host_batch_size).astype(np.int64)
+
+
 def check_on_bad_example(value: object) -> None:
     if value not in ON_BAD_EXAMPLE:
         raise ValueError(

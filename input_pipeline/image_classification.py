@@ -55,7 +55,7 @@ from input_pipeline.common import (
     epoch_seed,
     eval_padding,
     host_counts,
-    host_share,
+    host_epoch_order,
     numpy_batches,
     steps_per_epoch,
 )
@@ -417,10 +417,8 @@ class MemorySource:
         return ds.map(lambda i: (tf.gather(self._items["train"], i), tf.gather(self._labels["train"], i), i))
 
     def _host_permutation(self, epoch: np.int64) -> np.ndarray:
-        rng = np.random.default_rng(epoch_seed(self._seed, int(epoch)))
-        permutation = rng.permutation(self._sizes["train"])
-        share = host_share(permutation, self._process_index, self._process_count, self._host_batch_size)
-        return share.astype(np.int64)
+        return host_epoch_order(self._seed, int(epoch), self._sizes["train"], self._process_index,
+                                self._process_count, self._host_batch_size)
 
     def eval_examples(self, split: str) -> tf.data.Dataset:
         ds = tf.data.Dataset.range(self._process_index, self._sizes[split], self._process_count)
@@ -719,12 +717,13 @@ class ImageClassificationData:
         counts = self._source.host_counts(split)
         batch_size = self.eval_batch_size
         num_padding = eval_padding(counts, self._process_index, batch_size)
-        real = self._source.eval_examples(split).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
         padding = {"image": tf.zeros(self.image_shape), "label": tf.constant(0), "weight": tf.constant(0.0)}
         if self._views == 2:  # Two views with seeds fixed by the example's place: every evaluation sees the same.
             real = self._source.eval_examples(split).enumerate().map(self._eval_views,
                                                                      num_parallel_calls=tf.data.AUTOTUNE)
             padding["image_view2"] = padding["image"]
+        else:
+            real = self._source.eval_examples(split).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
         ds = real.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
         return numpy_batches(ds.batch(batch_size, drop_remainder=True))
 
@@ -757,13 +756,18 @@ class ImageClassificationData:
             image = augment.color_distortion(image, tf.random.experimental.stateless_fold_in(seed, 2), self._color)
         return image
 
+    def _augmented_views(self, image: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The augmented, normalised "image"; with data.views=2 also "image_view2", from a seed folded out of `seed`."""
+        views = {"image": self._normalize(self._augment(image, seed))}
+        if self._views == 2:
+            second = self._augment(image, tf.random.experimental.stateless_fold_in(seed, 1))
+            views["image_view2"] = self._normalize(second)
+        return views
+
     def _train_example(self, item, label, epoch, index) -> dict[str, tf.Tensor]:
         image = self._source.to_image(item, self.channels)
         seed = augment.example_seed(self._augment_seed, epoch, index)
-        example = {"image": self._normalize(self._augment(image, seed)), "label": label}
-        if self._views == 2:
-            second = self._augment(image, tf.random.experimental.stateless_fold_in(seed, 1))
-            example["image_view2"] = self._normalize(second)
+        example = {**self._augmented_views(image, seed), "label": label}
         if self._mixup_alpha > 0:
             example["mixup_seed"] = augment.example_seed(self._mixup_seed, epoch, index)
         return example
@@ -785,8 +789,7 @@ class ImageClassificationData:
         item, label = item_and_label
         image = self._source.to_image(item, self.channels)
         seed = augment.example_seed(self._augment_seed, -1, index)  # Epoch -1: never a training epoch.
-        return {"image": self._normalize(self._augment(image, seed)), "label": label, "weight": tf.constant(1.0),
-                "image_view2": self._normalize(self._augment(image, tf.random.experimental.stateless_fold_in(seed, 1)))}
+        return {**self._augmented_views(image, seed), "label": label, "weight": tf.constant(1.0)}
 
     def _normalize(self, image: tf.Tensor) -> tf.Tensor:
         return tf.ensure_shape(augment.normalize(image, self._mean, self._std), self.image_shape)

@@ -54,7 +54,7 @@ from input_pipeline.common import (
     epoch_seed,
     eval_padding,
     host_counts,
-    host_share,
+    host_epoch_order,
     numpy_batches,
     steps_per_epoch,
 )
@@ -308,10 +308,8 @@ class FileSource:
         return tf.data.Dataset.from_tensor_slices((texts, labels))
 
     def _host_permutation(self, epoch: np.int64) -> np.ndarray:
-        rng = np.random.default_rng(epoch_seed(self._seed, int(epoch)))
-        permutation = rng.permutation(len(self._splits["train"]))
-        share = host_share(permutation, self._process_index, self._process_count, self._host_batch_size)
-        return share.astype(np.int64)
+        return host_epoch_order(self._seed, int(epoch), len(self._splits["train"]), self._process_index,
+                                self._process_count, self._host_batch_size)
 
     def host_examples(self, split: str) -> tf.data.Dataset:
         host = self._splits[split].take(

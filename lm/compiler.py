@@ -23,13 +23,16 @@ YNN_KINDS = ("dot", "individual_dot", "eltwise", "reduce", "individual_convoluti
 XLA_DEFAULT = "xla_default"
 
 
-def ynn_kinds(value: str) -> tuple[str, ...]:
-    """The YNNPACK fusion kinds that `config.xla_cpu_ynn_fusions` names; a clear error for others."""
+def ynn_kinds(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+    """The YNNPACK fusion kinds `config.xla_cpu_ynn_fusions` names (None: XLA's default); a clear error for others."""
+    value = config.get("xla_cpu_ynn_fusions", XLA_DEFAULT)
     if not isinstance(value, str):
         raise ValueError(f"config.xla_cpu_ynn_fusions={value!r} must be a string such as 'dot,reduce'.")
+    if value == XLA_DEFAULT:
+        return None
     kinds = tuple(kind.strip() for kind in value.split(",") if kind.strip())
     unknown = [kind for kind in kinds if kind not in YNN_KINDS]
-    if unknown and value != XLA_DEFAULT:
+    if unknown:
         raise ValueError(
             f"config.xla_cpu_ynn_fusions={value!r}: unknown kind(s) {unknown}. Give a comma-separated subset "
             f"of {', '.join(YNN_KINDS)}, '' for none, or {XLA_DEFAULT!r} for XLA's own choice."
@@ -39,8 +42,7 @@ def ynn_kinds(value: str) -> tuple[str, ...]:
 
 def step_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, str] | None:
     """`compiler_options` for `jax.jit` of a step that runs on `mesh`; None leaves XLA's defaults."""
-    value = config.get("xla_cpu_ynn_fusions", XLA_DEFAULT)
-    kinds = ynn_kinds(value)
-    if value == XLA_DEFAULT or mesh.devices.flat[0].platform != "cpu":
+    kinds = ynn_kinds(config)
+    if kinds is None or mesh.devices.flat[0].platform != "cpu":
         return None
     return {CPU_OPTION: ",".join(f"LIBRARY_FUSION_TYPE_{kind.upper()}" for kind in kinds)}

@@ -43,7 +43,7 @@ def check_static(config: ml_collections.ConfigDict) -> None:
             f"config.debug_nan_steps={config.debug_nan_steps!r} must hold step numbers >= 1 "
             "(a test hook; () disables it)."
         )
-    compiler.ynn_kinds(config.get("xla_cpu_ynn_fusions", compiler.XLA_DEFAULT))
+    compiler.ynn_kinds(config)
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError(
             f"config.num_train_steps={config.num_train_steps} and config.num_epochs={config.num_epochs}: "

@@ -89,7 +89,7 @@ def jit_train_step(exp: experiment.Experiment):
     )
 
 
-def _step_flops(compiled) -> float:
+def step_flops(compiled) -> float:
     """FLOPs of one step per device, from XLA's cost analysis of the compiled (partitioned) program."""
     try:
         analysis = compiled.cost_analysis()
@@ -202,7 +202,7 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         batch = sharding.global_batch(host_batch, mesh)
         if step == start_step + 1:  # Compile ahead of time once, to read the step's FLOPs.
             train_step = train_step.lower(state, batch).compile()
-            flops_per_step = _step_flops(train_step)
+            flops_per_step = step_flops(train_step)
         state, step_metrics = train_step(state, batch)
         history.append(step_metrics)  # Device arrays: read only at logging steps (no host sync per step).
         guard.add(step, step_metrics["nonfinite"])

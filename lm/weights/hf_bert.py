@@ -190,15 +190,16 @@ def _dotted(path: _Path) -> str:
     return "/".join(str(key) for key in path)
 
 
-def load_encoder_params(path: str, encoder_params: dict) -> tuple[dict, dict]:
+def load_encoder_params(path: str, encoder_params: dict, state_dict: dict | None = None) -> tuple[dict, dict]:
     """Replaces our encoder parameters with a HF BERT directory's weights.
 
     `encoder_params` is `params['encoder']` (arrays or `jax.ShapeDtypeStruct`s). Returns the new dict, of
     the same structure, with loaded leaves as host numpy arrays in our leaves' dtypes, and a report with
     lists 'loaded' and 'missing' (our paths; missing leaves are kept as they were) and 'unused'
     (checkpoint keys that fed nothing, e.g. task heads; buffers such as position_ids are left out).
+    `state_dict`: the directory's weights if the caller has already read them (`read_state_dict`).
     """
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path) if state_dict is None else state_dict
     matched = _match(state_dict, len(encoder_params["layers"]))
     report: dict[str, list[str]] = {"loaded": [], "missing": [], "unused": []}
     used = {name for hf, name in _canonical_names(state_dict).items() if hf in _BUFFERS}
@@ -236,13 +237,14 @@ MLM_HEAD_NAMES = {
 }
 
 
-def load_mlm_head_params(path: str, head_params: dict) -> tuple[dict, dict]:
+def load_mlm_head_params(path: str, head_params: dict, state_dict: dict | None = None) -> tuple[dict, dict]:
     """Our `params['mlm_head']` with a HF directory's `cls.predictions.*` weights (BertForMaskedLM, BertForPreTraining).
 
     A directory without them (a plain BertModel) leaves the head fresh: all of it is reported 'missing'.
     Partial heads are an error. Returns (new head params, report with 'loaded' and 'missing').
+    `state_dict` as in `load_encoder_params`.
     """
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path) if state_dict is None else state_dict
     names = _canonical_names(state_dict)
     present = [hf for hf, _ in MLM_HEAD_NAMES.values() if hf in names]
     if not present:

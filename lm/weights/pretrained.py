@@ -202,12 +202,13 @@ def load_into(
     if is_hf_directory(path):
         from lm.weights import hf_bert
 
-        encoder, report = hf_bert.load_encoder_params(path, host_params["encoder"])
+        state_dict = hf_bert.read_state_dict(path)  # Read once: the encoder and the masked-LM head share it.
+        encoder, report = hf_bert.load_encoder_params(path, host_params["encoder"], state_dict)
         new = dict(host_params, encoder=encoder)
         report = dict(report)
         report["new"] = sorted(set(report.get("missing", [])))
         if "mlm_head" in host_params:
-            new["mlm_head"], head_report = hf_bert.load_mlm_head_params(path, host_params["mlm_head"])
+            new["mlm_head"], head_report = hf_bert.load_mlm_head_params(path, host_params["mlm_head"], state_dict)
             report["loaded"] = report["loaded"] + head_report["loaded"]
             report["new"] = sorted(set(report["new"]) | set(head_report["missing"]))
             report["unused"] = [key for key in report["unused"] if not key.startswith("cls.predictions.")]
