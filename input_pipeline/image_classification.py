@@ -231,29 +231,36 @@ def read_image_folder(
             f"({class_names}). Rename or remove them, or add them to the training folder."
         )
     index = {name: i for i, name in enumerate(class_names or classes)}
-    paths, labels = [], []
+    listed = {}
     for name in classes:
         files = sorted(f for f in tf.io.gfile.listdir(os.path.join(path, name)) if _is_image(f))
-        files = [os.path.join(path, name, f) for f in files]
-        broken = undecodable_images(files)
-        for file, problem in broken.items():
-            bad.report(key, file, f"{file}: the image does not decode ({problem}).")
-        files = [f for f in files if f not in broken]
         if not files:
-            what = "JPEG or PNG image" if not broken else f"image that decodes ({len(broken)} skipped)"
-            raise ValueError(
-                f"config.data.{key}={path!r}: the class folder {name!r} holds no {what} "
-                f"({', '.join(IMAGE_EXTENSIONS)}). Add images to it or remove it."
-            )
-        paths.extend(files)
-        labels.extend([index[name]] * len(files))
+            raise _empty_class_error(key, path, name, "JPEG or PNG image")
+        listed[name] = [os.path.join(path, name, f) for f in files]
+    broken = undecodable_images([file for files in listed.values() for file in files])  # One pass for all classes.
+    for file, problem in broken.items():
+        bad.report(key, file, f"{file}: the image does not decode ({problem}).")
+    paths, labels = [], []
+    for name, files in listed.items():
+        good = [f for f in files if f not in broken]
+        if not good:
+            raise _empty_class_error(key, path, name, f"image that decodes ({len(files)} skipped)")
+        paths.extend(good)
+        labels.extend([index[name]] * len(good))
     return Examples(np.array(paths), np.array(labels, np.int32)), class_names or classes
+
+
+def _empty_class_error(key: str, path: str, name: str, what: str) -> ValueError:
+    return ValueError(
+        f"config.data.{key}={path!r}: the class folder {name!r} holds no {what} "
+        f"({', '.join(IMAGE_EXTENSIONS)}). Add images to it or remove it."
+    )
 
 
 def undecodable_images(paths: list[str]) -> dict[str, str]:
     """{path: why} for the files that do not read or decode as images.
 
-    Every file is read and decoded once, in a parallel tf.data pass (all cores), when the folder is listed:
+    Every file is read and decoded once, in one parallel tf.data pass (all cores), when the folder is listed:
     a broken file then fails before training with its name, instead of stopping training midway with a
     TensorFlow error that names no file. It costs one decode of the data set per host at start.
     """
