@@ -9,14 +9,12 @@
       --config.data.train_files=corpus.txt   # learns /tmp/vocab/vocab.txt from the corpus
 """
 
-import os
+import lm
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+lm.import_tensorflow_quietly()  # Before a config file or the pipeline imports it; LM_TF_LOGS=1 to see its logs.
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-
-import lm  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/bert_sentiment.py:base,imdb.",

@@ -1,8 +1,42 @@
 """`lm`: a JAX research codebase for large models. `run(config, workdir, mode)` is the library's front door."""
 
+import os
+import sys
+import tempfile
+
 import ml_collections
 
 MODES = ("train", "eval", "export_hf", "build_vocab")
+
+
+TF_LOGS_ENV = "LM_TF_LOGS"  # LM_TF_LOGS=1 shows TensorFlow's start-up and C++ log messages again.
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow without its start-up noise, unless LM_TF_LOGS=1; call before anything imports it.
+
+    TensorFlow only feeds tf.data here (it never sees an accelerator), yet importing it prints CUDA, cuInit,
+    oneDNN and CPU-feature messages, partly from C++ before its log level applies. So its C++ log level
+    is set to errors-hidden (TF_CPP_MIN_LOG_LEVEL=3, unless already set) and what the import itself writes to
+    the process's stderr is held back; it is shown if the import fails.
+    """
+    if os.environ.get(TF_LOGS_ENV, "") not in ("", "0") or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict:

@@ -17,8 +17,6 @@ is confirmed, so the last good checkpoint is never deleted before its successor 
 """
 
 import logging
-import os
-import shutil
 from typing import Any
 
 import jax
@@ -156,11 +154,11 @@ class Checkpointer:
             return
         rejected = self.directory.parent / f"{self.directory.name}_rejected"
         if jax.process_index() == 0:
-            os.makedirs(rejected, exist_ok=True)
+            rejected.mkdir(parents=True, exist_ok=True)
             target, n = rejected / str(step), 1
             while target.exists():
                 target, n = rejected / f"{step}.{n}", n + 1
-            shutil.move(str(self.step_path(step)), str(target))
+            self.step_path(step).rename(target)
             log.warning("Moved %s to %s.", self.step_path(step), target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"lm_checkpoint_set_aside_{step}")

@@ -1,11 +1,9 @@
 """Config validation: every error names the key, the value and the fix, before anything compiles."""
 
-import os
-
 import ml_collections
 
 from input_pipeline.common import check_on_bad_example
-from lm import compiler
+from lm import compiler, files
 from lm.weights import pretrained
 
 KNOWN_METRICS = ("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy", "perplexity")
@@ -16,7 +14,7 @@ def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     """A locked copy with the values that follow from `init_from` filled in, checked."""
     config = ml_collections.ConfigDict(config.to_dict())
     if config.init_from:
-        if not os.path.exists(config.init_from):
+        if not files.exists(config.init_from):
             raise FileNotFoundError(
                 f"config.init_from={config.init_from!r} does not exist; give a Hugging Face model directory "
                 "or a workdir of ours."

@@ -5,14 +5,12 @@ jitted eval step sees one shape. Sums (loss, confusion matrix) accumulate on dev
 the end turns them into metrics.
 """
 
-import json
 import logging
-import os
 
 import jax
 import ml_collections
 
-from lm import checkpointing, compiler, config_checks, experiment, metrics, sharding
+from lm import checkpointing, compiler, config_checks, experiment, files, metrics, sharding
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -60,10 +58,9 @@ def write_eval_scalars(writer, step: int, split: str, result: dict) -> None:
 
 
 def write_json(workdir: str, split: str, result: dict) -> str:
-    path = os.path.join(workdir, f"metrics_{split}.json")
+    path = files.join(workdir, f"metrics_{split}.json")
     if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
+        files.write_json(path, result)
     return path
 
 
@@ -90,7 +87,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=eval: restores a checkpoint of `workdir`, evaluates `config.eval_split`, writes JSON."""
     config = config_checks.resolved_copy(config)
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
-    if not os.path.isdir(ckpt_dir):
+    if not files.is_dir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
     exp = experiment.build(config)
     checkpointer = checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,

@@ -6,10 +6,11 @@ nothing then. A line `start STEP` marks each (re)start. Each process writes its 
 """
 
 import hashlib
-import os
 
 import jax
 import numpy as np
+
+from lm import files
 
 
 def batch_fingerprint(batch: dict[str, np.ndarray]) -> str:
@@ -23,19 +24,18 @@ def batch_fingerprint(batch: dict[str, np.ndarray]) -> str:
 
 def path(workdir: str, process_index: int = 0) -> str:
     name = "debug_steps.txt" if process_index == 0 else f"debug_steps.process{process_index}.txt"
-    return os.path.join(workdir, name)
+    return files.join(workdir, name)
 
 
 def read(workdir: str, process_index: int = 0) -> list[list[str]]:
     """The log's lines, split into words."""
-    with open(path(workdir, process_index)) as f:
-        return [line.split() for line in f if line.strip()]
+    return [line.split() for line in files.read_text(path(workdir, process_index)).splitlines() if line.strip()]
 
 
 class StepLog:
     def __init__(self, workdir: str, start_step: int):
-        os.makedirs(workdir, exist_ok=True)
-        self._file = open(path(workdir, jax.process_index()), "a")  # noqa: SIM115 - closed by close().
+        files.makedirs(workdir)
+        self._file = files.path(path(workdir, jax.process_index())).open("a")  # noqa: SIM115 - closed by close().
         self._write(f"start {start_step}")
 
     def write(self, step: int, loss: jax.Array, batch: dict[str, np.ndarray]) -> None:

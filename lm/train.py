@@ -12,7 +12,6 @@ them in a row halt the run before any checkpoint could hold a bad value.
 
 import logging
 import math
-import os
 import time
 
 import jax
@@ -20,10 +19,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from flax import nnx
 
-from lm import checkpointing, compiler, config_checks, evaluate, experiment, metrics, preemption, sharding, step_log
+from lm import (
+    checkpointing,
+    compiler,
+    config_checks,
+    evaluate,
+    experiment,
+    files,
+    metrics,
+    preemption,
+    progress,
+    sharding,
+    step_log,
+)
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -103,9 +114,8 @@ def step_flops(compiled) -> float:
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        files.makedirs(workdir)
+        files.write_text(files.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -184,9 +194,7 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     """Runs the steps after the state's step; returns (state, whether it stopped for preemption)."""
     config, data, mesh = exp.config, exp.data, exp.mesh
     start_step = int(jax.device_get(state["step"]))
-    report_progress = periodic_actions.ReportProgress(
-        num_train_steps=exp.total_steps, writer=writer, every_steps=config.log_every, every_secs=None
-    )
+    report_progress = progress.Progress(exp.total_steps, start_step, config.log_every)
     peak_flops = config.peak_flops_per_device or metrics.matmul_peak_flops(size=1024, repeats=5)
     meta = {"model": config.model.to_dict(), "task": config.task}
     train_step, flops_per_step = jit_train_step(exp), 0.0
@@ -208,7 +216,7 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         guard.add(step, step_metrics["nonfinite"])
         if debug_log is not None:
             debug_log.write(step, step_metrics["loss"], host_batch)
-        report_progress(step)
+        report_progress.update(step, step_metrics["loss"])  # Counts the step once it has run, not dispatched.
         last = step == exp.total_steps
         if step % config.log_every == 0 or last:
             jax.block_until_ready(step_metrics)  # Steps run asynchronously: time them once they are done.
@@ -256,7 +264,7 @@ def _final_evaluation(exp, state: dict, checkpointer, eval_step, writer, workdir
         result = evaluate.evaluate_split(eval_step, state, exp.data, split, exp.mesh, exp.task)
         result["step"] = int(jax.device_get(state["step"]))
         evaluate.write_eval_scalars(writer, exp.total_steps, split, result)
-        path = evaluate.write_json(workdir, split, result)
-        log.info("%s: %s -> %s", split, evaluate.summary(result), path)
+        log.info("%s metrics -> %s", split, evaluate.write_json(workdir, split, result))
         final[split] = result
+    log.info("Final metrics:\n%s", progress.metrics_table(final))
     return final

@@ -8,10 +8,7 @@ kernels become PyTorch's [out, in], convolution kernels [h, w, in, out] become [
 parameter of ours must have a Hugging Face name: an unmapped one is an error, never silently dropped.
 """
 
-import json
 import logging
-import os
-import shutil
 from collections.abc import Callable
 
 import jax
@@ -19,7 +16,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from lm import checkpointing, config_checks, evaluate
+from lm import checkpointing, config_checks, evaluate, files
 from lm.models import vit
 from lm.weights import hf_bert
 
@@ -107,10 +104,10 @@ def _labels(label_names, num_classes: int) -> dict:
 
 
 def _write(directory: str, hf_config: dict, tensors: dict[str, np.ndarray]) -> None:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(hf_config, f, indent=2)
-    safetensors.numpy.save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    files.makedirs(directory)
+    files.write_json(files.join(directory, "config.json"), hf_config)
+    files.write_bytes(files.join(directory, "model.safetensors"),
+                      safetensors.numpy.save(tensors, metadata={"format": "pt"}))
 
 
 def write_bert(params, model: ml_collections.ConfigDict, directory: str, *, label_names=(), vocab_path: str = "",
@@ -141,11 +138,10 @@ def write_bert(params, model: ml_collections.ConfigDict, directory: str, *, labe
     }
     _write(directory, hf_config, tensors)
     if vocab_path:
-        shutil.copyfile(vocab_path, os.path.join(directory, "vocab.txt"))
+        files.copy(vocab_path, files.join(directory, "vocab.txt"))
         tokenizer = {"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase,
                      "model_max_length": hf_config["max_position_embeddings"]}
-        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-            json.dump(tokenizer, f, indent=2)
+        files.write_json(files.join(directory, "tokenizer_config.json"), tokenizer)
 
 
 def write_vit(params, model: ml_collections.ConfigDict, directory: str, *, label_names=()) -> None:
@@ -183,10 +179,9 @@ def write_vit(params, model: ml_collections.ConfigDict, directory: str, *, label
 def _data_keys(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """vocab_path and label_names from --config, else from the run's WORKDIR/config.json; lowercase from --config."""
     run: dict = {}
-    path = os.path.join(workdir, "config.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            run = json.load(f).get("data", {})
+    path = files.join(workdir, "config.json")
+    if files.is_file(path):
+        run = files.read_json(path).get("data", {})
     vocab_path = config.data.get("vocab_path", "") or run.get("vocab_path", "")
     if config.model.name == "bert" and not vocab_path:
         log.warning("No config.data.vocab_path: the export has no vocab.txt, so no tokenizer loads from it.")
@@ -212,7 +207,7 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
             "(a classification config with --config.init_from=WORKDIR) and export that run."
         )
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
-    if not os.path.isdir(ckpt_dir):
+    if not files.is_dir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
     checkpointer = checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
                                               best_mode=config.best_mode)
@@ -222,7 +217,7 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
     finally:
         checkpointer.close()
     model = ml_collections.ConfigDict(meta["model"])  # The shape the weights were trained with.
-    directory = config.export_dir or os.path.join(workdir, "hf_export")
+    directory = config.export_dir or files.join(workdir, "hf_export")
     data = _data_keys(config, workdir)
     if jax.process_index() == 0:
         if model.name == "bert":

@@ -9,7 +9,6 @@ LayerNorm names `gamma`/`beta` are accepted. The pooler is optional: without it 
 
 import json
 import logging
-import pathlib
 from typing import Any
 
 import jax
@@ -17,7 +16,9 @@ import numpy as np
 import safetensors
 import safetensors.flax
 import safetensors.numpy
+from etils import epath
 
+from lm import files
 from lm.weights import torch_pickle
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ _Path = tuple[str | int, ...]
 
 def read_config(path: str) -> dict:
     """config.json of a HF BERT directory -> keyword arguments for `BertConfig` (all but `dtype`)."""
-    file = pathlib.Path(path) / "config.json"
+    file = epath.Path(path) / "config.json"
     hf = json.loads(file.read_text())
     for key, default, allowed, why in _CONFIG_CHECKS:
         if hf.get(key, default) not in allowed:
@@ -74,7 +75,7 @@ def read_config(path: str) -> dict:
 
 def vocab_path(path: str) -> str:
     """The WordPiece vocabulary of a HF BERT directory."""
-    file = pathlib.Path(path) / "vocab.txt"
+    file = epath.Path(path) / "vocab.txt"
     if not file.is_file():
         raise FileNotFoundError(f"no vocab.txt in {path}")
     return str(file)
@@ -82,11 +83,13 @@ def vocab_path(path: str) -> str:
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """HF weight name -> numpy array, from model.safetensors or else pytorch_model.bin (read without torch)."""
-    directory = pathlib.Path(path)
+    directory = epath.Path(path)
     if (directory / "model.safetensors").is_file():
-        return _read_safetensors(str(directory / "model.safetensors"))
+        with files.local_file(directory / "model.safetensors") as local:
+            return _read_safetensors(local)
     if (directory / "pytorch_model.bin").is_file():
-        return torch_pickle.load(str(directory / "pytorch_model.bin"))
+        with files.local_file(directory / "pytorch_model.bin") as local:
+            return torch_pickle.load(local)
     raise FileNotFoundError(f"no weights in {path}: looked for {', '.join(_WEIGHT_FILES)}")
 
 

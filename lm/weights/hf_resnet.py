@@ -14,9 +14,9 @@ as ours) unless `downsample_in_bottleneck` is true, which strides the first 1x1 
 
 import json
 import logging
-import pathlib
 
 import numpy as np
+from etils import epath
 
 from lm.models import resnet
 from lm.weights import assign, hf_bert
@@ -37,7 +37,7 @@ def read_config(path: str) -> dict:
     Keys: depth, variant ('imagenet'), width, stride_in_1x1, and num_classes when the checkpoint is a
     classifier (`architectures` names ResNetForImageClassification).
     """
-    file = pathlib.Path(path) / "config.json"
+    file = epath.Path(path) / "config.json"
     hf = json.loads(file.read_text())
     for key, default, allowed, why in _CONFIG_CHECKS:
         if hf.get(key, default) not in allowed:

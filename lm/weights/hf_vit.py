@@ -21,11 +21,11 @@ HF ViT's LayerNorm epsilon is 1e-12 (ours defaults to 1e-6): `read_config` retur
 import json
 import logging
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from lm.models import vit
 from lm.weights import assign, hf_bert
@@ -43,8 +43,8 @@ _CONFIG_CHECKS = (
 _IGNORED = ("embeddings.mask_token", "pooler.dense.weight", "pooler.dense.bias")
 
 
-def _read_json(path: str) -> tuple[pathlib.Path, dict]:
-    file = pathlib.Path(path) / "config.json"
+def _read_json(path: str) -> tuple[epath.Path, dict]:
+    file = epath.Path(path) / "config.json"
     return file, json.loads(file.read_text())
 
 

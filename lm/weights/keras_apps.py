@@ -35,6 +35,7 @@ import zipfile
 import h5py
 import numpy as np
 
+from lm import files
 from lm.models import resnet, vgg
 from lm.weights import assign
 
@@ -112,13 +113,18 @@ def _read_legacy(group: h5py.Group) -> Layers:
 
 def read_layers(path: str) -> Layers:
     """Layer name -> {kernel, bias, gamma, beta, moving_mean, moving_variance} arrays, from any of the formats."""
+    with files.local_file(path) as local:
+        return _read_layers(local, path)
+
+
+def _read_layers(local: str, path: str) -> Layers:
     if path.endswith(".keras"):
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(local) as archive:
             config = json.loads(archive.read("config.json"))
             weights = io.BytesIO(archive.read("model.weights.h5"))
         with h5py.File(weights, "r") as file:
             return _read_keras3(file, _config_layer_names(config))
-    with h5py.File(path, "r") as file:
+    with h5py.File(local, "r") as file:
         if "layers" in file and "layer_names" not in file.attrs:
             return _read_keras3(file, None)
         group = file["model_weights"] if "model_weights" in file else file

@@ -17,13 +17,13 @@ A report lists what was loaded, what is new and what was dropped.
 """
 
 import dataclasses
-import json
 import logging
-import os
 
 import jax
 import ml_collections
 import numpy as np
+
+from lm import files
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +44,23 @@ VISION_HF_TYPES = ("vit", "resnet")
 
 
 def is_hf_directory(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and any(
-        os.path.isfile(os.path.join(path, name)) for name in ("model.safetensors", "pytorch_model.bin")
+    return files.is_file(files.join(path, "config.json")) and any(
+        files.is_file(files.join(path, name)) for name in ("model.safetensors", "pytorch_model.bin")
     )
 
 
 def hf_model_type(path: str) -> str:
-    with open(os.path.join(path, "config.json")) as f:
-        return json.load(f).get("model_type", "")
+    return files.read_json(files.join(path, "config.json")).get("model_type", "")
 
 
 def is_keras_file(path: str) -> bool:
     from lm.weights import keras_apps
 
-    return os.path.isfile(path) and keras_apps.is_keras_file(path)
+    return files.is_file(path) and keras_apps.is_keras_file(path)
 
 
 def is_workdir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "checkpoints"))
+    return files.is_dir(files.join(path, "checkpoints"))
 
 
 def _model_defaults(family: str) -> dict:
@@ -107,11 +106,10 @@ def _apply_normalization(config: ml_collections.ConfigDict, mean: tuple, std: tu
 
 def _hf_normalization(path: str) -> tuple[tuple, tuple] | None:
     """image_mean/image_std of a HF directory's preprocessor_config.json, when it normalises."""
-    file = os.path.join(path, "preprocessor_config.json")
-    if not os.path.isfile(file):
+    file = files.join(path, "preprocessor_config.json")
+    if not files.is_file(file):
         return None
-    with open(file) as f:
-        processor = json.load(f)
+    processor = files.read_json(file)
     if not processor.get("do_normalize", True) or "image_mean" not in processor or "image_std" not in processor:
         return None
     return tuple(processor["image_mean"]), tuple(processor["image_std"])
@@ -168,11 +166,10 @@ def apply_to_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _source_config(workdir: str) -> dict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = files.join(workdir, "config.json")
+    if not files.is_file(path):
         raise FileNotFoundError(f"config.init_from={workdir!r} has no config.json; is it a workdir of ours?")
-    with open(path) as f:
-        return json.load(f)
+    return files.read_json(path)
 
 
 def load_into(

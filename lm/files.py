@@ -1,0 +1,79 @@
+"""File I/O on any file system `etils.epath` knows: local paths, `gs://`, `s3://` (through tf.io.gfile).
+
+Every file lm reads or writes outside Orbax goes through here (Orbax already uses epath), so a workdir, an
+`init_from` directory or an export directory in a bucket works like a local one. Readers that need a real
+file (safetensors, zip archives, HDF5) get the local path, or a temporary local copy of a remote file.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from etils import epath
+
+
+def path(location: str | os.PathLike) -> epath.Path:
+    return epath.Path(location)
+
+
+def join(location: str | os.PathLike, *parts: str) -> str:
+    return str(epath.Path(location).joinpath(*parts))
+
+
+def exists(location: str | os.PathLike) -> bool:
+    return bool(location) and epath.Path(location).exists()
+
+
+def is_file(location: str | os.PathLike) -> bool:
+    return bool(location) and epath.Path(location).is_file()
+
+
+def is_dir(location: str | os.PathLike) -> bool:
+    return bool(location) and epath.Path(location).is_dir()
+
+
+def makedirs(location: str | os.PathLike) -> None:
+    epath.Path(location).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(location: str | os.PathLike) -> str:
+    return epath.Path(location).read_text()
+
+
+def write_text(location: str | os.PathLike, text: str) -> None:
+    epath.Path(location).write_text(text)
+
+
+def read_json(location: str | os.PathLike) -> Any:
+    return json.loads(read_text(location))
+
+
+def write_json(location: str | os.PathLike, value: Any) -> None:
+    write_text(location, json.dumps(value, indent=2))
+
+
+def write_bytes(location: str | os.PathLike, data: bytes) -> None:
+    epath.Path(location).write_bytes(data)
+
+
+def copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    epath.Path(source).copy(epath.Path(target), overwrite=True)
+
+
+def is_local(location: str | os.PathLike) -> bool:
+    return "://" not in os.fspath(location)
+
+
+@contextlib.contextmanager
+def local_file(location: str | os.PathLike) -> Iterator[str]:
+    """A local path to the file: itself when local, else a temporary copy (for safetensors, zip, HDF5 readers)."""
+    if is_local(location):
+        yield os.fspath(location)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        local = os.path.join(directory, epath.Path(location).name)
+        epath.Path(location).copy(epath.Path(local))
+        yield local
