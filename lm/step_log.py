@@ -5,6 +5,7 @@ have the same lines. Reading the loss every step is a host sync, so the log is o
 nothing then. A line `start STEP` marks each (re)start. Each process writes its own file in the workdir.
 """
 
+import contextlib
 import hashlib
 
 import jax
@@ -35,7 +36,8 @@ def read(workdir: str, process_index: int = 0) -> list[list[str]]:
 class StepLog:
     def __init__(self, workdir: str, start_step: int):
         files.makedirs(workdir)
-        self._file = files.path(path(workdir, jax.process_index())).open("a")  # noqa: SIM115 - closed by close().
+        self._open = contextlib.ExitStack()  # epath's open is a context manager on some file systems.
+        self._file = self._open.enter_context(files.path(path(workdir, jax.process_index())).open("a"))
         self._write(f"start {start_step}")
 
     def write(self, step: int, loss: jax.Array, batch: dict[str, np.ndarray]) -> None:
@@ -46,4 +48,4 @@ class StepLog:
         self._file.flush()  # A killed run leaves every line it wrote.
 
     def close(self) -> None:
-        self._file.close()
+        self._open.close()

@@ -1,0 +1,89 @@
+"""A workdir on a non-local file system: train -> eval -> export_hf -> init_from, offline.
+
+TensorFlow's in-memory `ram://` file system stands in for a bucket. It is made a URI scheme of etils.epath
+(with the tf.io.gfile backend that epath already uses for `gs://`), so every write of ours and of clu's
+TensorBoard writer goes through the same code a `gs://` workdir takes. Orbax cannot hold checkpoints
+there: its array data goes through tensorstore, which knows local paths and `gs://` but not `ram://`
+("Checkpoint path should be absolute. Got ram:/..."). So the test points only `checkpoints/` at a local
+directory and asserts that nothing else of the workdir lands on the local disk.
+"""
+
+import os
+import uuid
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import lm
+from lm import checkpointing, config_checks, files, step_log
+from lm.weights import hf_bert, pretrained
+from tests import text_data
+from tests.test_train import files_config
+
+
+@pytest.fixture
+def ram_workdir(monkeypatch, tmp_path):
+    """A fresh `ram://` workdir whose checkpoints/ (only) live under tmp_path/orbax."""
+    from etils.epath import backend, gpath, register
+
+    monkeypatch.setattr(gpath, "_URI_PREFIXES", (*gpath._URI_PREFIXES, "ram://"))
+    monkeypatch.setattr(gpath, "_URI_SCHEMES", gpath._URI_SCHEMES | {"ram"})
+    monkeypatch.setitem(gpath._URI_MAP_ROOT, "ram://", "/ram/")
+    monkeypatch.setitem(gpath._PREFIX_TO_BACKEND, "ram", backend.tf_backend)
+    monkeypatch.setitem(register._URI_PREFIXES_TO_CLS, "ram://", gpath.PosixGPath)
+    local = tmp_path / "orbax"
+    local_checkpoints = checkpointing.checkpoint_dir
+
+    def checkpoint_dir(workdir: str) -> str:
+        return local_checkpoints(str(workdir).replace("ram://", f"{local}/", 1))
+
+    monkeypatch.setattr(checkpointing, "checkpoint_dir", checkpoint_dir)
+    workdir = f"ram://{uuid.uuid4().hex}/run"
+    yield workdir, local
+    tf.io.gfile.rmtree(workdir.rsplit("/", 1)[0])
+
+
+def test_train_eval_export_with_a_ram_workdir(ram_workdir, tmp_path, small_vocab):
+    workdir, local = ram_workdir
+    csv_path = text_data.write_csv(tmp_path / "reviews.csv", text_data.sentiment_rows(64))
+    config = files_config(small_vocab, csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
+                          debug_step_log=True)
+    final = lm.run(config, workdir, "train")
+    assert "test" in final
+
+    written = set(tf.io.gfile.listdir(workdir))
+    assert {"config.json", "metrics_test.json", "debug_steps.txt"} <= written
+    assert any(name.startswith("events.out.tfevents") for name in written)
+    assert files.read_json(f"{workdir}/metrics_test.json")["accuracy"] == pytest.approx(final["test"]["accuracy"])
+    assert [line[0] for line in step_log.read(workdir)] == ["start", "1", "2"]
+    # On the local disk: the checkpoints and nothing else.
+    (local_run,) = [os.path.join(root, d) for root, dirs, _ in os.walk(local) for d in dirs if d == "run"]
+    assert os.listdir(local_run) == ["checkpoints"]
+
+    config.eval_split = "validation"
+    lm.run(config, workdir, "eval")
+    assert files.read_json(f"{workdir}/metrics_validation.json")["step"] == 2
+
+    config.export_dir = f"{workdir}/hf"
+    config.data.vocab_path = ""  # Read from the run's config.json in ram://.
+    assert lm.run(config, workdir, "export_hf") == {"export_dir": f"{workdir}/hf"}
+    assert set(tf.io.gfile.listdir(f"{workdir}/hf")) == {"config.json", "model.safetensors", "vocab.txt",
+                                                         "tokenizer_config.json"}
+    assert files.read_text(f"{workdir}/hf/vocab.txt") == small_vocab.read_text()
+
+    # init_from a Hugging Face directory in ram://: the shape, the vocabulary and the weights are read there.
+    fine_tune = files_config(small_vocab, csv_path, init_from=f"{workdir}/hf")
+    fine_tune.model.num_layers = 99
+    resolved = config_checks.resolved_copy(fine_tune)
+    assert resolved.model.num_layers == config.model.num_layers
+    assert pretrained.is_hf_directory(f"{workdir}/hf")
+    weights = hf_bert.read_state_dict(f"{workdir}/hf")
+    local_copy = tmp_path / "hf_local"
+    local_copy.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        files.copy(f"{workdir}/hf/{name}", local_copy / name)
+    expected = hf_bert.read_state_dict(str(local_copy))
+    assert sorted(weights) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(weights[name], value, err_msg=name)
