@@ -9,6 +9,8 @@
       --config.data.train_files=corpus.txt   # learns /tmp/vocab/vocab.txt from the corpus
 """
 
+import sys
+
 import lm
 
 lm.import_tensorflow_quietly()  # Before a config file or the pipeline imports it; LM_TF_LOGS=1 to see its logs.
@@ -16,12 +18,37 @@ lm.import_tensorflow_quietly()  # Before a config file or the pipeline imports i
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from lm import config_keys  # noqa: E402
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/bert_sentiment.py:base,imdb.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and metrics.")
 flags.DEFINE_enum("mode", "train", lm.MODES, "What to do.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with an unknown `--config.KEY` reported in a few lines instead of a traceback."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):  # How ml_collections reports an override of a key the config lacks.
+        config = _config_alone(argv)
+        key = config_keys.unknown_override(config, argv) if config is not None else None
+        if key is None:
+            raise
+        sys.stderr.write(f"FATAL Flags parsing error: {config_keys.message(config, key)}\n")
+        sys.exit(1)
+
+
+def _config_alone(argv: list[str]):
+    """The experiment config from the --config argument, without the overrides; None if there is none."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return FLAGS["config"].parser.parse(arg.split("=", 1)[1])
+        if arg == "--config" and i + 1 < len(argv):
+            return FLAGS["config"].parser.parse(argv[i + 1])
+    return None
 
 
 def main(argv: list[str]) -> None:
@@ -32,4 +59,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

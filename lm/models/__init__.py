@@ -5,10 +5,16 @@ A new model family is one file in this folder plus one entry in `_BUILDERS`.
 
 from collections.abc import Callable
 
+import flax
 import ml_collections
 from flax import nnx
 
 from lm.models import bert, resnet, vgg, vit
+
+# Our parameters carry logical axis names that lm.sharding maps onto the mesh; Flax's eager sharding would
+# place them at construction and fails without a mesh, so a model built directly in a notebook
+# (`bert.BertEncoder(config, rngs=nnx.Rngs(0))`) works like one from create_model.
+flax.config.update("flax_always_shard_variable", False)
 
 
 def _build_bert(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:

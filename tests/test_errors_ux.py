@@ -1,0 +1,128 @@
+"""Errors a new user meets, each in a few lines: an unknown config key, a model built outside create_model,
+a TFDS data set that is not prepared on a machine without network."""
+
+import contextlib
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import ml_collections
+import pytest
+from flax import nnx
+
+from configs import vision_classification
+from input_pipeline import tfds_check
+from lm import config_keys
+from lm.models import bert, resnet
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def config():
+    return vision_classification.get_config("resnet_small,digits,smoke")
+
+
+@pytest.mark.parametrize("typed, expected", [
+    ("optimizer.lr", "optimizer.learning_rate"),
+    ("optimzer.learning_rate", "optimizer.learning_rate"),
+    ("learning_rate", "optimizer.learning_rate"),
+    ("optimizer.weightdecay", "optimizer.weight_decay"),
+    ("global_batchsize", "global_batch_size"),
+    ("modle.name", "model.name"),
+])
+def test_unknown_key_suggests_the_nearest_valid_ones(config, typed, expected):
+    assert not config_keys.exists(config, typed)
+    assert config_keys.suggestions(config, typed)[0] == expected
+
+
+def test_unknown_override_is_found_in_argv(config):
+    argv = ["main.py", "--config=x.py", "--config.num_train_steps=3", "--config.optimizer.lr=1e-3", "--workdir=/w"]
+    assert config_keys.unknown_override(config, argv) == "optimizer.lr"
+    assert config_keys.unknown_override(config, argv[:3]) is None
+
+
+def test_main_reports_an_unknown_key_in_a_few_lines(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "main.py", "--config=configs/vision_classification.py:resnet_small,digits,smoke",
+         f"--workdir={tmp_path}", "--config.optimizer.lr=1e-3"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) <= 4, result.stderr
+    assert "config.optimizer.lr" in lines[0] and "Did you mean optimizer.learning_rate?" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_models_build_outside_create_model():
+    """No `nnx.use_eager_sharding(False)` and no mesh: the classes build (and run) as in a notebook."""
+    config = bert.BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    encoder = bert.BertEncoder(config, rngs=nnx.Rngs(0))
+    _, pooled = encoder(jnp.ones((1, 4), jnp.int32))
+    assert pooled.shape == (1, 16)
+    net = resnet.ResNet(resnet.ResNetConfig(depth=18, width=8, variant="cifar", num_classes=3), rngs=nnx.Rngs(0))
+    assert net(jnp.zeros((1, 8, 8, 3)), deterministic=True).shape == (1, 3)
+
+
+# --- TFDS without network -----------------------------------------------------------------------------------
+
+
+def _data(name: str, data_dir: str = "") -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"tfds_name": name, "tfds_data_dir": data_dir})
+
+
+class FakeBuilder:
+    def __init__(self, prepared: bool):
+        self.prepared, self.calls, self.data_dir = prepared, [], "/data/fake/1.0.0"
+
+    def is_prepared(self) -> bool:
+        return self.prepared
+
+    def download_and_prepare(self, **kwargs):
+        self.calls.append(kwargs)
+
+
+def _offline(*args, **kwargs):
+    raise OSError(101, "Network is unreachable")
+
+
+def test_unprepared_tfds_dataset_offline_fails_at_once(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(socket, "create_connection", _offline)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    builder = tfds.builder("mnist", data_dir=str(tmp_path))
+    monkeypatch.setattr(builder, "download_and_prepare", lambda **_: pytest.fail("tried to download"))
+    with pytest.raises(ValueError) as error:
+        tfds_check.prepare(builder, _data("mnist", str(tmp_path)))
+    message = str(error.value)
+    assert "config.data.tfds_name='mnist' is not prepared in" in message
+    assert "--config.data.tfds_data_dir=" in message and "download_and_prepare()" in message
+    assert "storage.googleapis.com:443" in message and "Network is unreachable" in message
+
+
+def test_prepared_or_online_builders_are_left_to_tfds(monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed the network"))
+    prepared = FakeBuilder(prepared=True)
+    tfds_check.prepare(prepared, _data("x"))
+    assert prepared.calls == []
+    manual = FakeBuilder(prepared=False)
+    tfds_check.prepare(manual, _data("x"), download_config="manual", needs_network=False)
+    assert manual.calls == [{"download_config": "manual"}]
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: contextlib.nullcontext())
+    online = FakeBuilder(prepared=False)
+    tfds_check.prepare(online, _data("x"))
+    assert online.calls == [{}]
+
+
+def test_the_probe_goes_through_the_https_proxy(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert tfds_check._probe_address() == ("proxy.internal", 3128)
