@@ -69,17 +69,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
 
 
 class _DropLibraryInfo:
-    """Drops INFO records from Orbax (dozens a checkpoint); its warnings and errors still show."""
+    """Drops INFO records from Orbax (dozens a checkpoint) and JAX's backend probing ("Unable to initialize
+    backend 'tpu'" on every machine without one); their warnings and errors still show."""
 
     def filter(self, record) -> bool:
         import logging
 
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+        noisy = "/orbax/" in record.pathname or record.pathname.endswith("xla_bridge.py")
+        return record.levelno >= logging.WARNING or not noisy
 
 
 def _quiet_library_logs() -> None:
     import logging
 
-    logger = logging.getLogger("absl")  # Orbax logs through absl's logger.
-    if not any(isinstance(f, _DropLibraryInfo) for f in logger.filters):
-        logger.addFilter(_DropLibraryInfo())
+    for name in ("absl", "jax._src.xla_bridge"):  # Orbax logs through absl's logger.
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLibraryInfo) for f in logger.filters):
+            logger.addFilter(_DropLibraryInfo())

@@ -10,7 +10,7 @@ import logging
 import jax
 import ml_collections
 
-from lm import checkpointing, compiler, config_checks, experiment, files, metrics, sharding
+from lm import checkpointing, compiler, config_checks, experiment, files, metrics, progress, sharding
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -100,5 +100,6 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
         result = evaluate_split(eval_step, state, exp.data, config.eval_split, exp.mesh, exp.task)
     result["step"] = step
     path = write_json(workdir, config.eval_split, result)
-    log.info("%s metrics at step %d: %s -> %s", config.eval_split, step, summary(result), path)
+    log.info("%s metrics at step %d -> %s\n%s", config.eval_split, step, path,
+             progress.metrics_table({config.eval_split: result}))
     return result

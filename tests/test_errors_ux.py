@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
-import ml_collections
 import pytest
 from flax import nnx
 
@@ -73,10 +72,6 @@ def test_models_build_outside_create_model():
 # --- TFDS without network -----------------------------------------------------------------------------------
 
 
-def _data(name: str, data_dir: str = "") -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"tfds_name": name, "tfds_data_dir": data_dir})
-
-
 class FakeBuilder:
     def __init__(self, prepared: bool):
         self.prepared, self.calls, self.data_dir = prepared, [], "/data/fake/1.0.0"
@@ -101,7 +96,7 @@ def test_unprepared_tfds_dataset_offline_fails_at_once(tmp_path, monkeypatch):
     builder = tfds.builder("mnist", data_dir=str(tmp_path))
     monkeypatch.setattr(builder, "download_and_prepare", lambda **_: pytest.fail("tried to download"))
     with pytest.raises(ValueError) as error:
-        tfds_check.prepare(builder, _data("mnist", str(tmp_path)))
+        tfds_check.prepare(builder, "mnist", str(tmp_path))
     message = str(error.value)
     assert "config.data.tfds_name='mnist' is not prepared in" in message
     assert "--config.data.tfds_data_dir=" in message and "download_and_prepare()" in message
@@ -111,16 +106,25 @@ def test_unprepared_tfds_dataset_offline_fails_at_once(tmp_path, monkeypatch):
 def test_prepared_or_online_builders_are_left_to_tfds(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed the network"))
     prepared = FakeBuilder(prepared=True)
-    tfds_check.prepare(prepared, _data("x"))
+    tfds_check.prepare(prepared, "x", "")
     assert prepared.calls == []
     manual = FakeBuilder(prepared=False)
-    tfds_check.prepare(manual, _data("x"), download_config="manual", needs_network=False)
+    tfds_check.prepare(manual, "x", "", download_config="manual", needs_network=False)
     assert manual.calls == [{"download_config": "manual"}]
 
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: contextlib.nullcontext())
     online = FakeBuilder(prepared=False)
-    tfds_check.prepare(online, _data("x"))
+    tfds_check.prepare(online, "x", "")
     assert online.calls == [{}]
+
+
+def test_mock_data_needs_no_network(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(socket, "create_connection", _offline)
+    with tfds.testing.mock_data(num_examples=4):
+        builder = tfds.builder("mnist", data_dir=str(tmp_path))
+        tfds_check.prepare(builder, "mnist", str(tmp_path))
 
 
 def test_the_probe_goes_through_the_https_proxy(monkeypatch):

@@ -3,10 +3,17 @@
 import io
 import logging
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
+import lm
 from lm import progress
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 class FakeClock:
@@ -119,3 +126,25 @@ def test_format_duration_and_metrics_table():
     assert lines[1].split() == ["accuracy", "0.9123", "0.9000"]
     assert lines[-1].split() == ["step", "40", "40"]
     assert "f1" not in table  # Lists stay in the JSON.
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", lm.TF_LOGS_ENV)}
+    environment.update(PYTHONPATH=str(ROOT), **env)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_tensorflow_starts_quietly():
+    """Whatever this machine's TensorFlow prints at import (CUDA stubs, cuInit, CPU features) is held back."""
+    result = _python("import lm; lm.import_tensorflow_quietly(); import tensorflow as tf; "
+                     "print(int(tf.constant(2) + 1))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3" and result.stderr == ""
+
+
+def test_tensorflow_logs_come_back_with_lm_tf_logs():
+    result = _python("import sys, lm; lm.import_tensorflow_quietly(); print('tensorflow' in sys.modules)",
+                     LM_TF_LOGS="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"  # Left alone: TensorFlow imports later with its own logging.
