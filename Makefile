@@ -7,7 +7,6 @@ CONFIG ?= configs/bert_sentiment.py:mini,smoke
 WORKDIR ?= /tmp/lm_run
 QUICKSTART_DIR ?= /tmp/lm_quickstart
 ARGS ?=
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install quickstart test test-all lint train eval bench clean
 
