@@ -74,15 +74,15 @@ class Progress:
 
     def wait(self) -> None:
         """Blocks until every dispatched step has run (the loop's own sync point), then reports."""
-        while self._pending:
-            _block(self._pending[0][1])
-            self._collect()
+        self._drain()
         self._report()
 
     def finish(self) -> None:
         """Waits for the dispatched steps, draws the final line and ends it."""
-        self.wait()
-        if self.interactive:
+        self._drain()
+        if not self.interactive:
+            self._report()
+        else:
             self._draw(force=True)
             self.stream.write("\n")
             self.stream.flush()
@@ -109,6 +109,11 @@ class Progress:
         elapsed = format_duration(self.clock() - self._start_time)
         return (f"step {self.completed}/{self.total_steps} ({percent:.0f}%), {speed}, "
                 f"ETA {format_duration(self.eta_seconds())}, elapsed {elapsed}")
+
+    def _drain(self) -> None:
+        while self._pending:
+            _block(self._pending[0][1])
+            self._collect()
 
     def _collect(self) -> None:
         """Moves the steps whose values are ready from pending to completed, in order; the clock dates them."""
