@@ -15,7 +15,7 @@ from flax import nnx
 from configs import vision_classification
 from input_pipeline import tfds_check
 from lm import config_keys
-from lm.models import bert, resnet
+from lm.models import bert
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,8 @@ def test_models_build_outside_create_model():
     encoder = bert.BertEncoder(config, rngs=nnx.Rngs(0))
     _, pooled = encoder(jnp.ones((1, 4), jnp.int32))
     assert pooled.shape == (1, 16)
-    net = resnet.ResNet(resnet.ResNetConfig(depth=18, width=8, variant="cifar", num_classes=3), rngs=nnx.Rngs(0))
-    assert net(jnp.zeros((1, 8, 8, 3)), deterministic=True).shape == (1, 3)
+    classifier = bert.BertClassifier(config, 3, rngs=nnx.Rngs(0))
+    assert classifier(jnp.ones((1, 4), jnp.int32)).shape == (1, 3)
 
 
 # --- TFDS without network -----------------------------------------------------------------------------------
