@@ -20,7 +20,7 @@ from input_pipeline.common import BadExample
 from input_pipeline.core import Pipeline
 from input_pipeline.registry import register_pipeline
 from input_pipeline.source import InMemory, Streamed
-from input_pipeline.tokenization import WordPieceTokenizer
+from input_pipeline.tokenization import tokenizer_from_config
 
 
 class LabelParser:
@@ -56,43 +56,24 @@ class LabelParser:
         return label
 
 
-def resolve_vocab_path(config: ml_collections.ConfigDict) -> str:
-    """config.data.vocab_path, else config.init_from/vocab.txt."""
-    path = config.data.vocab_path
-    if path:
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(
-                f"config.data.vocab_path={path!r} does not exist. Set it to a WordPiece vocab.txt (one token a line)."
-            )
-        return path
-    init_from = config.init_from
-    if init_from and tf.io.gfile.exists(f"{init_from.rstrip('/')}/vocab.txt"):
-        return f"{init_from.rstrip('/')}/vocab.txt"
-    raise ValueError(
-        f"No vocabulary: config.data.vocab_path is '' and config.init_from={init_from!r} holds no vocab.txt. "
-        "Set config.data.vocab_path to a WordPiece vocab.txt or config.init_from to a Hugging Face BERT directory."
-    )
-
-
 class TextClassificationData(Pipeline):
     """Tokenized text classification batches for this host; see the module docstring."""
 
     FIELDS = ("text", "label")
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
-        if len(config.data.label_names) > config.model.num_classes:
+        names, classes = len(config.data.label_names), config.model.num_classes
+        if names > classes:
             raise ValueError(
-                f"config.data.label_names has {len(config.data.label_names)} names but config.model.num_classes="
-                f"{config.model.num_classes}; set config.model.num_classes={len(config.data.label_names)}."
+                f"config.data.label_names has {names} names but config.model.num_classes={classes}; set "
+                f"config.model.num_classes={names}."
             )
 
     def prepare(self, config: ml_collections.ConfigDict) -> None:
-        data = config.data
-        self.tokenizer = WordPieceTokenizer(resolve_vocab_path(config), data.max_length, data.lowercase)
+        self._text_field, self._num_classes = config.data.text_field, config.model.num_classes
+        self._parse_label = LabelParser(tuple(config.data.label_names), config.model.num_classes)
+        self.tokenizer = tokenizer_from_config(config)
         self.vocab_size: int = self.tokenizer.vocab_size
-        self._text_field = data.text_field
-        self._num_classes = config.model.num_classes
-        self._parse_label = LabelParser(tuple(data.label_names), config.model.num_classes)
 
     def parse(self, record: dict) -> dict:
         text = record["text"]

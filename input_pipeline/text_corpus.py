@@ -30,8 +30,7 @@ from input_pipeline.common import epoch_seed, numpy_batches
 from input_pipeline.core import Pipeline
 from input_pipeline.masking import batch_seed, mask_tokens
 from input_pipeline.registry import register_pipeline
-from input_pipeline.text_classification import resolve_vocab_path
-from input_pipeline.tokenization import WordPieceTokenizer
+from input_pipeline.tokenization import WordPieceTokenizer, tokenizer_from_config
 
 __all__ = ["PretrainingData", "count_blocks", "epoch_seed", "pack_documents"]
 
@@ -110,7 +109,7 @@ class PretrainingData(Pipeline):
 
     def prepare(self, config: ml_collections.ConfigDict) -> None:
         data = config.data
-        self.tokenizer = WordPieceTokenizer(resolve_vocab_path(config), data.max_length, data.lowercase)
+        self.tokenizer = tokenizer_from_config(config)
         self.vocab_size: int = self.tokenizer.vocab_size
         self.max_length: int = data.max_length
         self._seed = config.seed
