@@ -19,7 +19,6 @@ hosts, padded with weight-0 examples so that every host yields the same number o
 which fields it reads (`FIELDS`), how it checks one record (`parse`), and how examples become batches.
 """
 
-import logging
 from collections.abc import Iterator
 
 import ml_collections
@@ -41,8 +40,6 @@ from input_pipeline.common import (
     steps_per_epoch,
 )
 from input_pipeline.source import InMemory, Request, Streamed, size, take
-
-log = logging.getLogger(__name__)
 
 
 class MemoryExamples:
@@ -109,11 +106,10 @@ class StreamExamples:
         self._datasets, self._counts = loaded.datasets, loaded.counts
         self._seed, self._buffer = request.config.seed, request.config.data.shuffle_buffer
         self._index = request.process_index
-        offset = sum(self._counts["train"][: self._index]) if "train" in self._counts else 0
-        if "train" in self._datasets:
-            self._train = self._datasets["train"][self._index].enumerate(start=offset).map(
-                lambda i, example: {**example, "index": i}
-            )
+        offset = sum(self._counts["train"][: self._index])
+        self._train = self._datasets["train"][self._index].enumerate(start=offset).map(
+            lambda i, example: {**example, "index": i}
+        )
 
     def has_split(self, split: str) -> bool:
         return split in self._counts
@@ -139,12 +135,29 @@ def load_examples(config: ml_collections.ConfigDict, fields: tuple[str, ...], sp
     bad = BadExamples(config.on_bad_example)
     request = Request(config, process_index, process_count, fields, splits, bad, parse, every_host)
     loaded = entry.load(request)
+    _check_loaded(loaded, request)
     if process_index == 0:
         bad.log_summary()
     loaded.info["skipped_examples"] = bad.counts()
     if isinstance(loaded, InMemory):
         return MemoryExamples(loaded, request, order_unit), loaded
     return StreamExamples(loaded, request), loaded
+
+
+def _check_loaded(loaded: InMemory | Streamed, request: Request) -> None:
+    """What a source returned has a training split and the fields the pipeline reads."""
+    name = f"config.data.source={request.config.data.source!r} ({loaded.description})"
+    splits = loaded.splits if isinstance(loaded, InMemory) else loaded.counts
+    if "train" not in splits:
+        raise ValueError(f"{name} gave no training split: set config.data.train_split, its files or its folder.")
+    if isinstance(loaded, InMemory):
+        for split, columns in loaded.splits.items():
+            missing = set(request.fields) - set(columns)
+            if missing or len({len(values) for values in columns.values()}) != 1:
+                raise ValueError(
+                    f"{name}: split {split!r} must hold the fields {request.fields} as columns of one length; it has "
+                    f"{ {field: len(values) for field, values in columns.items()} }."
+                )
 
 
 def check_source(config: ml_collections.ConfigDict, fields: tuple[str, ...]) -> registry.SourceEntry:
