@@ -139,3 +139,17 @@ def test_files_on_tensorflow_ram_file_system(small_vocab):
     config = files_config(f"{folder}/vocab.txt", f"{folder}/*.csv")
     data = TextClassificationData(config)
     assert data.num_examples("train") == 32 and next(data.train_iterator())["input_ids"].shape == (16, 32)
+
+
+def test_a_source_that_misses_a_field_or_the_training_split_is_named(small_vocab):
+    @input_pipeline.register_source("toy_broken", fields=[("text", "label")])
+    def toy_broken(request):
+        splits = {"train": {"text": np.array(["a film"] * 20, dtype=object)}} if request.config.seed == 0 else {}
+        return source.InMemory(description="a broken toy", splits=splits)
+
+    config = files_config(small_vocab, "", **{"data.source": "toy_broken"})
+    with pytest.raises(ValueError, match=r"'toy_broken' \(a broken toy\): split 'train' must hold the fields"):
+        TextClassificationData(config)
+    config.seed = 1
+    with pytest.raises(ValueError, match="gave no training split"):
+        TextClassificationData(config)
