@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from input_pipeline import tfds_check
 from input_pipeline.augment import PHOTOS, Defaults
 from input_pipeline.common import SPLITS
 from input_pipeline.registry import register_source
@@ -109,7 +110,9 @@ def prepared_builder(data: ml_collections.ConfigDict, spec: TfdsImages | None) -
         return builder
     if spec is not None and spec.manual_download:
         _check_manual_dir(data, builder.data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=data.tfds_manual_dir or None))
+    download_config = tfds.download.DownloadConfig(manual_dir=data.tfds_manual_dir or None)
+    manual = spec is not None and spec.manual_download
+    tfds_check.prepare(builder, data.tfds_name, data.tfds_data_dir, download_config, needs_network=not manual)
     return builder
 
 
