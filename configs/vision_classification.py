@@ -25,6 +25,7 @@ Recipes and the results they should reach:
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common, vision_data, vision_models
 
@@ -50,6 +51,14 @@ DATASETS = ("digits", "mnist", "cifar10", "cifar100", "oxford_iiit_pet", "oxford
             "folder", "arrays")
 
 
+# Folder and arrays data start from random weights or from config.init_from: the config holds both recipes and
+# leaves their keys unset; lm/recipes.py fills them when the run starts (see the docstring).
+TWO_STARTS = {
+    "scratch": {"name": "adamw", "learning_rate": 2e-3, "weight_decay": 1e-4, "warmup_fraction": 0.02},
+    "finetune": {"name": "sgd", "learning_rate": 0.01, "weight_decay": 1e-4, "warmup_fraction": 0.05},
+}
+
+
 def _recipe(config: ml_collections.ConfigDict, model: str, dataset: str) -> None:
     """Optimizer and schedule per data set and model family (see the docstring for the sources)."""
     opt = config.optimizer
@@ -69,12 +78,20 @@ def _recipe(config: ml_collections.ConfigDict, model: str, dataset: str) -> None
         config.num_epochs = 200.0
         opt.update(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                    schedule="cosine", warmup_fraction=0.0, clip_norm=0.0)
-    elif dataset in ("oxford_iiit_pet", "oxford_flowers102", "folder"):
+    elif dataset in ("oxford_iiit_pet", "oxford_flowers102"):
         config.global_batch_size = 64
         config.num_epochs = 30.0
         opt.update(name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=1e-4, schedule="cosine",
                    warmup_fraction=0.05, clip_norm=0.0)
-    else:  # digits, mnist, arrays: small images, Adam-style fast convergence.
+    elif dataset in ("folder", "arrays"):
+        config.global_batch_size = 64
+        config.num_epochs = 30.0 if dataset == "folder" else 10.0
+        opt.update(momentum=0.9, nesterov=False, schedule="cosine", clip_norm=0.0)
+        for start, keys in TWO_STARTS.items():
+            config.recipes[start] = ml_collections.ConfigDict({"optimizer": keys})
+        for key, value in TWO_STARTS["scratch"].items():  # Unset: lm/recipes.py fills them at start.
+            opt[key] = config_dict.placeholder(type(value))
+    else:  # digits, mnist: small images, Adam-style fast convergence.
         config.global_batch_size = 64
         config.num_epochs = 30.0 if dataset == "digits" else 10.0
         opt.update(name="adamw", learning_rate=2e-3, weight_decay=1e-4, schedule="cosine", warmup_fraction=0.02,
@@ -113,6 +130,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.augmentation = "pad_crop"
         config.data.flip = True
         config.data.mixup_alpha = 0.0
+        if config.recipes:  # Fixed values, whatever init_from: folder fine-tunes, arrays start from scratch.
+            config.optimizer.update(TWO_STARTS["finetune" if variant.dataset == "folder" else "scratch"])
+            config.recipes = ml_collections.ConfigDict()
         config.global_batch_size = 16
         config.eval_batch_size = 16
         config.num_train_steps = 4
