@@ -2,7 +2,7 @@
 
 import ml_collections
 
-MODES = ("train", "eval", "export_hf", "build_vocab")
+MODES = ("train", "eval", "export_hf", "build_vocab", "inspect_data")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict:
@@ -31,6 +31,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
         from lm.serving import export_hf
 
         return {"export_dir": export_hf.export(config, workdir)}
+    if mode == "inspect_data":
+        from lm import inspect_data
+
+        return inspect_data.run(config, workdir)
     raise ValueError(f"--mode={mode!r} is not known; use one of {MODES}.")
 
 
