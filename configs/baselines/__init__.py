@@ -31,15 +31,16 @@ NAMES = (
 
 def baseline_section(
     name: str, *, paper: float, source: str, hardware: str, time: str, flags: str = "", split: str = "test",
-    metric: str = "accuracy",
+    metric: str = "accuracy", prepare: str = "",
 ) -> ml_collections.ConfigDict:
     """The `config.baseline` section: what the paper reports and how to reproduce it.
 
     `paper` is in percent (-1: no published number for this setting; `source` then says what we compare
     with); `metric` is a key of `metrics_<split>.json`; `flags` are the command-line flags the run needs
-    besides --config and --workdir.
+    besides --config and --workdir; `prepare` a command that writes the data first.
     """
     command = f"python main.py --config=configs/baselines/{name}.py --workdir=WORKDIR"
+    command = f"{prepare} && {command}" if prepare else command
     return ml_collections.ConfigDict({
         "name": name,
         "paper": float(paper),

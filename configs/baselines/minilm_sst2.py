@@ -44,6 +44,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optimizer.warmup_fraction = 0.06
     config.baseline = baselines.baseline_section(
         "minilm_sst2", paper=-1, source="no paper; PyTorch reference, same recipe and data: 86.3",
-        hardware="2-core CPU", time="23 min (measured, shared CPU)",
+        hardware="2-core CPU", time="23 min (measured, shared CPU)", prepare="python data/prepare.py",
     )
     return config
