@@ -5,6 +5,7 @@ import itertools
 import json
 
 import numpy as np
+import tensorflow_datasets as tfds
 from PIL import Image
 
 import lm
@@ -79,3 +80,14 @@ def test_image_report(tmp_path):
     sizes = train["image_sizes"]
     assert sizes["distinct"] == 2 and sizes["smallest"] == [12, 16] and sizes["largest"] == [20, 20]
     assert report["bad_examples"] == {"train_dir": {"image does not decode": 1}}
+
+
+def test_tfds_text_report(tmp_path, minilm_vocab):
+    config = bert_sentiment.get_config("mini,imdb,smoke")
+    config.data.vocab_path, config.model.vocab_size = str(minilm_vocab), -1
+    with tfds.testing.mock_data(num_examples=12):
+        report = lm.run(config, str(tmp_path / "run"), "inspect_data")
+    assert {split: entry["examples"] for split, entry in report["splits"].items()} == {
+        "train": 12, "validation": 12, "test": 12}
+    length = report["splits"]["test"]["length"]
+    assert length["max_length"] == 32 and 0 <= length["truncated_fraction"] <= 1
