@@ -22,6 +22,24 @@ Recipes and the results they should reach:
   - resnet18_cifar,cifar10: SGD momentum 0.9, lr 0.1, wd 5e-4, 200 epochs cosine, batch 128, pad-crop +
     flip: ~95% test accuracy (He et al. 2016 report 93.0% for the deeper ResNet-110 with a lighter recipe).
   - mnist: resnet_small, 10 epochs: >= 99.3% test accuracy.
+
+Recipes for both starts (folder and arrays, TWO_STARTS below): the config holds a from-scratch and a fine-tuning
+recipe and leaves the optimizer keys they set unset; when the run starts, lm/recipes.py takes 'scratch' if
+config.init_from is empty and 'finetune' if it is set (config.recipe='auto'), logs which, and records it in
+config.json; --config.recipe=scratch|finetune forces one and a key set on the command line wins over both.
+  - scratch: AdamW lr 2e-3, weight decay 1e-4, 2% warm-up, cosine. Random weights need a large, adaptive step.
+  - finetune: SGD momentum 0.9, lr 0.01, weight decay 1e-4, 5% warm-up, cosine. Small steps keep what the
+    pretrained weights know (BiT-style; configs/vision_transfer.py has the per-model transfer recipes).
+  Measured on a CPU-sized example: MNIST from data/mnist_t10k (`python data/prepare.py`: 7,200 train / 800
+  validation / 2,000 test images), resnet_small from scratch, ONE epoch (112 steps of 64), 2-core CPU:
+    python main.py --config=configs/vision_classification.py:resnet_small,arrays --workdir=/tmp/recipe_scratch \
+        --config.data.arrays_path=/tmp/lm_data/mnist_t10k.npz --config.model.num_classes=10 \
+        --config.data.image_size=28 --config.data.validation_fraction=0.1 --config.data.test_fraction=0.0 \
+        --config.num_epochs=1 [--config.recipe=finetune]
+  the scratch recipe reaches 75.60% test accuracy (validation 74.84%); the fine-tuning recipe, wrongly used
+  from scratch, 17.20% (validation 16.02%): its small SGD steps barely move random weights in one epoch (the
+  issue that asked for this saw 29% vs 49% on a 10-class photo folder). With 10 epochs the scratch recipe
+  reaches 99.20% (README "Measured runs").
 """
 
 import ml_collections
