@@ -39,7 +39,9 @@ config.json; --config.recipe=scratch|finetune forces one and a key set on the co
   the scratch recipe reaches 75.60% test accuracy (validation 74.84%); the fine-tuning recipe, wrongly used
   from scratch, 17.20% (validation 16.02%): its small SGD steps barely move random weights in one epoch (the
   issue that asked for this saw 29% vs 49% on a 10-class photo folder). With 10 epochs the scratch recipe
-  reaches 99.20% (README "Measured runs").
+  reaches 99.20% (README "Measured runs"). Fine-tuning from that one-epoch workdir (the same command plus
+  --config.init_from=/tmp/recipe_scratch: the backbone loads, the head starts afresh, 'auto' picks 'finetune')
+  for one more epoch reaches 86.70% test accuracy (validation 84.86%).
 """
 
 import ml_collections
