@@ -88,6 +88,10 @@ def training_defaults() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.init_from = ""  # A Hugging Face directory or one of our workdirs/checkpoints.
+    # Configs with two starting points hold both recipes in `recipes` ('scratch', 'finetune') and leave the keys
+    # they set unset; at start 'auto' picks 'finetune' when init_from is set, else 'scratch' (lm/recipes.py).
+    config.recipe = "auto"
+    config.recipes = ml_collections.ConfigDict()  # Empty: the config has one recipe, its keys already set.
     config.global_batch_size = 32
     config.eval_batch_size = 64
     config.num_epochs = 1.0

@@ -6,7 +6,7 @@ import tempfile
 
 import ml_collections
 
-MODES = ("train", "eval", "export_hf", "build_vocab")
+MODES = ("train", "eval", "export_hf", "build_vocab", "inspect_data")
 
 
 TF_LOGS_ENV = "LM_TF_LOGS"  # LM_TF_LOGS=1 shows TensorFlow's start-up and C++ log messages again.
@@ -65,6 +65,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
         from lm.serving import export_hf
 
         return {"export_dir": export_hf.export(config, workdir)}
+    if mode == "inspect_data":
+        from lm import inspect_data
+
+        return inspect_data.run(config, workdir)
     raise ValueError(f"--mode={mode!r} is not known; use one of {MODES}.")
 
 

@@ -3,7 +3,7 @@
 import ml_collections
 
 from input_pipeline.common import check_on_bad_example
-from lm import compiler, files
+from lm import compiler, files, recipes
 from lm.weights import pretrained
 
 KNOWN_METRICS = ("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy", "perplexity")
@@ -11,7 +11,7 @@ DTYPES = ("float32", "bfloat16")
 
 
 def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A locked copy with the values that follow from `init_from` filled in, checked."""
+    """A locked copy with the values that follow from `init_from` (model shape, recipe) filled in, checked."""
     config = ml_collections.ConfigDict(config.to_dict())
     if config.init_from:
         if not files.exists(config.init_from):
@@ -20,6 +20,7 @@ def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
                 "or a workdir of ours."
             )
         pretrained.apply_to_config(config)
+    recipes.apply(config)  # From scratch or fine-tuning: the keys the config left unset.
     config.lock()
     check_static(config)
     return config
