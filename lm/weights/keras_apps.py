@@ -28,7 +28,7 @@ the kernels as stored (the same inputs as the Keras model).
 
 import io
 import json
-import logging
+import os
 import re
 import zipfile
 
@@ -36,9 +36,9 @@ import h5py
 import numpy as np
 
 from lm.models import resnet, vgg
+from lm.paths import param_name
 from lm.weights import assign
-
-log = logging.getLogger(__name__)
+from lm.weights.report import ImportReport
 
 # "caffe" preprocessing as normalisation of [0, 1] RGB pixels: (x - mean) / std = 255 x - mean_255.
 CAFFE_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)
@@ -58,6 +58,11 @@ Layers = dict[str, dict[str, np.ndarray]]
 
 def is_keras_file(path: str) -> bool:
     return path.endswith(EXTENSIONS)
+
+
+def detect(path: str) -> bool:
+    """A Keras weights or model file (by its extension)."""
+    return os.path.isfile(path) and is_keras_file(path)
 
 
 def _snake_case(name: str) -> str:
@@ -219,14 +224,14 @@ def _resnet_table(layers: Layers, depth: int) -> tuple[assign.Table, assign.Tabl
     return params, stats
 
 
-def load_params(
+def load(
     path: str, params: dict, batch_stats: dict | None = None, *, input_order: str = "rgb"
-) -> tuple[dict, dict | None, dict]:
+) -> tuple[dict, dict | None, ImportReport]:
     """Our VGG or ResNet parameters (and ResNet BatchNorm statistics) from a Keras application file.
 
     `params`/`batch_stats` are our pure dicts (arrays or ShapeDtypeStructs); batch_stats is needed for a
-    ResNet and returned as None for VGG. Returns (params, batch_stats, report) with report keys 'loaded',
-    'new' (kept fresh: the classifier without a top, or a head of another class count), 'unused', 'notes'.
+    ResNet and returned as None for VGG. Returns (params, batch_stats, report); the report's 'new' holds what
+    stayed fresh (the classifier without a top, or a head of another class count).
     """
     if input_order not in ("rgb", "bgr"):
         raise ValueError(f"input_order={input_order!r}: use 'rgb' (reverse the first convolution's inputs) or 'bgr'")
@@ -238,30 +243,23 @@ def load_params(
     if input_order == "rgb":
         key, kernel = param_table[first]
         param_table[first] = (key, np.ascontiguousarray(kernel[:, :, ::-1, :]))
-        notes.append(f"{assign.dotted(first)}: input channels reversed (Keras' BGR inputs -> RGB)")
+        notes.append(f"{param_name(first)}: input channels reversed (Keras' BGR inputs -> RGB)")
     fresh = (("head",),) if name == "resnet" else (("fc1",), ("fc2",), ("head",))
     what = f"{name.upper() if name == 'vgg' else 'ResNet'} parameter"
     new_params, report = assign.fill(params, param_table, what=what, fresh_on_mismatch=fresh)
-    used = set(report.pop("used"))
+    report.source = path
     new_stats = None
-    if name == "resnet":
+    if stat_table:
         if batch_stats is None:
             raise ValueError("a Keras ResNet carries BatchNorm statistics: pass our batch_stats to fill")
         new_stats, stats_report = assign.fill(batch_stats, stat_table, what="ResNet BatchNorm statistic")
-        used |= set(stats_report["used"])
-        report["loaded"] += ["batch_stats/" + entry for entry in stats_report["loaded"]]
-        report["new"] += ["batch_stats/" + entry for entry in stats_report["new"]]
-    absent = [entry for entry in report["new"] if not entry.startswith(tuple(f"{p[0]}/" for p in fresh))]
+        report.add(stats_report, "batch_stats/")
+    absent = [entry for entry in report.new if not entry.startswith(tuple(f"{p[0]}/" for p in fresh))]
     if absent:
         raise ValueError(f"{path} has nothing for our {absent[:4]}; does the model config match it?")
     if "predictions" not in layers:
         notes.append("the file has no top (include_top=False): our classifier stays fresh")
-    report["notes"] = notes + report["notes"]
+    report.notes = notes + report.notes
     everything = {f"{layer}/{var}" for layer, variables in layers.items() for var in variables}
-    report["unused"] = sorted(everything - used)
-    log.info(
-        "Loaded %d %s-%d parameters%s from %s; %d kept fresh (%s); %s",
-        len(report["loaded"]), name, depth, " and statistics" if name == "resnet" else "", path, len(report["new"]),
-        report["new"], "; ".join(report["notes"]),
-    )
+    report.unused = sorted(everything - set(report.used))
     return new_params, new_stats, report
