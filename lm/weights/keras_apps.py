@@ -26,11 +26,13 @@ reversed so that our model takes RGB, as the rest of lm does; then `CAFFE_MEAN`/
 the kernels as stored (the same inputs as the Keras model).
 """
 
+import dataclasses
 import io
 import json
 import os
 import re
 import zipfile
+from collections.abc import Callable
 
 import h5py
 import numpy as np
@@ -159,18 +161,24 @@ def read_config(path: str) -> dict:
     """
     layers = read_layers(path)
     name, depth = _architecture(layers, path)
-    if name == "vgg":
-        config = {"name": "vgg", "depth": depth, "batch_norm": False}
-        if "fc1" in layers:
-            flat, width = layers["fc1"]["kernel"].shape
-            pool_size = int(round((flat / 512) ** 0.5))
-            if 512 * pool_size**2 != flat:
-                raise ValueError(f"{path}: fc1 takes {flat} inputs, not 512 x a square grid")
-            num_classes = layers["predictions"]["kernel"].shape[1]
-            config.update(classifier_width=width, pool_size=pool_size, num_classes=num_classes)
-        return config
+    return {"name": name, **_ARCHITECTURES[name].config(layers, path, depth)}
+
+
+def _vgg_config(layers: Layers, path: str, depth: int) -> dict:
+    config = {"depth": depth, "batch_norm": False}
+    if "fc1" in layers:
+        flat, width = layers["fc1"]["kernel"].shape
+        pool_size = int(round((flat / 512) ** 0.5))
+        if 512 * pool_size**2 != flat:
+            raise ValueError(f"{path}: fc1 takes {flat} inputs, not 512 x a square grid")
+        num_classes = layers["predictions"]["kernel"].shape[1]
+        config.update(classifier_width=width, pool_size=pool_size, num_classes=num_classes)
+    return config
+
+
+def _resnet_config(layers: Layers, path: str, depth: int) -> dict:
     config = {
-        "name": "resnet", "depth": depth, "variant": "imagenet", "width": layers["conv1_conv"]["kernel"].shape[-1],
+        "depth": depth, "variant": "imagenet", "width": layers["conv1_conv"]["kernel"].shape[-1],
         "stride_in_1x1": True, "conv_bias": True, "norm_epsilon": 1.001e-5,
     }
     if "predictions" in layers:
@@ -224,6 +232,23 @@ def _resnet_table(layers: Layers, depth: int) -> tuple[assign.Table, assign.Tabl
     return params, stats
 
 
+@dataclasses.dataclass(frozen=True)
+class _Architecture:
+    config: Callable[[Layers, str, int], dict]  # (layers, path, depth) -> our model-config values
+    tables: Callable[[Layers, int], tuple[assign.Table, assign.Table]]  # -> (params, batch_stats) name tables
+    first_conv: assign.Path  # its input channels are reversed for RGB inputs
+    fresh: tuple[assign.Path, ...]  # may stay fresh: the classifier without a top or for another class count
+    what: str
+
+
+_ARCHITECTURES = {
+    "vgg": _Architecture(_vgg_config, _vgg_table, ("stages", 0, 0, "conv", "kernel"), (("fc1",), ("fc2",), ("head",)),
+                         "VGG parameter"),
+    "resnet": _Architecture(_resnet_config, _resnet_table, ("stem", "conv", "kernel"), (("head",),),
+                            "ResNet parameter"),
+}
+
+
 def load(
     path: str, params: dict, batch_stats: dict | None = None, *, input_order: str = "rgb"
 ) -> tuple[dict, dict | None, ImportReport]:
@@ -237,16 +262,15 @@ def load(
         raise ValueError(f"input_order={input_order!r}: use 'rgb' (reverse the first convolution's inputs) or 'bgr'")
     layers = read_layers(path)
     name, depth = _architecture(layers, path)
-    param_table, stat_table = (_vgg_table if name == "vgg" else _resnet_table)(layers, depth)
-    first = ("stages", 0, 0, "conv", "kernel") if name == "vgg" else ("stem", "conv", "kernel")
+    architecture = _ARCHITECTURES[name]
+    param_table, stat_table = architecture.tables(layers, depth)
+    first, fresh = architecture.first_conv, architecture.fresh
     notes = []
     if input_order == "rgb":
         key, kernel = param_table[first]
         param_table[first] = (key, np.ascontiguousarray(kernel[:, :, ::-1, :]))
         notes.append(f"{param_name(first)}: input channels reversed (Keras' BGR inputs -> RGB)")
-    fresh = (("head",),) if name == "resnet" else (("fc1",), ("fc2",), ("head",))
-    what = f"{name.upper() if name == 'vgg' else 'ResNet'} parameter"
-    new_params, report = assign.fill(params, param_table, what=what, fresh_on_mismatch=fresh)
+    new_params, report = assign.fill(params, param_table, what=architecture.what, fresh_on_mismatch=fresh)
     report.source = path
     new_stats = None
     if stat_table:
