@@ -1,6 +1,6 @@
 """Extending `lm` from outside it: a new model family and a new task, defined and registered in this file only
 (nothing under lm/, input_pipeline/ or configs/ names them), train through `lm.run` with a checkpoint, a resume
-and a final evaluation.
+and a final evaluation; a weight format registered here loads into a family that lists it.
 
 The family is a two-layer perceptron over images; the task is classification trained with the Brier score (the
 squared error between the predicted distribution and the one-hot label) instead of cross-entropy. Data sources
@@ -10,17 +10,22 @@ this file adds one entry there.
 
 import dataclasses
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 from flax import nnx
 
 import lm
 from configs import common, vision_data
-from lm import models, step_log, tasks
+from lm import models, step_log, tasks, weights
+from lm.paths import param_name
 from lm.tasks.classification import ClassificationTask
+from lm.weights import pretrained
+from lm.weights.report import ImportReport
 
 
 class TinyMLP(nnx.Module):
@@ -113,3 +118,37 @@ def test_new_family_and_task_train_resume_and_evaluate(tmp_path, source):
     assert evaluated["step"] == 6 and evaluated["num_examples"] > 0
     saved = json.loads((workdir / "metrics_validation.json").read_text())
     assert saved["accuracy"] == evaluated["accuracy"]
+
+
+class _ToyImporter:
+    """A weight format of this test: a `.toy` file whose text is one number, for every parameter."""
+
+    @staticmethod
+    def detect(path: str) -> bool:
+        return path.endswith(".toy")
+
+    @staticmethod
+    def load(path, params, batch_stats):
+        value = float(pathlib.Path(path).read_text())
+        report = ImportReport(source=path)
+        new = jax.tree_util.tree_map_with_path(
+            lambda keypath, leaf: report.loaded.append(param_name(keypath)) or jnp.full(leaf.shape, value), params)
+        return new, None, report
+
+
+def test_a_registered_importer_loads_and_a_family_refuses_others(tmp_path):
+    weights.register_importer("test_toy", _ToyImporter)
+    models.register_model(dataclasses.replace(MLP, name="test_toy_mlp", importers=("test_toy",)))
+    config = _config("digits")
+    config.model.name = "test_toy_mlp"
+    (tmp_path / "weights.toy").write_text("0.5")
+    config.init_from = str(tmp_path / "weights.toy")
+    params = {"hidden": {"kernel": np.zeros((2, 3), np.float32)}, "head": {"bias": np.zeros(3, np.float32)}}
+    new, batch_stats, report = pretrained.load_into(config, params, {})
+    assert batch_stats is None and report["loaded"] == ["head/bias", "hidden/kernel"]
+    np.testing.assert_array_equal(new["hidden"]["kernel"], 0.5)
+
+    config.model.name = MLP.name  # Loads from our workdirs only.
+    message = r"is a test_toy checkpoint; config.model.name='test_tiny_mlp' loads \('workdir',\)"
+    with pytest.raises(ValueError, match=message):
+        pretrained.load_into(config, params, {})
