@@ -83,7 +83,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config = common.training_defaults()
     config.task = "mlm"
-    config.eval_at_start = False  # Evaluate before the first step (the starting point of continued pretraining).
 
     config.model = common.bert_model_config("tiny" if variant.smoke else variant.size, head="mlm")
 

@@ -35,6 +35,7 @@ def bert_model_config(size: str, **extra) -> ml_collections.ConfigDict:
     model.attention_dropout_rate = 0.1
     model.layer_norm_eps = 1e-12
     model.dtype = "float32"  # Compute dtype: float32 | bfloat16. Parameters stay float32.
+    model.head = "classifier"  # classifier (sequence classification) | mlm (masked-LM pretraining, task "mlm")
     model.update(extra)
     return model
 
@@ -121,11 +122,13 @@ def training_defaults() -> ml_collections.ConfigDict:
     # A step whose loss or gradients are not finite is skipped (no update; counted in train/nonfinite_skips); this
     # many skipped steps in a row halt the run with an error.
     config.max_consecutive_nonfinite = 5
-    # Test hooks, off by default. debug_step_log appends "step loss sha256-of-batch" per step to
-    # WORKDIR/debug_steps.txt (reads the loss every step: a host sync). debug_nan_steps makes the gradients NaN
+    # Test hooks, off by default (lm/debug.py). debug.step_log appends "step loss sha256-of-batch" per step to
+    # WORKDIR/debug_steps.txt (reads the loss every step: a host sync). debug.nan_steps makes the gradients NaN
     # at these steps (1-based, as logged), to exercise the non-finite handling.
-    config.debug_step_log = False
-    config.debug_nan_steps = ()
+    config.debug = ml_collections.ConfigDict()
+    config.debug.step_log = False
+    config.debug.nan_steps = ()
+    config.eval_at_start = False  # Evaluate the validation split before the first step (e.g. continued pretraining).
     config.peak_flops_per_device = 0.0  # For MFU; 0 measures a matmul on this device at start.
     # On CPU: the kinds of work XLA hands to the YNNPACK library (lm/compiler.py). Convolutions and elementwise
     # fusions stay with XLA's own code, which is faster here; "xla_default" keeps XLA's choice, "" turns YNNPACK off.

@@ -17,6 +17,7 @@ VISION_MODEL_DEFAULTS = {
         "stride_in_1x1": False,  # True: stride on the first 1x1 conv (ResNet v1, Keras) instead of the 3x3 (v1.5)
         "conv_bias": False,  # True: biases on every conv (Keras ResNet50)
         "norm_epsilon": 1e-5,  # BatchNorm epsilon (Keras: 1.001e-5)
+        "projection_dims": (),  # non-empty: SimCLR's projection MLP of these widths replaces the linear head
         "dtype": "float32",  # compute dtype; parameters and BatchNorm statistics stay float32
     },
     "vgg": {

@@ -2,10 +2,11 @@
 
 `create_data(config, process_index, process_count, pipeline=NAME)` returns the data object a task trains on,
 built by the pipeline registered under NAME ("text_classification", "text_corpus", "images", or one a user
-registers with `register_pipeline`). Its examples come from the source `config.data.source` names (built-in
-ones in `input_pipeline/sources/`, or one a user registers with `register_source`). The data object yields
-numpy batches for this host (`train_iterator(start_step)`, `eval_batches(split)`); the trainer assembles them
-into global arrays.
+registers with `register_pipeline`); `lm.experiment` names it from the task and the model's modality
+(`lm.tasks.TaskSpec.pipelines`). Its examples come from the source `config.data.source` names (built-in ones in
+`input_pipeline/sources/`, or one a user registers with `register_source`). The data object yields numpy batches
+for this host (`train_iterator(start_step)`, `eval_batches(split)`); the trainer assembles them into global
+arrays.
 """
 
 import ml_collections

@@ -139,6 +139,7 @@ def load_examples(config: ml_collections.ConfigDict, fields: tuple[str, ...], sp
     if process_index == 0:
         bad.log_summary()
     loaded.info["skipped_examples"] = bad.counts()
+    loaded.info["bad_example_messages"] = {key: [message for _, message in found] for key, found in bad.skipped.items()}
     if isinstance(loaded, InMemory):
         return MemoryExamples(loaded, request, order_unit), loaded
     return StreamExamples(loaded, request), loaded
@@ -199,6 +200,7 @@ class Pipeline:
                                               self.parse, self.order_unit(), self.EVERY_HOST)
         # Examples left out under config.on_bad_example='skip', by the config key they were read under.
         self.skipped_examples: dict[str, int] = loaded.info["skipped_examples"]
+        self.bad_example_messages: dict[str, list[str]] = loaded.info["bad_example_messages"]  # "FILE line N: why"
         self.loaded(config, loaded)
         self.num_train_examples, self.steps_per_epoch = self.count_train(config)
         for split in self.SPLITS[1:]:

@@ -147,6 +147,10 @@ class ImageClassificationData(Pipeline):
 
     # Image ops. -----------------------------------------------------------------------------------------
 
+    def decode_image(self, value: tf.Tensor) -> tf.Tensor:
+        """A source's stored image (pixels, a path or encoded bytes) -> float32 [H, W, channels] in [0, 1]."""
+        return self._to_image(value)
+
     def _to_image(self, value: tf.Tensor) -> tf.Tensor:
         """The source's stored image -> float32 [H, W, channels] in [0, 1]."""
         if self._format == "pixels":

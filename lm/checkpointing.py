@@ -164,9 +164,6 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"lm_checkpoint_set_aside_{step}")
         self.manager.reload()
 
-    def restore_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def restore_raw(self, step: int) -> Any:
         """Restores the state as saved, onto one device of this host: for reading weights out of it."""
         metadata = self.manager.item_metadata(step)["state"]

@@ -25,7 +25,7 @@ XLA_DEFAULT = "xla_default"
 
 def ynn_kinds(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
     """The YNNPACK fusion kinds `config.xla_cpu_ynn_fusions` names (None: XLA's default); a clear error for others."""
-    value = config.get("xla_cpu_ynn_fusions", XLA_DEFAULT)
+    value = config.xla_cpu_ynn_fusions
     if not isinstance(value, str):
         raise ValueError(f"config.xla_cpu_ynn_fusions={value!r} must be a string such as 'dot,reduce'.")
     if value == XLA_DEFAULT:

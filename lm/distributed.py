@@ -91,8 +91,8 @@ def _check_timeouts(dist: ml_collections.ConfigDict) -> None:
 
 def initialize(config: ml_collections.ConfigDict) -> None:
     """Joins this process to the others (once per process); a no-op for single-process runs."""
-    dist = config.get("distributed")
-    if dist is None or jax.distributed.is_initialized():
+    dist = config.distributed
+    if jax.distributed.is_initialized():
         return
     _check_timeouts(dist)
     timeouts = {

@@ -1,4 +1,4 @@
-"""Evaluation and prediction over a data split, from a live state or a checkpoint.
+"""Evaluation of a data split, from a live state (during training) or a checkpoint (`--mode=eval`).
 
 Batches are padded to full size with weight-0 examples, so every example counts exactly once and the
 jitted eval step sees one shape. Sums (loss, confusion matrix) accumulate on device; one transfer at

@@ -1,6 +1,7 @@
 """Builds what training and evaluation share: mesh, data, task, optimizer, train-state layout.
 
-`build(config, workdir)` does every check that needs devices or data before anything compiles.
+`build(config, devices=None)` does every check that needs devices or data before anything compiles. The model
+family (`lm.models`) and the task (`lm.tasks`) come from their registries; the pair names the input pipeline.
 """
 
 import dataclasses
@@ -12,10 +13,12 @@ import ml_collections
 import optax
 
 import input_pipeline
-from lm import config_checks, optimizers, sharding
+from lm import config_checks, models, optimizers, sharding, tasks
 from lm import state as state_lib
-from lm.tasks import classification, mlm, simclr
+from lm.tasks import create_task
 from lm.weights import pretrained
+
+__all__ = ["Experiment", "build", "create_task", "initial_state"]
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ class Experiment:
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
     data: object
-    task: classification.ClassificationTask | mlm.MaskedLMTask | simclr.SimCLRTask
+    task: object  # The `TaskSpec.create` product of config.task: logits, loss, eval_sums, finalize.
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     spec: state_lib.StateSpec
@@ -34,25 +37,11 @@ class Experiment:
     eval_every: int
 
 
-def create_task(config: ml_collections.ConfigDict):
-    if config.task == "mlm":
-        return mlm.MaskedLMTask()
-    if config.task == "simclr":
-        return simclr.SimCLRTask(temperature=config.temperature)
-    if config.task != "classification":
-        raise ValueError(f"config.task={config.task!r} is not known; use 'classification', 'mlm' or 'simclr'.")
-    inputs = classification.TEXT_INPUTS if config.model.name == "bert" else classification.IMAGE_INPUTS
-    return classification.ClassificationTask(
-        num_classes=config.model.num_classes, input_keys=inputs, label_smoothing=config.label_smoothing
-    )
-
-
 def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
     """`config` must come from `config_checks.resolved_copy`; `devices` defaults to all devices."""
     mesh = sharding.create_mesh(config.mesh, devices)
     config_checks.check_batch_sizes(config, sharding.data_parallel_size(mesh), jax.process_count())
-    text = "text_classification" if config.model.name == "bert" else "images"
-    pipeline = "text_corpus" if config.task == "mlm" else text
+    pipeline = tasks.task_spec(config.task).pipeline(models.model_family(config.model))
     data = input_pipeline.create_data(config, jax.process_index(), jax.process_count(), pipeline=pipeline)
     if "vocab_size" in config.model:
         if config.model.vocab_size == -1:
@@ -92,8 +81,7 @@ def initial_state(exp: Experiment) -> dict:
     """Fresh state, born sharded; with `init_from`, its weights replace the fresh ones."""
     state = state_lib.init_state(exp.config.model, exp.tx, exp.spec, exp.config.seed)
     if exp.config.init_from:
-        params, batch_stats, report = pretrained.load_into(exp.config, state["params"], state["batch_stats"])
-        pretrained.log_report(report)
+        params, batch_stats, _ = pretrained.load_into(exp.config, state["params"], state["batch_stats"])
         state = state_lib.replace_params(state, params, exp.spec, exp.tx)
         if batch_stats is not None:
             state = dict(state, batch_stats=jax.device_put(batch_stats, exp.spec.shardings["batch_stats"]))

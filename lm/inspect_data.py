@@ -12,11 +12,10 @@ would use (same files, TFDS splits, seeded carving and bad-example checks):
 - bad examples by kind (an empty text, an unknown label, an image that does not decode...): the data is read
   with `on_bad_example='skip'` so that every bad example is counted instead of stopping at the first.
 
-It relies on today's pipeline objects through `_Splits` (a thin adapter, the one place that reaches inside them):
-`input_pipeline.create_data(config)`, its `_source.has_split(split)`; text: `_source.host_examples(split)`
-((text, label) tf.data), `tokenizer.word_pieces(texts)`, `_source.bad_examples.skipped` (files) and
-`skipped_examples`; images: `_source.eval_examples(split)` ((item, label) tf.data), `_source.to_image(item,
-channels)`, `channels`, `class_names`, `skipped_examples`. With one process every "host" split is the whole split.
+It reads the pipeline's data object through `_Splits`: `examples.has_split(split)` and
+`examples.host_examples(split)` (the parsed examples), `tokenizer.word_pieces(texts)` for text,
+`decode_image(value)`, `class_names` for images, and `bad_example_messages` for the bad examples. With one
+process every "host" split is the whole split.
 """
 
 import collections
@@ -31,7 +30,7 @@ import tensorflow as tf
 from etils import epath
 
 import input_pipeline
-from lm import config_checks
+from lm import config_checks, models, tasks
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +66,10 @@ class _Splits:
     """The adapter over today's pipeline data objects (see the module docstring): reads each split whole."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.data = input_pipeline.create_data(config, 0, 1)
-        self.text = config.model.name == "bert"
+        family = models.model_family(config.model)
+        pipeline = tasks.task_spec(config.task).pipeline(family)
+        self.data = input_pipeline.create_data(config, 0, 1, pipeline=pipeline)
+        self.text = family.modality == "text"
         self.max_length = config.data.max_length if self.text else 0
         self.class_names = self._class_names(config)
 
@@ -79,14 +80,15 @@ class _Splits:
         return names + [str(i) for i in range(len(names), config.model.num_classes)]
 
     def splits(self) -> list[str]:
-        return [split for split in SPLITS if self.data._source.has_split(split)]
+        return [split for split in SPLITS if self.data.examples.has_split(split)]
 
     def read(self, split: str) -> SplitData:
         return self._read_text(split) if self.text else self._read_images(split)
 
     def _read_text(self, split: str) -> SplitData:
         out = SplitData()
-        for texts, labels in self.data._source.host_examples(split).batch(BATCH).as_numpy_iterator():
+        examples = self.data.examples.host_examples(split).map(lambda e: (e["text"], e["label"]))
+        for texts, labels in examples.batch(BATCH).as_numpy_iterator():
             out.lengths.extend(self.data.tokenizer.word_pieces(texts).row_lengths().numpy().tolist())
             out.labels.extend(labels.tolist())
             for text in texts:
@@ -96,14 +98,12 @@ class _Splits:
         return out
 
     def _read_images(self, split: str) -> SplitData:
-        source, channels = self.data._source, self.data.channels
-
-        def describe(item, label):
-            image = source.to_image(item, channels)
-            return label, tf.shape(image)[:2], tf.fingerprint(tf.reshape(image, [1, -1]))[0]
+        def describe(example):
+            image = self.data.decode_image(example["image"])
+            return example["label"], tf.shape(image)[:2], tf.fingerprint(tf.reshape(image, [1, -1]))[0]
 
         out = SplitData()
-        ds = source.eval_examples(split).map(describe, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self.data.examples.host_examples(split).map(describe, num_parallel_calls=tf.data.AUTOTUNE)
         for labels, shapes, fingerprints in ds.batch(BATCH).as_numpy_iterator():
             out.labels.extend(labels.tolist())
             out.sizes.extend((int(h), int(w)) for h, w in shapes)
@@ -112,12 +112,8 @@ class _Splits:
 
     def bad_examples(self) -> dict[str, dict[str, int]]:
         """{config key: {kind: count}} of the examples left out as bad."""
-        bad = getattr(self.data._source, "bad_examples", None)
-        if bad is not None:
-            return {key: dict(collections.Counter(_bad_kind(message) for _, message in found))
-                    for key, found in bad.skipped.items()}
-        kind = "image does not decode" if not self.text else "bad example"
-        return {key: {kind: count} for key, count in self.data.skipped_examples.items()}
+        return {key: dict(collections.Counter(_bad_kind(message) for message in messages))
+                for key, messages in self.data.bad_example_messages.items()}
 
 
 def _bad_kind(message: str) -> str:

@@ -19,14 +19,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from lm import paths
+
 
 class NonFiniteError(FloatingPointError):
     """A checkpoint would hold NaN or infinity."""
-
-
-def leaf_paths(tree: Any) -> list[tuple[str, Any]]:
-    return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _bounds(index: tuple, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
@@ -62,7 +59,7 @@ def _owned_shards(leaf: Any) -> list[tuple[tuple[tuple[int, int], ...], np.ndarr
 def checksums(tree: Any, where: str = "") -> dict[str, dict[str, str]]:
     """{leaf path: {shard slice: sha256}} over all processes; raises NonFiniteError on NaN or infinity."""
     local: dict[str, dict[str, str]] = {}
-    for path, leaf in leaf_paths(tree):
+    for path, leaf in paths.flatten(tree).items():
         local[path] = {}
         for bounds, data in _owned_shards(leaf):
             if np.issubdtype(data.dtype, np.inexact) and not np.isfinite(data).all():
@@ -74,7 +71,7 @@ def checksums(tree: Any, where: str = "") -> dict[str, dict[str, str]]:
 def local_mismatches(tree: Any, expected: dict[str, dict[str, str]]) -> list[str]:
     """What differs between `tree` and the digests `checksums` recorded, as far as this process can see."""
     problems = []
-    leaves = dict(leaf_paths(tree))
+    leaves = paths.flatten(tree)
     for path in sorted(set(expected) - set(leaves)):
         problems.append(f"{path}: recorded but not restored")
     for path, leaf in leaves.items():

@@ -13,6 +13,7 @@ import ml_collections
 import optax
 
 from lm import models
+from lm.paths import param_name, path_keys
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -43,15 +44,9 @@ def decay_mask(params) -> object:
     """True for parameters that get weight decay: matrices and embeddings, not biases or norms."""
 
     def wants_decay(path, leaf) -> bool:
-        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        return leaf.ndim > 1 and not any("norm" in n for n in names)
+        return leaf.ndim > 1 and not any("norm" in str(key) for key in path_keys(path))
 
     return jax.tree_util.tree_map_with_path(wants_decay, params)
-
-
-def param_name(keypath) -> str:
-    """The '/'-joined path of a parameter, e.g. 'encoder/layers/0/attention/query/kernel'."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
 
 
 def _param_names(params) -> list[str]:
@@ -102,8 +97,8 @@ def _selected(names: list[str], config: ml_collections.ConfigDict) -> list[str]:
 def trainable_mask(params, config: ml_collections.ConfigDict):
     """True for each parameter the optimizer updates; `params` may hold arrays or shapes.
 
-    `config.trainable`: "all"; "head": only the classification head (`lm.models.HEADS`: 'classifier' for
-    BERT, 'head' for ResNet, VGG and ViT: linear probing); otherwise a regular expression, and the
+    `config.trainable`: "all"; "head": only the head (`lm.models.head_name`: 'classifier' for BERT, 'head'
+    for ResNet, VGG and ViT: linear probing); otherwise a regular expression, and the
     parameters whose '/'-joined path it finds (`re.search`) train. `config.freeze` (a regular expression,
     "" for none) then freezes the parameters it finds among those.
     """
@@ -130,7 +125,7 @@ def layer_decay_multipliers(params, model: ml_collections.ConfigDict, decay: flo
 
     With L layers numbered i = 0 (next to the input) .. L-1: layer i gets decay**(L - i), the embeddings
     decay**(L + 1), everything above the layers (BERT's pooler and classifier, ViT's final norm and
-    head) 1. `model` names the family (`lm.models.layer_stack`); only BERT and ViT have layers.
+    head) 1. `model` names the family (`lm.models.layer_stack`); only families with a layer stack have layers.
     """
     embeddings, layers, num_layers = models.layer_stack(model)
 
@@ -165,8 +160,10 @@ def _check_layer_decay(opt: ml_collections.ConfigDict, model: ml_collections.Con
         raise ValueError(f"config.optimizer.layer_decay={opt.layer_decay} must be in (0, 1]; 1 disables it.")
     if model is None or models.layer_stack(model) is None:
         name = None if model is None else model.name
+        stacked = [family.display_name for family in models.families().values() if family.layer_stack]
+        which = " and ".join(stacked) if len(stacked) < 3 else ", ".join(stacked[:-1]) + " and " + stacked[-1]
         raise ValueError(
-            f"config.optimizer.layer_decay={opt.layer_decay} applies to BERT and ViT only, not to model {name!r}; "
+            f"config.optimizer.layer_decay={opt.layer_decay} applies to {which} only, not to model {name!r}; "
             "set it to 1.0."
         )
 

@@ -1,4 +1,4 @@
-"""Opt-in per-step debug log (config.debug_step_log): `step loss sha256-of-this-host's-batch` lines.
+"""Opt-in per-step debug log (config.debug.step_log): `step loss sha256-of-this-host's-batch` lines.
 
 For tests and debugging of exact resume: two runs that saw the same batches and computed the same losses
 have the same lines. Reading the loss every step is a host sync, so the log is off by default and costs

@@ -50,8 +50,8 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
 
     A step whose loss or gradients are not all finite is skipped on device: parameters, optimizer state and
     BatchNorm statistics keep their values, the step counter (the data position) still advances, and the
-    metric `nonfinite` is 1. `nan_steps` (a test hook, config.debug_nan_steps) makes the gradients NaN at
-    those steps (1-based, as logged).
+    metric `nonfinite` is 1. `nan_steps` (a test hook, config.debug.nan_steps) makes the gradients NaN at
+    those steps (1-based, as logged); empty, it adds nothing to the traced step.
     """
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
@@ -92,7 +92,7 @@ def jit_train_step(exp: experiment.Experiment):
     spec = exp.spec
     return jax.jit(
         make_train_step(spec.graphdef, exp.task, exp.tx, spec.trainable, deterministic=exp.config.trainable == "head",
-                        nan_steps=tuple(exp.config.debug_nan_steps)),
+                        nan_steps=tuple(exp.config.debug.nan_steps)),
         in_shardings=(spec.shardings, sharding.batch_sharding(exp.mesh)),
         out_shardings=(spec.shardings, sharding.replicated(exp.mesh)),
         donate_argnums=0,
@@ -134,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
     eval_step = evaluate.make_eval_step(exp)
     watch = preemption.PreemptionWatch()
-    debug_log = step_log.StepLog(workdir, int(jax.device_get(state["step"]))) if config.debug_step_log else None
+    debug_log = step_log.StepLog(workdir, int(jax.device_get(state["step"]))) if config.debug.step_log else None
     try:
         with jax.set_mesh(exp.mesh):
             state, preempted = _train_loop(exp, state, checkpointer, eval_step, writer, watch, debug_log)
@@ -198,7 +198,7 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     peak_flops = config.peak_flops_per_device or metrics.matmul_peak_flops(size=1024, repeats=5)
     meta = {"model": config.model.to_dict(), "task": config.task}
     train_step, flops_per_step = jit_train_step(exp), 0.0
-    if start_step == 0 and config.get("eval_at_start", False):  # The starting point, e.g. of continued pretraining.
+    if start_step == 0 and config.eval_at_start:  # The starting point, e.g. of continued pretraining.
         eval_metrics = evaluate.evaluate_split(eval_step, state, data, "validation", mesh, exp.task)
         evaluate.write_eval_scalars(writer, 0, "validation", eval_metrics)
         log.info("validation at step 0: %s", evaluate.summary(eval_metrics))

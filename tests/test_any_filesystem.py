@@ -48,7 +48,7 @@ def test_train_eval_export_with_a_ram_workdir(ram_workdir, tmp_path, small_vocab
     workdir, local = ram_workdir
     csv_path = text_data.write_csv(tmp_path / "reviews.csv", text_data.sentiment_rows(64))
     config = files_config(small_vocab, csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
-                          debug_step_log=True)
+                          **{"debug.step_log": True})
     final = lm.run(config, workdir, "train")
     assert "test" in final
 

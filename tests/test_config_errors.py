@@ -113,7 +113,7 @@ def test_bad_best_metric(tmp_path, small_vocab, no_compile):
     "overrides, message",
     [
         ({"max_consecutive_nonfinite": 0}, r"config.max_consecutive_nonfinite=0 must be a positive integer"),
-        ({"debug_nan_steps": (0, 2)}, r"config.debug_nan_steps=\(0, 2\) must hold step numbers >= 1"),
+        ({"debug.nan_steps": (0, 2)}, r"config.debug.nan_steps=\(0, 2\) must hold step numbers >= 1"),
     ],
 )
 def test_bad_reliability_keys(tmp_path, small_vocab, no_compile, overrides, message):
@@ -122,5 +122,5 @@ def test_bad_reliability_keys(tmp_path, small_vocab, no_compile, overrides, mess
 
 
 def test_debug_nan_steps_parses_from_the_command_line():
-    config = _parse(["--config=configs/bert_sentiment.py:smoke", "--config.debug_nan_steps=(3,4)"])
-    assert config.debug_nan_steps == (3, 4)
+    config = _parse(["--config=configs/bert_sentiment.py:smoke", "--config.debug.nan_steps=(3,4)"])
+    assert config.debug.nan_steps == (3, 4)

@@ -1,7 +1,7 @@
 """Runs that survive: exact resume after kill -9, SIGTERM, corrupt checkpoints, failed saves, non-finite steps,
 determinism. docs/RELIABILITY.md cites these tests line by line.
 
-The kill tests run main.py in real processes on a tiny BERT (8 fake CPU devices) with config.debug_step_log,
+The kill tests run main.py in real processes on a tiny BERT (8 fake CPU devices) with config.debug.step_log,
 which writes `step loss sha256-of-batch` per step: two runs that saw the same batches and computed the same
 losses have the same lines.
 """
@@ -40,14 +40,14 @@ def data(tmp_path_factory) -> dict[str, pathlib.Path]:
 
 def run_config(data, **overrides):
     settings = {"num_train_steps": STEPS, "checkpoint_every": 2, "eval_every": 1000, "log_every": 4,
-                "keep_checkpoints": 3, "debug_step_log": True, "peak_flops_per_device": 1.0,
+                "keep_checkpoints": 3, "debug.step_log": True, "peak_flops_per_device": 1.0,
                 "eval_splits_at_end": (), **overrides}
     return files_config(data["vocab"], data["csv"], **settings)
 
 
 def main_args(data, workdir, **overrides) -> list[str]:
     config = run_config(data, **overrides)
-    flags = {"num_train_steps", "checkpoint_every", "eval_every", "log_every", "keep_checkpoints", "debug_step_log",
+    flags = {"num_train_steps", "checkpoint_every", "eval_every", "log_every", "keep_checkpoints", "debug.step_log",
              "peak_flops_per_device", "eval_splits_at_end", *overrides}
     args = [sys.executable, str(ROOT / "main.py"), "--config=configs/bert_sentiment.py:files,smoke",
             f"--workdir={workdir}", f"--config.data.train_files={data['csv']}", "--config.data.text_field=review",
@@ -322,7 +322,7 @@ def test_nan_gradients_are_skipped_and_counted(data, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "_log_train", lambda writer, exp, step, history, *a: logged.append(
         (step, jax.device_get(history))) or real_log(writer, exp, step, history, *a))
     lm.run(run_config(data, num_train_steps=4, checkpoint_every=1, keep_checkpoints=10, log_every=4,
-                      debug_nan_steps=(3,), debug_step_log=False), str(tmp_path / "run"), "train")
+                      **{"debug.nan_steps": (3,), "debug.step_log": False}), str(tmp_path / "run"), "train")
     states = _all_checkpoints(tmp_path / "run")
     assert sorted(states) == [1, 2, 3, 4]
     for key in ("params", "opt_state", "batch_stats"):
@@ -339,7 +339,7 @@ def test_consecutive_non_finite_steps_halt_the_run(data, tmp_path):
     holds only finite values, and none was written at or after the halting step."""
     workdir = tmp_path / "run"
     config = run_config(data, num_train_steps=8, checkpoint_every=1, keep_checkpoints=10, log_every=100,
-                        debug_nan_steps=(3, 4, 5), max_consecutive_nonfinite=3, debug_step_log=False)
+                        max_consecutive_nonfinite=3, **{"debug.nan_steps": (3, 4, 5), "debug.step_log": False})
     with pytest.raises(FloatingPointError, match=r"3 consecutive training steps .*the last at step 5"):
         lm.run(config, str(workdir), "train")
     states = _all_checkpoints(workdir)

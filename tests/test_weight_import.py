@@ -136,7 +136,7 @@ def test_vit_matches_transformers(hf_vit_classifier):
         "num_classes": 5,
     }
     _, model = _our_vit(path)
-    params, report = hf_vit.load_params(str(path), _templates(model)[0])
+    params, _, report = hf_vit.load(str(path), _templates(model)[0])
     assert report["new"] == [] and report["unused"] == [] and report["notes"] == []
     assert len(report["loaded"]) == 4 + 2 + 2 + 3 * 16
     images = _images(32)
@@ -154,7 +154,7 @@ def test_vit_model_bin_without_classifier(tmp_path):
     assert (tmp_path / "pytorch_model.bin").is_file() and not (tmp_path / "model.safetensors").exists()
     assert "num_classes" not in hf_vit.read_config(str(tmp_path))
     _, model = _our_vit(tmp_path, num_classes=192)
-    params, report = hf_vit.load_params(str(tmp_path), _templates(model)[0])
+    params, _, report = hf_vit.load(str(tmp_path), _templates(model)[0])
     assert report["new"] == ["head/bias", "head/kernel"] and report["unused"] == []
     assert report["ignored"] == ["pooler.dense.bias", "pooler.dense.weight"]
     assert "no classifier" in report["notes"][0]
@@ -172,7 +172,7 @@ def test_vit_resampled_positions_and_fresh_head(hf_vit_classifier):
     config = vit.ViTConfig(variant=TINY_VIT, patch_size=16, image_size=48, num_classes=7, dropout_rate=0.0)
     model = _abstract(vit.VisionTransformer, config)
     template = _templates(model)[0]
-    params, report = hf_vit.load_params(str(path), template)
+    params, _, report = hf_vit.load(str(path), template)
     assert report["new"] == ["head/bias", "head/kernel"]
     assert report["unused"] == ["classifier.bias", "classifier.weight"]
     assert any("resampled from a 2x2 to a 3x3" in note for note in report["notes"])
@@ -182,7 +182,7 @@ def test_vit_resampled_positions_and_fresh_head(hf_vit_classifier):
     np.testing.assert_array_equal(params["embedding"]["position"], expected)
     assert np.isfinite(np.asarray(_logits(_merge(model, params), _images(48)))).all()
     gap = _abstract(vit.VisionTransformer, vit.ViTConfig(variant=TINY_VIT, image_size=32, num_classes=5, pooling="gap"))
-    params, report = hf_vit.load_params(str(path), _templates(gap)[0])
+    params, _, report = hf_vit.load(str(path), _templates(gap)[0])
     assert report["unused"] == ["vit.embeddings.cls_token"] and report["new"] == []
     np.testing.assert_array_equal(params["embedding"]["position"], checkpoint[0, 1:])
 
@@ -245,7 +245,7 @@ def test_resnet_matches_transformers(name, tmp_path):
     assert values["stride_in_1x1"] == kwargs.get("downsample_in_bottleneck", False)
     assert (values["depth"], values["width"], values["num_classes"]) == ((18 if "basic" in name else 50), 8, 5)
     model = _abstract(resnet.ResNet, resnet.ResNetConfig(**values))
-    params, batch_stats, report = hf_resnet.load_params(str(tmp_path), *_templates(model))
+    params, batch_stats, report = hf_resnet.load(str(tmp_path), *_templates(model))
     assert report["new"] == [] and report["unused"] == []
     images = _images(size)
     expected = _torch_logits(reference, images)
@@ -313,13 +313,13 @@ def test_keras_resnet50_matches(keras_resnet50):
                       "conv_bias": True, "norm_epsilon": 1.001e-5, "num_classes": 5}
     values.pop("name")
     model = _abstract(resnet.ResNet, resnet.ResNetConfig(**values))
-    params, batch_stats, report = keras_apps.load_params(file, *_templates(model))
+    params, batch_stats, report = keras_apps.load(file, *_templates(model))
     assert report["new"] == [] and report["unused"] == []
     assert report["notes"] == ["stem/conv/kernel: input channels reversed (Keras' BGR inputs -> RGB)"]
     ours = _merge(model, params, batch_stats)
     difference = _max_difference(ours, images, expected_rgb)
     assert difference <= TOLERANCE, difference
-    bgr_params, _, _ = keras_apps.load_params(file, *_templates(model), input_order="bgr")
+    bgr_params, _, _ = keras_apps.load(file, *_templates(model), input_order="bgr")
     difference = _max_difference(_merge(model, bgr_params, batch_stats), images, expected_bgr)
     assert difference <= TOLERANCE, difference
 
@@ -364,7 +364,7 @@ def test_keras_resnet50_needs_v1_options(keras_resnet50):
     path, *_ = keras_resnet50
     model = _abstract(resnet.ResNet, resnet.ResNetConfig(depth=50, num_classes=5))
     with pytest.raises(ValueError, match=r"weights for 53 ResNet parameters our model lacks.*conv1/bias"):
-        keras_apps.load_params(str(path / "resnet50.weights.h5"), *_templates(model))
+        keras_apps.load(str(path / "resnet50.weights.h5"), *_templates(model))
 
 
 def test_keras_vgg16_matches(keras, tmp_path):
@@ -378,7 +378,7 @@ def test_keras_vgg16_matches(keras, tmp_path):
                       "num_classes": 5}
     values.pop("name")
     model = _abstract(vgg.VGG, vgg.VGGConfig(**values, dropout_rate=0.0))
-    params, batch_stats, report = keras_apps.load_params(file, _templates(model)[0])
+    params, batch_stats, report = keras_apps.load(file, _templates(model)[0])
     assert batch_stats is None and report["new"] == [] and report["unused"] == []
     images = _images(64)
     difference = _max_difference(_merge(model, params), images, _keras_outputs(reference, images[..., ::-1]))
@@ -399,7 +399,7 @@ def test_keras_vgg19_without_top_legacy_h5(keras, tmp_path):
     assert keras_apps.read_config(file) == {"name": "vgg", "depth": 19, "batch_norm": False}
     model = _abstract(vgg.VGG, vgg.VGGConfig(depth=19, num_classes=3, pool_size=1, classifier_width=16))
     template = _templates(model)[0]
-    params, _, report = keras_apps.load_params(file, template, input_order="bgr")
+    params, _, report = keras_apps.load(file, template, input_order="bgr")
     assert sorted(report["new"]) == [f"{layer}/{var}" for layer in ("fc1", "fc2", "head") for var in ("bias", "kernel")]
     assert "no top" in report["notes"][0] and report["unused"] == []
     assert params["head"]["kernel"] is template["head"]["kernel"]  # kept as it was

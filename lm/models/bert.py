@@ -10,9 +10,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from lm.models import layers
+from lm.models.registry import ModelFamily, register_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,3 +166,49 @@ class BertForMaskedLM(nnx.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, rngs=None):
         hidden, _ = self.encoder(input_ids, attention_mask, token_type_ids, deterministic=deterministic, rngs=rngs)
         return self.mlm_head(hidden, self.encoder.embeddings.word)
+
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def bert_config(model: ml_collections.ConfigDict) -> BertConfig:
+    """`config.model` -> BertConfig."""
+    return BertConfig(**{field.name: model[field.name] for field in dataclasses.fields(BertConfig)})
+
+
+def build(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    """`model.head`: "classifier" (`BertClassifier`) or "mlm" (`BertForMaskedLM`, for `lm.tasks.mlm`)."""
+    if model.head == "mlm":
+        return BertForMaskedLM(bert_config(model), rngs=rngs)
+    if model.head != "classifier":
+        raise ValueError(f"config.model.head={model.head!r}: use 'classifier' or 'mlm'.")
+    return BertClassifier(bert_config(model), model.num_classes, rngs=rngs)
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+    max_positions = config.model.max_position_embeddings
+    if config.data.max_length > max_positions:
+        raise ValueError(
+            f"config.data.max_length={config.data.max_length} exceeds "
+            f"config.model.max_position_embeddings={max_positions}; lower max_length."
+        )
+    if config.model.hidden_size % config.model.num_heads:
+        raise ValueError(
+            f"config.model.hidden_size={config.model.hidden_size} is not divisible by "
+            f"config.model.num_heads={config.model.num_heads}."
+        )
+
+
+register_model(ModelFamily(
+    name="bert",
+    build=build,
+    modality="text",
+    input_keys=TEXT_INPUTS,
+    head_name=lambda model: "mlm_head" if model.head == "mlm" else "classifier",
+    classifier_head="classifier",
+    layer_stack=lambda model: ("encoder/embeddings", "encoder/layers", model.num_layers),
+    importers=("hf_bert", "workdir"),
+    exporter="bert",
+    check=_check,
+    display_name="BERT",
+))

@@ -25,9 +25,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from lm.models import convolution, layers
+from lm.models.registry import ModelFamily, register_model
 
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
@@ -270,3 +272,20 @@ class ProjectionHead(nnx.Module):
         for dense, norm in zip(self.dense[:-1], self.norms):
             x = jax.nn.relu(norm(dense(x), use_running_average=deterministic))
         return self.dense[-1](x)
+
+
+def build(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    values = {field.name: model[field.name] for field in dataclasses.fields(ResNetConfig)}
+    return ResNet(ResNetConfig(**dict(values, projection_dims=tuple(model.projection_dims))), rngs=rngs)
+
+
+register_model(ModelFamily(
+    name="resnet",
+    build=build,
+    modality="image",
+    input_keys=("image",),
+    head_name=lambda model: "projection" if model.projection_dims else "head",
+    classifier_head="head",
+    importers=("hf_resnet", "keras", "workdir"),
+    display_name="ResNet",
+))

@@ -18,10 +18,12 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from lm.models import layers
+from lm.models.registry import ModelFamily, register_model
 from lm.models.resnet import batch_norm, conv
 
 # Output channels of the convolutions of each stage; a 2x2/2 max-pool ends every stage.
@@ -132,3 +134,19 @@ class VGG(nnx.Module):
         x = self.dropout(jax.nn.relu(self.fc1(x)), deterministic=deterministic, rngs=rngs)
         x = self.dropout(jax.nn.relu(self.fc2(x)), deterministic=deterministic, rngs=rngs)
         return self.head(x).astype(jnp.float32)
+
+
+def build(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    return VGG(VGGConfig(**{field.name: model[field.name] for field in dataclasses.fields(VGGConfig)}), rngs=rngs)
+
+
+register_model(ModelFamily(
+    name="vgg",
+    build=build,
+    modality="image",
+    input_keys=("image",),
+    head_name=lambda model: "head",
+    classifier_head="head",
+    importers=("keras", "workdir"),
+    display_name="VGG",
+))

@@ -18,9 +18,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from lm.models import layers
+from lm.models.registry import ModelFamily, register_model
 
 # variant: (hidden size, layers, heads). MLP width is 4 x hidden.
 VIT_SIZES = {
@@ -189,3 +191,22 @@ class VisionTransformer(nnx.Module):
         x = self.norm(x)
         pooled = x[:, 0] if self.config.pooling == "cls" else jnp.mean(x.astype(jnp.float32), axis=1)
         return self.head(pooled).astype(jnp.float32)
+
+
+def build(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    fields = [field.name for field in dataclasses.fields(ViTConfig)]
+    return VisionTransformer(ViTConfig(**{name: model[name] for name in fields}), rngs=rngs)
+
+
+register_model(ModelFamily(
+    name="vit",
+    build=build,
+    modality="image",
+    input_keys=("image",),
+    head_name=lambda model: "head",
+    classifier_head="head",
+    layer_stack=lambda model: ("embedding", "blocks", VIT_SIZES[model.variant][1]),
+    importers=("hf_vit", "workdir"),
+    exporter="vit",
+    display_name="ViT",
+))

@@ -6,6 +6,9 @@ then `classifier`), vocab.txt and tokenizer_config.json. ViT (class-token poolin
 normalised as our pipeline normalised them (config.data.mean and std). Weights are float32; our [in, out]
 kernels become PyTorch's [out, in], convolution kernels [h, w, in, out] become [out, in, h, w]. Every
 parameter of ours must have a Hugging Face name: an unmapped one is an error, never silently dropped.
+The name tables are the importers' (`lm.weights.hf_bert.encoder_names`, `lm.weights.hf_vit.hf_names`).
+
+A model family names its exporter (`lm.models.ModelFamily.exporter`); `register_exporter` adds one.
 """
 
 import logging
@@ -16,76 +19,29 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from lm import checkpointing, config_checks, evaluate, files
+from lm import checkpointing, config_checks, evaluate, files, models, paths
 from lm.models import vit
-from lm.weights import hf_bert
+from lm.weights import assign, hf_bert, hf_vit
 
 log = logging.getLogger(__name__)
 
-EXPORTABLE = ("bert", "vit")
-_Table = dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]  # our path -> (HF name, our -> HF layout)
-
-
-def _same(x: np.ndarray) -> np.ndarray:
-    return x
-
-
-def _linear(x: np.ndarray) -> np.ndarray:
-    return x.T
-
-
-def _conv(x: np.ndarray) -> np.ndarray:
-    return x.transpose(3, 2, 0, 1)
-
-
-def _dense(ours: str, hf: str) -> _Table:
-    return {f"{ours}/kernel": (f"{hf}.weight", _linear), f"{ours}/bias": (f"{hf}.bias", _same)}
-
-
-def _norm(ours: str, hf: str) -> _Table:
-    return {f"{ours}/scale": (f"{hf}.weight", _same), f"{ours}/bias": (f"{hf}.bias", _same)}
+_Table = dict[str, tuple[str, str]]  # our '/'-joined path -> (HF name, `assign.LAYOUTS` entry)
 
 
 def _bert_names(num_layers: int) -> _Table:
-    table = {
-        "encoder/" + "/".join(map(str, path)): ("bert." + hf, _linear if transpose else _same)
-        for path, (hf, transpose) in hf_bert.encoder_names(num_layers).items()
-    }
-    return {**table, **_dense("classifier", "classifier")}
+    table = {"encoder/" + paths.param_name(path): ("bert." + hf, "linear" if transpose else "same")
+             for path, (hf, transpose) in hf_bert.encoder_names(num_layers).items()}
+    head = {"classifier/kernel": ("classifier.weight", "linear"), "classifier/bias": ("classifier.bias", "same")}
+    return {**table, **head}
 
 
 def _vit_names(num_layers: int) -> _Table:
-    table = {
-        "embedding/projection/kernel": ("vit.embeddings.patch_embeddings.projection.weight", _conv),
-        "embedding/projection/bias": ("vit.embeddings.patch_embeddings.projection.bias", _same),
-        "embedding/position": ("vit.embeddings.position_embeddings", lambda x: x[None]),
-        "embedding/cls_token": ("vit.embeddings.cls_token", lambda x: x[None, None]),
-        **_norm("norm", "vit.layernorm"),
-        **_dense("head", "classifier"),
-    }
-    for i in range(num_layers):
-        ours, hf = f"blocks/{i}", f"vit.encoder.layer.{i}"
-        table.update({
-            **_norm(f"{ours}/attention_norm", f"{hf}.layernorm_before"),
-            **_dense(f"{ours}/attention/query", f"{hf}.attention.attention.query"),
-            **_dense(f"{ours}/attention/key", f"{hf}.attention.attention.key"),
-            **_dense(f"{ours}/attention/value", f"{hf}.attention.attention.value"),
-            **_dense(f"{ours}/attention/output", f"{hf}.attention.output.dense"),
-            **_norm(f"{ours}/mlp_norm", f"{hf}.layernorm_after"),
-            **_dense(f"{ours}/mlp_in", f"{hf}.intermediate.dense"),
-            **_dense(f"{ours}/mlp_out", f"{hf}.output.dense"),
-        })
-    return table
-
-
-def _flatten(params) -> dict[str, np.ndarray]:
-    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(leaf)
-            for path, leaf in leaves}
+    return {paths.param_name(path): (hf if path[0] == "head" else "vit." + hf, layout)
+            for path, (hf, layout) in hf_vit.hf_names(num_layers).items()}
 
 
 def _to_hf(params, table: _Table, family: str) -> dict[str, np.ndarray]:
-    flat = _flatten(params)
+    flat = {name: np.asarray(leaf) for name, leaf in paths.flatten(jax.device_get(params)).items()}
     unmapped, absent = sorted(set(flat) - set(table)), sorted(set(table) - set(flat))
     if unmapped or absent:
         raise ValueError(
@@ -93,7 +49,8 @@ def _to_hf(params, table: _Table, family: str) -> dict[str, np.ndarray]:
             f"name ({unmapped[:3]}), {len(absent)} names have no parameter ({absent[:3]}). Was the checkpoint "
             "written by another model config?"
         )
-    return {hf: np.ascontiguousarray(convert(flat[ours]), dtype=np.float32) for ours, (hf, convert) in table.items()}
+    return {hf: np.ascontiguousarray(assign.to_torch(layout, flat[ours]), dtype=np.float32)
+            for ours, (hf, layout) in table.items()}
 
 
 def _labels(label_names, num_classes: int) -> dict:
@@ -176,17 +133,34 @@ def write_vit(params, model: ml_collections.ConfigDict, directory: str, *, label
     _write(directory, hf_config, tensors)
 
 
-def _data_keys(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """vocab_path and label_names from --config, else from the run's WORKDIR/config.json; lowercase from --config."""
-    run: dict = {}
+def _run_data(workdir: str) -> dict:
+    """The `data` section of the run's WORKDIR/config.json, or {} without one."""
     path = files.join(workdir, "config.json")
-    if files.is_file(path):
-        run = files.read_json(path).get("data", {})
-    vocab_path = config.data.get("vocab_path", "") or run.get("vocab_path", "")
-    if config.model.name == "bert" and not vocab_path:
+    if not files.is_file(path):
+        return {}
+    return files.read_json(path).get("data", {})
+
+
+def _export_bert(params, model, directory: str, config: ml_collections.ConfigDict, run: dict) -> None:
+    """vocab_path and label_names from --config, else from the run's config.json; lowercase from --config."""
+    vocab_path = config.data.vocab_path or run.get("vocab_path", "")
+    if not vocab_path:
         log.warning("No config.data.vocab_path: the export has no vocab.txt, so no tokenizer loads from it.")
-    return {"vocab_path": vocab_path, "lowercase": config.data.get("lowercase", True),
-            "label_names": tuple(config.data.get("label_names", ()) or run.get("label_names", ()))}
+    write_bert(params, model, directory, label_names=tuple(config.data.label_names or run.get("label_names", ())),
+               vocab_path=vocab_path, lowercase=config.data.lowercase)
+
+
+def _export_vit(params, model, directory: str, config: ml_collections.ConfigDict, run: dict) -> None:
+    write_vit(params, model, directory, label_names=tuple(run.get("label_names", ())))
+
+
+Exporter = Callable[[dict, ml_collections.ConfigDict, str, ml_collections.ConfigDict, dict], None]
+_EXPORTERS: dict[str, Exporter] = {"bert": _export_bert, "vit": _export_vit}
+
+
+def register_exporter(name: str, exporter: Exporter) -> None:
+    """Adds an exporter that a family names: (params, model config, directory, config, the run's data dict)."""
+    _EXPORTERS[name] = exporter
 
 
 def export(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -196,12 +170,14 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
     the run's WORKDIR/config.json where `config` leaves them empty.
     """
     config = config_checks.resolved_copy(config)
-    if config.model.name not in EXPORTABLE:
+    family = models.model_family(config.model)
+    if family.exporter not in _EXPORTERS:
+        exportable = [name for name, known in models.families().items() if known.exporter in _EXPORTERS]
         raise ValueError(
-            f"--mode=export_hf exports {EXPORTABLE}; config.model.name={config.model.name!r} has no Hugging Face "
+            f"--mode=export_hf exports {exportable}; config.model.name={config.model.name!r} has no Hugging Face "
             "counterpart here."
         )
-    if config.task != "classification":
+    if family.head_name(config.model) != family.classifier_head:
         raise ValueError(
             f"--mode=export_hf exports classifiers; config.task={config.task!r}. Fine-tune from this workdir "
             "(a classification config with --config.init_from=WORKDIR) and export that run."
@@ -218,12 +194,7 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
         checkpointer.close()
     model = ml_collections.ConfigDict(meta["model"])  # The shape the weights were trained with.
     directory = config.export_dir or files.join(workdir, "hf_export")
-    data = _data_keys(config, workdir)
     if jax.process_index() == 0:
-        if model.name == "bert":
-            write_bert(state["params"], model, directory, label_names=data["label_names"],
-                       vocab_path=data["vocab_path"], lowercase=data["lowercase"])
-        else:
-            write_vit(state["params"], model, directory, label_names=data["label_names"])
+        _EXPORTERS[family.exporter](state["params"], model, directory, config, _run_data(workdir))
     log.info("Exported step %d of %s as a Hugging Face %s directory: %s", step, workdir, model.name, directory)
     return directory

@@ -1,7 +1,7 @@
 """Classification: cross-entropy with optional label smoothing, and confusion-matrix evaluation.
 
-The task knows which batch keys the model reads (text: token ids and masks; images: pixels), how the
-loss is computed from logits, and which sums evaluation accumulates. It knows nothing of Orbax,
+The task feeds the model the batch keys its family reads (text: token ids and masks; images: pixels),
+computes the loss from logits, and says which sums evaluation accumulates. It knows nothing of Orbax,
 sharding or data sources.
 """
 
@@ -9,18 +9,18 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from lm import metrics
-
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-IMAGE_INPUTS = ("image",)
+from lm.models.registry import ModelFamily
+from lm.tasks.registry import TaskSpec, register_task
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassificationTask:
     num_classes: int
-    input_keys: tuple[str, ...] = TEXT_INPUTS
+    input_keys: tuple[str, ...]
     label_smoothing: float = 0.0
 
     def logits(self, model, batch: dict, *, deterministic: bool, rngs=None) -> jax.Array:
@@ -64,3 +64,27 @@ class ClassificationTask:
         if "top5_sum" in sums:
             result["top5_accuracy"] = float(sums["top5_sum"]) / total
         return result
+
+
+def _check(config: ml_collections.ConfigDict, family: ModelFamily) -> None:
+    head = family.head_name(config.model)
+    if head != family.classifier_head:
+        raise ValueError(
+            f"config.task='classification' needs the {family.display_name} classification head "
+            f"{family.classifier_head!r}, but config.model builds {head!r}: configure config.model for "
+            "classification (e.g. BERT: config.model.head='classifier'; ResNet: config.model.projection_dims=())."
+        )
+    if config.model.num_classes < 2:
+        raise ValueError(f"config.model.num_classes={config.model.num_classes} must be at least 2.")
+
+
+register_task(TaskSpec(
+    name="classification",
+    create=lambda config, family: ClassificationTask(
+        num_classes=config.model.num_classes, input_keys=family.input_keys, label_smoothing=config.label_smoothing),
+    pipelines={"text": "text_classification", "image": "images"},
+    batch_keys=("label",),
+    metrics=("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy"),
+    best_metric="accuracy",
+    check=_check,
+))

@@ -10,14 +10,16 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from lm.tasks.classification import TEXT_INPUTS
+from lm.models.registry import ModelFamily
+from lm.tasks.registry import TaskSpec, register_task
 
 
 @dataclasses.dataclass(frozen=True)
 class MaskedLMTask:
-    input_keys: tuple[str, ...] = TEXT_INPUTS
+    input_keys: tuple[str, ...]
 
     def logits(self, model, batch: dict, *, deterministic: bool, rngs=None) -> jax.Array:
         return model(*(batch[key] for key in self.input_keys), deterministic=deterministic, rngs=rngs)
@@ -49,3 +51,24 @@ class MaskedLMTask:
         loss = float(sums["loss_sum"]) / count
         return {"loss": loss, "accuracy": float(sums["correct_sum"]) / count, "perplexity": math.exp(min(loss, 80.0)),
                 "num_masked_tokens": int(count)}
+
+
+def _check(config: ml_collections.ConfigDict, family: ModelFamily) -> None:
+    head = family.head_name(config.model)
+    if head != "mlm_head":
+        raise ValueError(
+            "config.task='mlm' needs a model built for masked LM, with an 'mlm_head' (BERT: config.model.name="
+            f"'bert' and config.model.head='mlm'); config.model.name={family.name!r} builds {head!r}."
+        )
+
+
+register_task(TaskSpec(
+    name="mlm",
+    create=lambda config, family: MaskedLMTask(input_keys=family.input_keys),
+    pipelines={"text": "text_corpus"},
+    batch_keys=("mlm_labels", "mlm_weights"),
+    metrics=("loss", "accuracy", "perplexity"),
+    best_metric="loss",
+    best_mode="min",
+    check=_check,
+))

@@ -13,6 +13,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from lm.models.registry import ModelFamily
+from lm.tasks.registry import TaskSpec, register_task
 
 
 def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float, weights: jax.Array | None = None) -> tuple:
@@ -62,3 +66,25 @@ class SimCLRTask:
         total = max(float(sums["weight_sum"]), 1.0)
         return {"loss": float(sums["loss_sum"]) / total, "accuracy": float(sums["correct_sum"]) / total,
                 "num_examples": int(float(sums["weight_sum"]) / 2)}
+
+
+def _check(config: ml_collections.ConfigDict, family: ModelFamily) -> None:
+    head = family.head_name(config.model)
+    if head != "projection" or config.data.views != 2:
+        raise ValueError(
+            "config.task='simclr' needs a model with a projection head and two views of each image: a 'projection' "
+            f"head (ResNet: config.model.projection_dims non-empty; config.model.name={family.name!r} builds "
+            f"{head!r}) and config.data.views=2 (is {config.data.views!r})."
+        )
+
+
+register_task(TaskSpec(
+    name="simclr",
+    create=lambda config, family: SimCLRTask(temperature=config.temperature),
+    pipelines={"image": "images"},
+    batch_keys=("image", "image_view2"),
+    metrics=("loss", "accuracy"),
+    best_metric="loss",
+    best_mode="min",
+    check=_check,
+))

@@ -11,16 +11,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from lm.paths import param_name, path_keys
+from lm.weights.report import ImportReport
+
 Path = tuple[str | int, ...]
 Table = dict[Path, tuple[str, np.ndarray]]
-
-
-def dotted(path: Path) -> str:
-    return "/".join(str(key) for key in path)
-
-
-def _path(keypath: tuple) -> Path:
-    return tuple(k.key if isinstance(k, jax.tree_util.DictKey) else k.idx for k in keypath)
 
 
 def torch_conv(weight: np.ndarray) -> np.ndarray:
@@ -33,50 +28,79 @@ def torch_linear(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight.T)
 
 
+# How a weight's layout differs between PyTorch (Hugging Face) and us; name tables give each entry one of these.
+LAYOUTS = ("same", "linear", "conv", "position", "cls_token")
+
+
+def to_ours(layout: str, value: np.ndarray) -> np.ndarray:
+    """A PyTorch-layout weight in our layout (Linear and Conv2d kernels; position and class-token squeezed)."""
+    if layout == "linear":
+        return torch_linear(value)
+    if layout == "conv":
+        return torch_conv(value)
+    if layout in ("position", "cls_token"):
+        return value.reshape(value.shape[-2:] if layout == "position" else value.shape[-1:])
+    return value
+
+
+def to_torch(layout: str, value: np.ndarray) -> np.ndarray:
+    """Ours -> PyTorch layout, the inverse of `to_ours`."""
+    if layout == "linear":
+        return value.T
+    if layout == "conv":
+        return value.transpose(3, 2, 0, 1)
+    if layout == "position":
+        return value[None]
+    if layout == "cls_token":
+        return value[None, None]
+    return value
+
+
 def fill(
     template: dict,
     table: Table,
     *,
     what: str,
     fresh_on_mismatch: tuple[Path, ...] = (),
-) -> tuple[dict, dict[str, list[str]]]:
+) -> tuple[dict, ImportReport]:
     """`template` with the table's values (host numpy, in the template leaves' dtypes) where it names a leaf.
 
-    Returns the new tree and a report: 'loaded' and 'new' (our paths; new leaves are kept as they were),
-    'used' (checkpoint names that fed a leaf) and 'notes' (why a leaf under `fresh_on_mismatch` stayed new).
+    Returns the new tree and an `ImportReport`: 'loaded' and 'new' (our paths; new leaves are kept as they
+    were), 'used' (checkpoint names that fed a leaf) and 'notes' (why a leaf under `fresh_on_mismatch` stayed
+    new); the caller fills in 'unused'.
     """
-    report: dict[str, list[str]] = {"loaded": [], "new": [], "used": [], "notes": []}
+    report = ImportReport()
     known = set()
 
     def replace(keypath: tuple, leaf: Any) -> Any:
-        ours = _path(keypath)
+        ours = path_keys(keypath)
         known.add(ours)
         if ours not in table:
-            report["new"].append(dotted(ours))
+            report.new.append(param_name(ours))
             return leaf
         name, value = table[ours]
         ours_shape = tuple(np.shape(leaf))
         if value.shape != ours_shape:
             if any(ours[: len(prefix)] == prefix for prefix in fresh_on_mismatch):
-                report["new"].append(dotted(ours))
-                report["notes"].append(
-                    f"{dotted(ours)} kept fresh: ours {ours_shape}, checkpoint {name} {value.shape}"
+                report.new.append(param_name(ours))
+                report.notes.append(
+                    f"{param_name(ours)} kept fresh: ours {ours_shape}, checkpoint {name} {value.shape}"
                 )
                 return leaf
             raise ValueError(
-                f"shape mismatch: our {what} {dotted(ours)} has shape {ours_shape}, checkpoint {name} gives "
+                f"shape mismatch: our {what} {param_name(ours)} has shape {ours_shape}, checkpoint {name} gives "
                 f"{value.shape} (in our layout); the model config does not match the checkpoint"
             )
-        report["loaded"].append(dotted(ours))
-        report["used"].append(name)
+        report.loaded.append(param_name(ours))
+        report.used.append(name)
         return np.asarray(value).astype(leaf.dtype)
 
     tree = jax.tree_util.tree_map_with_path(replace, template)
-    extra = sorted(dotted(path) for path in table if path not in known)
+    extra = sorted(param_name(path) for path in table if path not in known)
     if extra:
         raise ValueError(
             f"the checkpoint has weights for {len(extra)} {what}s our model lacks, e.g. {extra[:4]} (from "
-            f"{[table[p][0] for p in sorted(table, key=dotted) if p not in known][:4]}); the model config "
+            f"{[table[p][0] for p in sorted(table, key=param_name) if p not in known][:4]}); the model config "
             "does not match the checkpoint"
         )
     return tree, report

@@ -1,29 +1,23 @@
 """Hugging Face BERT directories (config.json, model.safetensors or pytorch_model.bin, vocab.txt) -> our BERT.
 
-`read_config` gives `lm.models.bert.BertConfig` field values; `load_encoder_params` fills the
-`params['encoder']` subtree of our pure parameter dict with the checkpoint's weights. HF `nn.Linear`
+`read_config` gives `lm.models.bert.BertConfig` field values; `load(path, params, batch_stats)` fills our
+BERT's parameters (the encoder, and the masked-LM head where the directory has one; a classifier stays fresh);
+`load_encoder_params` fills the `params['encoder']` subtree alone. HF `nn.Linear`
 weights are [out, in] and ours [in, out], so kernels are transposed. Checkpoints of `BertModel` (no
 prefix) and of the task models (`bert.` prefix, e.g. `BertForSequenceClassification`) both load; TF-era
 LayerNorm names `gamma`/`beta` are accepted. The pooler is optional: without it ours keeps its fresh init.
 """
 
-import json
-import logging
 from typing import Any
 
 import jax
 import numpy as np
-import safetensors
-import safetensors.flax
-import safetensors.numpy
 from etils import epath
 
-from lm import files
-from lm.weights import torch_pickle
+from lm.paths import param_name, path_keys
+from lm.weights.reader import is_hf_directory, read_hf_config, read_state_dict
+from lm.weights.report import ImportReport
 
-log = logging.getLogger(__name__)
-
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Buffers, not parameters: our model computes them.
 _BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 # Checkpoints converted from TensorFlow name LayerNorm parameters gamma/beta.
@@ -54,8 +48,7 @@ _Path = tuple[str | int, ...]
 
 def read_config(path: str) -> dict:
     """config.json of a HF BERT directory -> keyword arguments for `BertConfig` (all but `dtype`)."""
-    file = epath.Path(path) / "config.json"
-    hf = json.loads(file.read_text())
+    file, hf = read_hf_config(path)
     for key, default, allowed, why in _CONFIG_CHECKS:
         if hf.get(key, default) not in allowed:
             raise ValueError(
@@ -79,27 +72,6 @@ def vocab_path(path: str) -> str:
     if not file.is_file():
         raise FileNotFoundError(f"no vocab.txt in {path}")
     return str(file)
-
-
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """HF weight name -> numpy array, from model.safetensors or else pytorch_model.bin (read without torch)."""
-    directory = epath.Path(path)
-    if (directory / "model.safetensors").is_file():
-        with files.local_file(directory / "model.safetensors") as local:
-            return _read_safetensors(local)
-    if (directory / "pytorch_model.bin").is_file():
-        with files.local_file(directory / "pytorch_model.bin") as local:
-            return torch_pickle.load(local)
-    raise FileNotFoundError(f"no weights in {path}: looked for {', '.join(_WEIGHT_FILES)}")
-
-
-def _read_safetensors(file: str) -> dict[str, np.ndarray]:
-    with safetensors.safe_open(file, framework="numpy") as f:
-        names = f.keys()
-        has_bfloat16 = any(f.get_slice(name).get_dtype() == "BF16" for name in names)
-    if has_bfloat16:  # numpy has no bfloat16 of its own; the flax reader yields ml_dtypes.bfloat16
-        return {key: np.asarray(value) for key, value in safetensors.flax.load_file(file).items()}
-    return safetensors.numpy.load_file(file)
 
 
 def _dense(ours: _Path, hf: str) -> dict[_Path, tuple[str, bool]]:
@@ -185,49 +157,34 @@ def convert_encoder(state_dict: dict[str, np.ndarray], num_layers: int) -> dict:
     return _nest({path: value for path, (_, value) in _match(state_dict, num_layers).items()})
 
 
-def _path(keypath: tuple) -> _Path:
-    return tuple(k.key if isinstance(k, jax.tree_util.DictKey) else k.idx for k in keypath)
-
-
-def _dotted(path: _Path) -> str:
-    return "/".join(str(key) for key in path)
-
-
 def load_encoder_params(path: str, encoder_params: dict, state_dict: dict | None = None) -> tuple[dict, dict]:
     """Replaces our encoder parameters with a HF BERT directory's weights.
 
     `encoder_params` is `params['encoder']` (arrays or `jax.ShapeDtypeStruct`s). Returns the new dict, of
-    the same structure, with loaded leaves as host numpy arrays in our leaves' dtypes, and a report with
-    lists 'loaded' and 'missing' (our paths; missing leaves are kept as they were) and 'unused'
-    (checkpoint keys that fed nothing, e.g. task heads; buffers such as position_ids are left out).
+    the same structure, with loaded leaves as host numpy arrays in our leaves' dtypes, and an `ImportReport`:
+    'loaded', 'new' (our paths kept as they were) and 'unused' (checkpoint keys that fed nothing, e.g. task
+    heads; buffers such as position_ids are left out).
     `state_dict`: the directory's weights if the caller has already read them (`read_state_dict`).
     """
     state_dict = read_state_dict(path) if state_dict is None else state_dict
     matched = _match(state_dict, len(encoder_params["layers"]))
-    report: dict[str, list[str]] = {"loaded": [], "missing": [], "unused": []}
+    report = ImportReport(source=path)
     used = {name for hf, name in _canonical_names(state_dict).items() if hf in _BUFFERS}
 
     def replace(keypath: tuple, leaf: Any) -> Any:
-        ours = _path(keypath)
+        ours = path_keys(keypath)
         if ours not in matched:
-            report["missing"].append(_dotted(ours))
+            report.new.append(param_name(ours))
             return leaf
         key, value = matched[ours]
         _check_shape(ours, leaf, key, value)
-        report["loaded"].append(_dotted(ours))
+        report.loaded.append(param_name(ours))
         used.add(key)
         return value.astype(leaf.dtype)
 
     new_params = jax.tree_util.tree_map_with_path(replace, encoder_params)
-    report["unused"] = sorted(key for key in state_dict if key not in used)
-    log.info(
-        "Loaded %d BERT encoder parameters from %s; kept %d fresh (%s); %d checkpoint keys unused.",
-        len(report["loaded"]),
-        path,
-        len(report["missing"]),
-        report["missing"],
-        len(report["unused"]),
-    )
+    report.used = sorted(used)
+    report.unused = sorted(key for key in state_dict if key not in used)
     return new_params, report
 
 
@@ -243,15 +200,15 @@ MLM_HEAD_NAMES = {
 def load_mlm_head_params(path: str, head_params: dict, state_dict: dict | None = None) -> tuple[dict, dict]:
     """Our `params['mlm_head']` with a HF directory's `cls.predictions.*` weights (BertForMaskedLM, BertForPreTraining).
 
-    A directory without them (a plain BertModel) leaves the head fresh: all of it is reported 'missing'.
-    Partial heads are an error. Returns (new head params, report with 'loaded' and 'missing').
+    A directory without them (a plain BertModel) leaves the head fresh: all of it is reported 'new'.
+    Partial heads are an error. Returns (new head params, `ImportReport` with 'loaded', 'new' and 'used').
     `state_dict` as in `load_encoder_params`.
     """
     state_dict = read_state_dict(path) if state_dict is None else state_dict
     names = _canonical_names(state_dict)
     present = [hf for hf, _ in MLM_HEAD_NAMES.values() if hf in names]
     if not present:
-        return head_params, {"loaded": [], "missing": [_dotted(("mlm_head",) + p) for p in MLM_HEAD_NAMES]}
+        return head_params, ImportReport(source=path, new=[param_name(("mlm_head",) + p) for p in MLM_HEAD_NAMES])
     absent = [hf for hf, _ in MLM_HEAD_NAMES.values() if hf not in names]
     if absent:
         raise ValueError(f"{path}: the masked-LM head is incomplete: it has {present} but lacks {absent}.")
@@ -264,13 +221,40 @@ def load_mlm_head_params(path: str, head_params: dict, state_dict: dict | None =
             leaf = leaf[key]
         _check_shape(("mlm_head",) + ours, leaf, names[hf], value)
         flat[ours] = value.astype(leaf.dtype)
-    return _nest(flat), {"loaded": [_dotted(("mlm_head",) + p) for p in MLM_HEAD_NAMES], "missing": []}
+    return _nest(flat), ImportReport(source=path, loaded=[param_name(("mlm_head",) + p) for p in MLM_HEAD_NAMES],
+                                     used=[names[hf] for hf, _ in MLM_HEAD_NAMES.values()])
 
 
 def _check_shape(ours: _Path, leaf: Any, key: str, value: np.ndarray) -> None:
     if value.shape != tuple(np.shape(leaf)):
         raise ValueError(
-            f"shape mismatch: our encoder parameter {_dotted(ours)} has shape {tuple(np.shape(leaf))}, "
+            f"shape mismatch: our encoder parameter {param_name(ours)} has shape {tuple(np.shape(leaf))}, "
             f"checkpoint key {key} gives {value.shape} (after transposing HF Linear [out, in] to our [in, out] "
             "where it applies); the config does not match the checkpoint"
         )
+
+
+def detect(path: str) -> bool:
+    """A Hugging Face directory (the other HF importers claim theirs first, by config.json's model_type)."""
+    return is_hf_directory(path)
+
+
+def load(path: str, params: dict, batch_stats: dict | None = None) -> tuple[dict, None, ImportReport]:
+    """Our BERT (`BertClassifier` or `BertForMaskedLM`) parameters with a HF BERT directory's weights.
+
+    The encoder loads; `mlm_head` loads from `cls.predictions.*` where the directory has it; a classifier stays
+    fresh. BERT has no BatchNorm statistics: the second value is None.
+    """
+    del batch_stats
+    state_dict = read_state_dict(path)  # Read once: the encoder and the masked-LM head share it.
+    encoder, report = load_encoder_params(path, params["encoder"], state_dict)
+    new = dict(params, encoder=encoder)
+    if "mlm_head" in params:
+        new["mlm_head"], head = load_mlm_head_params(path, params["mlm_head"], state_dict)
+        report.loaded += head.loaded
+        report.new += head.new
+        report.unused = [key for key in report.unused if not key.startswith("cls.predictions.")]
+    else:
+        report.new += ["classifier/" + key for key in params["classifier"]]
+    report.new = sorted(set(report.new))
+    return new, None, report

@@ -9,19 +9,15 @@ BatchNorm where the shape changes; global average pooling and a linear classifie
 as ours) unless `downsample_in_bottleneck` is true, which strides the first 1x1 (v1): that maps onto our
 `stride_in_1x1` option. `downsample_in_first_stage` (a strided first stage) has no counterpart here.
 
-`load_params` returns our parameters and our BatchNorm statistics (running mean and variance).
+`load` returns our parameters and our BatchNorm statistics (running mean and variance).
 """
 
-import json
-import logging
-
 import numpy as np
-from etils import epath
 
 from lm.models import resnet
-from lm.weights import assign, hf_bert
-
-log = logging.getLogger(__name__)
+from lm.weights import assign
+from lm.weights.reader import is_hf_directory, read_hf_config, read_state_dict
+from lm.weights.report import ImportReport
 
 _CONFIG_CHECKS = (
     ("model_type", None, ("resnet",), "only transformers' ResNet maps onto lm.models.resnet"),
@@ -37,8 +33,7 @@ def read_config(path: str) -> dict:
     Keys: depth, variant ('imagenet'), width, stride_in_1x1, and num_classes when the checkpoint is a
     classifier (`architectures` names ResNetForImageClassification).
     """
-    file = epath.Path(path) / "config.json"
-    hf = json.loads(file.read_text())
+    file, hf = read_hf_config(path)
     for key, default, allowed, why in _CONFIG_CHECKS:
         if hf.get(key, default) not in allowed:
             raise ValueError(f"{file}: {key}={hf.get(key, default)!r} is not supported ({why}); need {allowed}")
@@ -128,29 +123,30 @@ def convert(state_dict: dict[str, np.ndarray], depth: int) -> tuple[assign.Table
     return tables
 
 
-def load_params(path: str, params: dict, batch_stats: dict) -> tuple[dict, dict, dict]:
+def detect(path: str) -> bool:
+    """A Hugging Face directory whose config.json says model_type 'resnet'."""
+    return is_hf_directory(path) and read_hf_config(path)[1].get("model_type") == "resnet"
+
+
+def load(path: str, params: dict, batch_stats: dict) -> tuple[dict, dict, ImportReport]:
     """Our ResNet parameters and BatchNorm statistics (arrays or ShapeDtypeStructs) from a HF ResNet directory.
 
     Returns (params, batch_stats, report); loaded leaves are host numpy arrays in our dtypes. The head loads
-    when the checkpoint has a classifier of our head's shape, else stays fresh ('new', with a note). Report
-    keys: 'loaded', 'new', 'unused' (checkpoint keys that fed nothing, not counting num_batches_tracked),
-    'notes'.
+    when the checkpoint has a classifier of our head's shape, else stays fresh ('new', with a note); 'unused'
+    does not count num_batches_tracked.
     """
     config = read_config(path)
-    state_dict = hf_bert.read_state_dict(path)
+    state_dict = read_state_dict(path)
     param_table, stat_table = convert(state_dict, config["depth"])
     new_params, report = assign.fill(params, param_table, what="ResNet parameter", fresh_on_mismatch=(("head",),))
     new_stats, stats_report = assign.fill(batch_stats, stat_table, what="ResNet BatchNorm statistic")
-    absent = [name for name in report["new"] if not name.startswith("head/")] + stats_report["new"]
+    absent = [name for name in report.new if not name.startswith("head/")] + stats_report.new
     if absent:
         raise ValueError(f"the checkpoint has nothing for our {absent[:4]}; does the model config match it?")
-    used = set(report.pop("used")) | set(stats_report["used"])
-    report["loaded"] += ["batch_stats/" + name for name in stats_report["loaded"]]
+    report.add(stats_report, "batch_stats/")
+    report.source = path
     if ("head", "kernel") not in param_table:
-        report["notes"].append("the checkpoint has no classifier: our head stays fresh")
-    report["unused"] = sorted(k for k in state_dict if k not in used and not k.endswith("num_batches_tracked"))
-    log.info(
-        "Loaded %d ResNet parameters and statistics from %s; %d kept fresh (%s); %s",
-        len(report["loaded"]), path, len(report["new"]), report["new"], "; ".join(report["notes"]),
-    )
+        report.notes.append("the checkpoint has no classifier: our head stays fresh")
+    used = set(report.used)
+    report.unused = sorted(k for k in state_dict if k not in used and not k.endswith("num_batches_tracked"))
     return new_params, new_stats, report

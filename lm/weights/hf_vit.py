@@ -1,7 +1,7 @@
 """Hugging Face ViT directories (`ViTModel`, `ViTForImageClassification`) -> our `lm.models.vit` ViT.
 
 `read_config` gives our vit model-config values (the variant from hidden size, layers and heads);
-`load_params` fills our parameters from config.json + model.safetensors or pytorch_model.bin (read
+`load` fills our parameters from config.json + model.safetensors or pytorch_model.bin (read
 without torch). Both are pre-LN encoders with a class token, exact GELU and a head on the final
 LayerNorm of the class token, so the weights map one-to-one: Linear kernels are transposed, the patch
 convolution goes from [out, in, kh, kw] to [kh, kw, in, out]. The classifier loads when the checkpoint
@@ -16,21 +16,21 @@ for fine-tuning, not the same function.
 
 HF ViT's LayerNorm epsilon is 1e-12 (ours defaults to 1e-6): `read_config` returns it as
 `layer_norm_eps`.
+
+`hf_names` is the one table of our parameter paths and their HF names: the import here and the export
+(`lm.serving.export_hf`) both read it.
 """
 
-import json
-import logging
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 
 from lm.models import vit
-from lm.weights import assign, hf_bert
-
-log = logging.getLogger(__name__)
+from lm.weights import assign
+from lm.weights.reader import is_hf_directory, read_hf_config, read_state_dict
+from lm.weights.report import ImportReport
 
 # HF keys whose value must be one we implement: (key, default, allowed values, why).
 _CONFIG_CHECKS = (
@@ -43,11 +43,6 @@ _CONFIG_CHECKS = (
 _IGNORED = ("embeddings.mask_token", "pooler.dense.weight", "pooler.dense.bias")
 
 
-def _read_json(path: str) -> tuple[epath.Path, dict]:
-    file = epath.Path(path) / "config.json"
-    return file, json.loads(file.read_text())
-
-
 def _has_classifier(hf: dict) -> bool:
     return any(name.endswith("ForImageClassification") for name in hf.get("architectures") or ())
 
@@ -58,7 +53,7 @@ def read_config(path: str) -> dict:
     Keys: variant, patch_size, image_size, pooling ('cls'), layer_norm_eps, and num_classes when the
     checkpoint is a classifier (`architectures` names a *ForImageClassification).
     """
-    file, hf = _read_json(path)
+    file, hf = read_hf_config(path)
     for key, default, allowed, why in _CONFIG_CHECKS:
         if hf.get(key, default) not in allowed:
             raise ValueError(f"{file}: {key}={hf.get(key, default)!r} is not supported ({why}); need {allowed}")
@@ -124,25 +119,36 @@ def resample_position_embeddings(
     return out[None] if batched else out
 
 
-def _layer_table(i: int) -> dict[assign.Path, tuple[str, bool]]:
-    ours, hf = ("blocks", i), f"encoder.layer.{i}"
-    table = {}
-    for name, source in (
-        ("attention_norm", "layernorm_before"),
-        ("mlp_norm", "layernorm_after"),
-    ):
-        table[ours + (name, "scale")] = (f"{hf}.{source}.weight", False)
-        table[ours + (name, "bias")] = (f"{hf}.{source}.bias", False)
-    for name, source in (
-        (("attention", "query"), "attention.attention.query"),
-        (("attention", "key"), "attention.attention.key"),
-        (("attention", "value"), "attention.attention.value"),
-        (("attention", "output"), "attention.output.dense"),
-        (("mlp_in",), "intermediate.dense"),
-        (("mlp_out",), "output.dense"),
-    ):
-        table[ours + name + ("kernel",)] = (f"{hf}.{source}.weight", True)
-        table[ours + name + ("bias",)] = (f"{hf}.{source}.bias", False)
+def _dense(ours: assign.Path, hf: str) -> dict[assign.Path, tuple[str, str]]:
+    return {ours + ("kernel",): (f"{hf}.weight", "linear"), ours + ("bias",): (f"{hf}.bias", "same")}
+
+
+def _norm(ours: assign.Path, hf: str) -> dict[assign.Path, tuple[str, str]]:
+    return {ours + ("scale",): (f"{hf}.weight", "same"), ours + ("bias",): (f"{hf}.bias", "same")}
+
+
+def hf_names(num_layers: int) -> dict[assign.Path, tuple[str, str]]:
+    """Our ViT parameter path -> (HF name without the `vit.` prefix of task models, `assign.LAYOUTS` entry)."""
+    table = {
+        ("embedding", "projection", "kernel"): ("embeddings.patch_embeddings.projection.weight", "conv"),
+        ("embedding", "projection", "bias"): ("embeddings.patch_embeddings.projection.bias", "same"),
+        ("embedding", "position"): ("embeddings.position_embeddings", "position"),
+        ("embedding", "cls_token"): ("embeddings.cls_token", "cls_token"),
+        **_norm(("norm",), "layernorm"),
+        **_dense(("head",), "classifier"),
+    }
+    for i in range(num_layers):
+        ours, hf = ("blocks", i), f"encoder.layer.{i}"
+        table.update({
+            **_norm(ours + ("attention_norm",), f"{hf}.layernorm_before"),
+            **_dense(ours + ("attention", "query"), f"{hf}.attention.attention.query"),
+            **_dense(ours + ("attention", "key"), f"{hf}.attention.attention.key"),
+            **_dense(ours + ("attention", "value"), f"{hf}.attention.attention.value"),
+            **_dense(ours + ("attention", "output"), f"{hf}.attention.output.dense"),
+            **_norm(ours + ("mlp_norm",), f"{hf}.layernorm_after"),
+            **_dense(ours + ("mlp_in",), f"{hf}.intermediate.dense"),
+            **_dense(ours + ("mlp_out",), f"{hf}.output.dense"),
+        })
     return table
 
 
@@ -179,59 +185,54 @@ def _position_table(
 def convert(state_dict: dict[str, np.ndarray], template: dict, checkpoint_grid: int) -> tuple[assign.Table, list]:
     """Our path -> (checkpoint key, value in our layout), for the leaves of `template` the checkpoint has."""
     names = _canonical(state_dict)
-    table: dict[assign.Path, tuple[str, bool]] = {
-        ("embedding", "projection", "bias"): ("embeddings.patch_embeddings.projection.bias", False),
-        ("norm", "scale"): ("layernorm.weight", False),
-        ("norm", "bias"): ("layernorm.bias", False),
-    }
-    for i in range(len(template["blocks"])):
-        table.update(_layer_table(i))
-    absent = [hf for hf, _ in table.values() if hf not in names]
-    for required in ("embeddings.patch_embeddings.projection.weight", "embeddings.position_embeddings"):
-        if required not in names:
-            absent.append(required)
+    every = hf_names(len(template["blocks"]))
+    body = {ours: entry for ours, entry in every.items()
+            if ours[0] != "head" and ours[:2] not in (("embedding", "position"), ("embedding", "cls_token"))}
+    absent = [hf for hf, _ in body.values() if hf not in names]
+    if "embeddings.position_embeddings" not in names:
+        absent.append("embeddings.position_embeddings")
     if absent:
         raise ValueError(
             f"the checkpoint lacks {len(absent)} ViT weights for {len(template['blocks'])} layers, e.g. {absent[:3]}; "
             f"its keys look like {sorted(state_dict)[:3]}"
         )
-    out: assign.Table = {}
-    for ours, (hf, transpose) in table.items():
-        value = state_dict[names[hf]]
-        out[ours] = (names[hf], assign.torch_linear(value) if transpose else value)
-    key = names["embeddings.patch_embeddings.projection.weight"]
-    out[("embedding", "projection", "kernel")] = (key, assign.torch_conv(state_dict[key]))
+    out: assign.Table = {ours: (names[hf], assign.to_ours(layout, state_dict[names[hf]]))
+                         for ours, (hf, layout) in body.items()}
     notes: list[str] = []
     key = names["embeddings.position_embeddings"]
     out[("embedding", "position")] = _position_table(state_dict[key], key, template, checkpoint_grid, notes)
     if template["embedding"].get("cls_token") is not None:
         key = names["embeddings.cls_token"]
-        out[("embedding", "cls_token")] = (key, state_dict[key].reshape(-1))
+        out[("embedding", "cls_token")] = (key, assign.to_ours("cls_token", state_dict[key]))
     if "classifier.weight" in state_dict:
-        out[("head", "kernel")] = ("classifier.weight", assign.torch_linear(state_dict["classifier.weight"]))
-        out[("head", "bias")] = ("classifier.bias", state_dict["classifier.bias"])
+        for ours in (("head", "kernel"), ("head", "bias")):
+            hf, layout = every[ours]
+            out[ours] = (hf, assign.to_ours(layout, state_dict[hf]))
     else:
         notes.append("the checkpoint has no classifier: our head stays fresh")
     return out, notes
 
 
-def load_params(path: str, params: dict) -> tuple[dict, dict]:
+def detect(path: str) -> bool:
+    """A Hugging Face directory whose config.json says model_type 'vit'."""
+    return is_hf_directory(path) and read_hf_config(path)[1].get("model_type") == "vit"
+
+
+def load(path: str, params: dict, batch_stats: dict | None = None) -> tuple[dict, None, ImportReport]:
     """Our ViT parameters (arrays or ShapeDtypeStructs) with a HF ViT directory's weights.
 
-    Returns the new dict (loaded leaves as host numpy arrays in our dtypes) and a report with 'loaded',
-    'new' (ours kept as they were, e.g. the head when the class count differs), 'unused' (checkpoint
-    keys that fed nothing) and 'notes' (resampling, head decisions).
+    Returns (new params, None: ViT has no BatchNorm statistics, report): loaded leaves are host numpy arrays
+    in our dtypes; 'new' holds ours kept as they were (e.g. the head when the class count differs), 'notes'
+    the resampling and head decisions, 'ignored' the checkpoint keys that feed nothing by design.
     """
+    del batch_stats
     config = read_config(path)
-    state_dict = hf_bert.read_state_dict(path)
+    state_dict = read_state_dict(path)
     table, notes = convert(state_dict, params, config["image_size"] // config["patch_size"])
     new, report = assign.fill(params, table, what="ViT parameter", fresh_on_mismatch=(("head",),))
-    used = set(report.pop("used"))
-    report["notes"] = notes + report["notes"]
-    report["unused"] = sorted(key for key in state_dict if key not in used and key.removeprefix("vit.") not in _IGNORED)
-    report["ignored"] = sorted(key for key in state_dict if key.removeprefix("vit.") in _IGNORED)
-    log.info(
-        "Loaded %d ViT parameters from %s; %d kept fresh (%s); %s",
-        len(report["loaded"]), path, len(report["new"]), report["new"], "; ".join(report["notes"]),
-    )
-    return new, report
+    used = set(report.used)
+    report.source = path
+    report.notes = notes + report.notes
+    report.unused = sorted(key for key in state_dict if key not in used and key.removeprefix("vit.") not in _IGNORED)
+    report.ignored = sorted(key for key in state_dict if key.removeprefix("vit.") in _IGNORED)
+    return new, None, report

@@ -26,20 +26,21 @@ reversed so that our model takes RGB, as the rest of lm does; then `CAFFE_MEAN`/
 the kernels as stored (the same inputs as the Keras model).
 """
 
+import dataclasses
 import io
 import json
-import logging
 import re
 import zipfile
+from collections.abc import Callable
 
 import h5py
 import numpy as np
 
 from lm import files
 from lm.models import resnet, vgg
+from lm.paths import param_name
 from lm.weights import assign
-
-log = logging.getLogger(__name__)
+from lm.weights.report import ImportReport
 
 # "caffe" preprocessing as normalisation of [0, 1] RGB pixels: (x - mean) / std = 255 x - mean_255.
 CAFFE_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)
@@ -59,6 +60,11 @@ Layers = dict[str, dict[str, np.ndarray]]
 
 def is_keras_file(path: str) -> bool:
     return path.endswith(EXTENSIONS)
+
+
+def detect(path: str) -> bool:
+    """A Keras weights or model file (by its extension)."""
+    return files.is_file(path) and is_keras_file(path)
 
 
 def _snake_case(name: str) -> str:
@@ -160,18 +166,24 @@ def read_config(path: str) -> dict:
     """
     layers = read_layers(path)
     name, depth = _architecture(layers, path)
-    if name == "vgg":
-        config = {"name": "vgg", "depth": depth, "batch_norm": False}
-        if "fc1" in layers:
-            flat, width = layers["fc1"]["kernel"].shape
-            pool_size = int(round((flat / 512) ** 0.5))
-            if 512 * pool_size**2 != flat:
-                raise ValueError(f"{path}: fc1 takes {flat} inputs, not 512 x a square grid")
-            num_classes = layers["predictions"]["kernel"].shape[1]
-            config.update(classifier_width=width, pool_size=pool_size, num_classes=num_classes)
-        return config
+    return {"name": name, **_ARCHITECTURES[name].config(layers, path, depth)}
+
+
+def _vgg_config(layers: Layers, path: str, depth: int) -> dict:
+    config = {"depth": depth, "batch_norm": False}
+    if "fc1" in layers:
+        flat, width = layers["fc1"]["kernel"].shape
+        pool_size = int(round((flat / 512) ** 0.5))
+        if 512 * pool_size**2 != flat:
+            raise ValueError(f"{path}: fc1 takes {flat} inputs, not 512 x a square grid")
+        num_classes = layers["predictions"]["kernel"].shape[1]
+        config.update(classifier_width=width, pool_size=pool_size, num_classes=num_classes)
+    return config
+
+
+def _resnet_config(layers: Layers, path: str, depth: int) -> dict:
     config = {
-        "name": "resnet", "depth": depth, "variant": "imagenet", "width": layers["conv1_conv"]["kernel"].shape[-1],
+        "depth": depth, "variant": "imagenet", "width": layers["conv1_conv"]["kernel"].shape[-1],
         "stride_in_1x1": True, "conv_bias": True, "norm_epsilon": 1.001e-5,
     }
     if "predictions" in layers:
@@ -225,49 +237,58 @@ def _resnet_table(layers: Layers, depth: int) -> tuple[assign.Table, assign.Tabl
     return params, stats
 
 
-def load_params(
+@dataclasses.dataclass(frozen=True)
+class _Architecture:
+    config: Callable[[Layers, str, int], dict]  # (layers, path, depth) -> our model-config values
+    tables: Callable[[Layers, int], tuple[assign.Table, assign.Table]]  # -> (params, batch_stats) name tables
+    first_conv: assign.Path  # its input channels are reversed for RGB inputs
+    fresh: tuple[assign.Path, ...]  # may stay fresh: the classifier without a top or for another class count
+    what: str
+
+
+_ARCHITECTURES = {
+    "vgg": _Architecture(_vgg_config, _vgg_table, ("stages", 0, 0, "conv", "kernel"), (("fc1",), ("fc2",), ("head",)),
+                         "VGG parameter"),
+    "resnet": _Architecture(_resnet_config, _resnet_table, ("stem", "conv", "kernel"), (("head",),),
+                            "ResNet parameter"),
+}
+
+
+def load(
     path: str, params: dict, batch_stats: dict | None = None, *, input_order: str = "rgb"
-) -> tuple[dict, dict | None, dict]:
+) -> tuple[dict, dict | None, ImportReport]:
     """Our VGG or ResNet parameters (and ResNet BatchNorm statistics) from a Keras application file.
 
     `params`/`batch_stats` are our pure dicts (arrays or ShapeDtypeStructs); batch_stats is needed for a
-    ResNet and returned as None for VGG. Returns (params, batch_stats, report) with report keys 'loaded',
-    'new' (kept fresh: the classifier without a top, or a head of another class count), 'unused', 'notes'.
+    ResNet and returned as None for VGG. Returns (params, batch_stats, report); the report's 'new' holds what
+    stayed fresh (the classifier without a top, or a head of another class count).
     """
     if input_order not in ("rgb", "bgr"):
         raise ValueError(f"input_order={input_order!r}: use 'rgb' (reverse the first convolution's inputs) or 'bgr'")
     layers = read_layers(path)
     name, depth = _architecture(layers, path)
-    param_table, stat_table = (_vgg_table if name == "vgg" else _resnet_table)(layers, depth)
-    first = ("stages", 0, 0, "conv", "kernel") if name == "vgg" else ("stem", "conv", "kernel")
+    architecture = _ARCHITECTURES[name]
+    param_table, stat_table = architecture.tables(layers, depth)
+    first, fresh = architecture.first_conv, architecture.fresh
     notes = []
     if input_order == "rgb":
         key, kernel = param_table[first]
         param_table[first] = (key, np.ascontiguousarray(kernel[:, :, ::-1, :]))
-        notes.append(f"{assign.dotted(first)}: input channels reversed (Keras' BGR inputs -> RGB)")
-    fresh = (("head",),) if name == "resnet" else (("fc1",), ("fc2",), ("head",))
-    what = f"{name.upper() if name == 'vgg' else 'ResNet'} parameter"
-    new_params, report = assign.fill(params, param_table, what=what, fresh_on_mismatch=fresh)
-    used = set(report.pop("used"))
+        notes.append(f"{param_name(first)}: input channels reversed (Keras' BGR inputs -> RGB)")
+    new_params, report = assign.fill(params, param_table, what=architecture.what, fresh_on_mismatch=fresh)
+    report.source = path
     new_stats = None
-    if name == "resnet":
+    if stat_table:
         if batch_stats is None:
             raise ValueError("a Keras ResNet carries BatchNorm statistics: pass our batch_stats to fill")
         new_stats, stats_report = assign.fill(batch_stats, stat_table, what="ResNet BatchNorm statistic")
-        used |= set(stats_report["used"])
-        report["loaded"] += ["batch_stats/" + entry for entry in stats_report["loaded"]]
-        report["new"] += ["batch_stats/" + entry for entry in stats_report["new"]]
-    absent = [entry for entry in report["new"] if not entry.startswith(tuple(f"{p[0]}/" for p in fresh))]
+        report.add(stats_report, "batch_stats/")
+    absent = [entry for entry in report.new if not entry.startswith(tuple(f"{p[0]}/" for p in fresh))]
     if absent:
         raise ValueError(f"{path} has nothing for our {absent[:4]}; does the model config match it?")
     if "predictions" not in layers:
         notes.append("the file has no top (include_top=False): our classifier stays fresh")
-    report["notes"] = notes + report["notes"]
+    report.notes = notes + report.notes
     everything = {f"{layer}/{var}" for layer, variables in layers.items() for var in variables}
-    report["unused"] = sorted(everything - used)
-    log.info(
-        "Loaded %d %s-%d parameters%s from %s; %d kept fresh (%s); %s",
-        len(report["loaded"]), name, depth, " and statistics" if name == "resnet" else "", path, len(report["new"]),
-        report["new"], "; ".join(report["notes"]),
-    )
+    report.unused = sorted(everything - set(report.used))
     return new_params, new_stats, report

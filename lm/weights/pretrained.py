@@ -10,10 +10,10 @@ Two steps:
   apply_to_config(config)   the architecture (and vocabulary, and for vision the input normalisation when
                             config.data leaves it open) come from the checkpoint
   load_into(config, params, batch_stats)
-                            the checkpoint's weights (and BatchNorm statistics) replace the fresh ones
-                            where names and shapes match; the head stays fresh when the task or number
-                            of classes differs. Returns (params, batch_stats or None, report).
-A report lists what was loaded, what is new and what was dropped.
+                            the importer that recognises the source (`lm.weights.importer_for`) replaces
+                            the fresh weights (and BatchNorm statistics) where names and shapes match; the
+                            head stays fresh when the task or number of classes differs. Returns (params,
+                            batch_stats or None, `ImportReport`), and logs the report once.
 """
 
 import dataclasses
@@ -21,9 +21,10 @@ import logging
 
 import jax
 import ml_collections
-import numpy as np
 
-from lm import files
+from lm import files, models, weights
+from lm.weights.reader import is_hf_directory
+from lm.weights.report import ImportReport
 
 log = logging.getLogger(__name__)
 
@@ -43,24 +44,16 @@ _APPROXIMATE_KEYS = ("norm_epsilon", "layer_norm_eps")
 VISION_HF_TYPES = ("vit", "resnet")
 
 
-def is_hf_directory(path: str) -> bool:
-    return files.is_file(files.join(path, "config.json")) and any(
-        files.is_file(files.join(path, name)) for name in ("model.safetensors", "pytorch_model.bin")
-    )
-
-
 def hf_model_type(path: str) -> str:
     return files.read_json(files.join(path, "config.json")).get("model_type", "")
 
 
 def is_keras_file(path: str) -> bool:
-    from lm.weights import keras_apps
-
-    return files.is_file(path) and keras_apps.is_keras_file(path)
+    return weights.importer("keras").detect(path)
 
 
 def is_workdir(path: str) -> bool:
-    return files.is_dir(files.join(path, "checkpoints"))
+    return weights.importer("workdir").detect(path)
 
 
 def _model_defaults(family: str) -> dict:
@@ -97,8 +90,8 @@ def _apply_vision(config: ml_collections.ConfigDict, family: str, values: dict, 
 
 def _apply_normalization(config: ml_collections.ConfigDict, mean: tuple, std: tuple, source: str) -> None:
     """The checkpoint's input normalisation, where config.data leaves it open (mean and std both ())."""
-    data = config.get("data")
-    if data is None or "mean" not in data or tuple(data.mean) or tuple(data.std):
+    data = config.data
+    if "mean" not in data or tuple(data.mean) or tuple(data.std):
         return
     data.mean, data.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     log.info("config.data.mean/std set to %s's normalisation: %s / %s.", source, data.mean, data.std)
@@ -174,104 +167,21 @@ def _source_config(workdir: str) -> dict:
 
 def load_into(
     config: ml_collections.ConfigDict, params: dict, batch_stats: dict | None = None
-) -> tuple[dict, dict | None, dict]:
-    """Parameters (and BatchNorm statistics) with the checkpoint's weights where they fit.
+) -> tuple[dict, dict | None, ImportReport]:
+    """Parameters (and BatchNorm statistics) with the weights of `config.init_from` where they fit.
 
-    Returns (params, batch_stats, report); batch_stats is None when the checkpoint has none for us (BERT,
-    ViT, VGG), and the caller keeps its own.
+    Returns (params, batch_stats, report) and logs the report; batch_stats is None when the source has none
+    for us (BERT, ViT, VGG), and the caller keeps its own.
     """
     path = config.init_from
-    host_params = jax.device_get(params)
+    family = models.model_family(config.model)
+    name, importer = weights.importer_for(path)
+    if name not in family.importers:
+        raise ValueError(
+            f"config.init_from={path!r} is a {name} checkpoint; config.model.name={family.name!r} loads "
+            f"{family.importers}."
+        )
     host_stats = jax.device_get(batch_stats) if batch_stats else None
-    if is_hf_directory(path) and hf_model_type(path) == "vit":
-        from lm.weights import hf_vit
-
-        new, report = hf_vit.load_params(path, host_params)
-        return new, None, report
-    if is_hf_directory(path) and hf_model_type(path) == "resnet":
-        from lm.weights import hf_resnet
-
-        return hf_resnet.load_params(path, host_params, host_stats)
-    if is_keras_file(path):
-        from lm.weights import keras_apps
-
-        return keras_apps.load_params(path, host_params, host_stats)
-    if is_hf_directory(path):
-        from lm.weights import hf_bert
-
-        state_dict = hf_bert.read_state_dict(path)  # Read once: the encoder and the masked-LM head share it.
-        encoder, report = hf_bert.load_encoder_params(path, host_params["encoder"], state_dict)
-        new = dict(host_params, encoder=encoder)
-        report = dict(report)
-        report["new"] = sorted(set(report.get("missing", [])))
-        if "mlm_head" in host_params:
-            new["mlm_head"], head_report = hf_bert.load_mlm_head_params(path, host_params["mlm_head"], state_dict)
-            report["loaded"] = report["loaded"] + head_report["loaded"]
-            report["new"] = sorted(set(report["new"]) | set(head_report["missing"]))
-            report["unused"] = [key for key in report["unused"] if not key.startswith("cls.predictions.")]
-        else:
-            report["new"] = sorted(set(report["new"]) | {"classifier/" + k for k in host_params["classifier"]})
-        return new, None, report
-    return _load_from_workdir(path, host_params, host_stats)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name + "/"))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _unflatten_like(template: dict, flat: dict[str, np.ndarray], prefix: str = "") -> dict:
-    return {
-        key: _unflatten_like(value, flat, f"{prefix}{key}/") if isinstance(value, dict) else flat[f"{prefix}{key}"]
-        for key, value in template.items()
-    }
-
-
-def _merge(ours: dict, source: dict, report: dict, prefix: str = "") -> dict:
-    """`ours` with the source's leaves where name and shape match; fills report's loaded/new/dropped."""
-    flat_source, flat_ours = _flatten(source), _flatten(ours)
-    merged, loaded = {}, set()
-    for name, value in flat_ours.items():
-        if name in flat_source and np.shape(flat_source[name]) == np.shape(value):
-            merged[name] = np.asarray(flat_source[name], dtype=np.asarray(value).dtype)
-            loaded.add(name)
-            report["loaded"].append(prefix + name)
-        else:
-            merged[name] = value
-            report["new"].append(prefix + name)
-    report["dropped"] += sorted(prefix + name for name in set(flat_source) - loaded)
-    return _unflatten_like(ours, merged)
-
-
-def _load_from_workdir(workdir: str, params: dict, batch_stats: dict | None) -> tuple[dict, dict | None, dict]:
-    from lm import checkpointing
-
-    checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
-    step = checkpointer.best_step()
-    if step is None:
-        raise FileNotFoundError(f"config.init_from={workdir!r} has no checkpoint under checkpoints/.")
-    state, _ = checkpointer.restore_raw(step)
-    checkpointer.close()
-    report = {"loaded": [], "new": [], "dropped": [], "source": f"{workdir} step {step}"}
-    new_params = _merge(params, jax.device_get(state["params"]), report)
-    new_stats = None
-    if batch_stats and state.get("batch_stats"):  # BatchNorm statistics belong with the weights they normalise.
-        new_stats = _merge(batch_stats, jax.device_get(state["batch_stats"]), report, "batch_stats/")
+    new_params, new_stats, report = importer.load(path, jax.device_get(params), host_stats)
+    report.log()
     return new_params, new_stats, report
-
-
-def log_report(report: dict) -> None:
-    for note in report.get("notes", []):
-        log.info("init_from: %s", note)
-    log.info(
-        "init_from: loaded %d parameters, %d new (%s), %d dropped (%s).",
-        len(report.get("loaded", [])), len(report.get("new", [])), ", ".join(report.get("new", [])[:8]),
-        len(report.get("dropped", report.get("unused", []))),
-        ", ".join(report.get("dropped", report.get("unused", []))[:8]),
-    )

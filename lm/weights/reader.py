@@ -1,19 +1,30 @@
-"""Reads PyTorch checkpoints (`torch.save` zip files such as `pytorch_model.bin`) into numpy, without torch.
+"""Checkpoint files -> name -> numpy array, without torch: safetensors and `torch.save` zip files.
 
-A zip checkpoint holds `<archive>/data.pkl`, a pickle whose tensors point by key at raw storages stored as
-`<archive>/data/<key>`. The unpickler here is restricted: it resolves only the globals a state dict needs
-(`OrderedDict`, torch's tensor rebuild functions, the typed storage classes), so loading a checkpoint
-cannot run code. Legacy (pre-zip, torch < 1.6) files are refused with a message.
+`read_state_dict(directory)` reads a Hugging Face directory's `model.safetensors`, else its
+`pytorch_model.bin`; `read_hf_config(directory)` its config.json. A torch zip checkpoint holds
+`<archive>/data.pkl`, a pickle whose tensors point by key at raw storages stored as `<archive>/data/<key>`.
+The unpickler here is restricted: it resolves only the globals a state dict needs (`OrderedDict`, torch's
+tensor rebuild functions, the typed storage classes), so loading a checkpoint cannot run code. Legacy
+(pre-zip, torch < 1.6) files are refused with a message.
 """
 
 import collections
 import dataclasses
 import io
+import json
 import pickle
 import zipfile
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.flax
+import safetensors.numpy
+from etils import epath
+
+from lm import files
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
@@ -111,7 +122,7 @@ def _is_big_endian(archive: zipfile.ZipFile, prefix: str) -> bool:
     return archive.read(prefix + "byteorder").decode().strip() == "big"
 
 
-def load(path: str) -> dict[str, np.ndarray]:
+def read_torch_zip(path: str) -> dict[str, np.ndarray]:
     """Reads a `torch.save`d state dict (name -> tensor) as name -> numpy array (bfloat16 via ml_dtypes)."""
     if not zipfile.is_zipfile(path):
         raise ValueError(
@@ -124,3 +135,36 @@ def load(path: str) -> dict[str, np.ndarray]:
     if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise ValueError(f"{path} does not hold a flat state dict of tensors (name -> tensor)")
     return dict(state)
+
+
+def read_safetensors(file: str) -> dict[str, np.ndarray]:
+    with safetensors.safe_open(file, framework="numpy") as f:
+        names = f.keys()
+        has_bfloat16 = any(f.get_slice(name).get_dtype() == "BF16" for name in names)
+    if has_bfloat16:  # numpy has no bfloat16 of its own; the flax reader yields ml_dtypes.bfloat16
+        return {key: np.asarray(value) for key, value in safetensors.flax.load_file(file).items()}
+    return safetensors.numpy.load_file(file)
+
+
+def is_hf_directory(path: str) -> bool:
+    """A directory with config.json and one of WEIGHT_FILES."""
+    directory = epath.Path(path)
+    return (directory / "config.json").is_file() and any((directory / name).is_file() for name in WEIGHT_FILES)
+
+
+def read_hf_config(path: str) -> tuple[epath.Path, dict]:
+    """(the file, its contents) of a Hugging Face directory's config.json."""
+    file = epath.Path(path) / "config.json"
+    return file, json.loads(file.read_text())
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Weight name -> numpy array of a Hugging Face directory: model.safetensors, else pytorch_model.bin."""
+    directory = epath.Path(path)
+    if (directory / "model.safetensors").is_file():
+        with files.local_file(directory / "model.safetensors") as local:
+            return read_safetensors(local)
+    if (directory / "pytorch_model.bin").is_file():
+        with files.local_file(directory / "pytorch_model.bin") as local:
+            return read_torch_zip(local)
+    raise FileNotFoundError(f"no weights in {path}: looked for {', '.join(WEIGHT_FILES)}")
