@@ -8,7 +8,7 @@ WORKDIR ?= /tmp/lm_run
 QUICKSTART_DIR ?= /tmp/lm_quickstart
 ARGS ?=
 
-.PHONY: install quickstart test test-all lint train eval bench clean
+.PHONY: install quickstart test test-slow test-all lint train eval bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,20 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(PY) main.py --config=configs/vision_classification.py:resnet_small,digits --workdir=$(QUICKSTART_DIR) $(ARGS)
 
-test: $(STAMP)
-	$(PY) -m pytest -q -x --durations=15 tests
+# pytest exits 5 when it selects no test (e.g. nothing marked slow): not a failure.
+PYTEST := $(PY) -m pytest -q
 
+# The fast loop: everything but the tests marked slow.
+test: $(STAMP)
+	$(PYTEST) -x --durations=15 tests || [ $$? -eq 5 ]
+
+# Only the slow tests (multi-process, kill and restart, large models): CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(PYTEST) -m slow --durations=0 tests || [ $$? -eq 5 ]
+
+# Everything, in one pytest session.
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m '' --durations=15 tests
+	$(PYTEST) -m '' --durations=15 tests || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -12,6 +12,7 @@ global-norm clipping at 1.0, on the same random batch:
 Each is compiled / warmed up first; then R rounds alternate the contenders, each round timing N steps.
 A jitted 2048x2048 float32 matmul measured between rounds gives the peak that utilisation is quoted
 against; FLOPs per step come from XLA's cost analysis of each JAX step (torch is credited with ours).
+Every ratio is ours / theirs (< 1: ours faster); the timing loop and the table are bench/common.py's.
 
 Usage (CPU, one JAX device):
   .venv/bin/python bench/bert_train_step.py --size mini --batch 32 --length 128
@@ -21,11 +22,7 @@ Usage (CPU, one JAX device):
 import argparse
 import json
 import os
-import platform
-import shlex
-import statistics
 import sys
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # A CPU benchmark: torch runs on the CPU too.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -73,18 +70,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def rerun_command(args: argparse.Namespace) -> str:
-    words = [sys.executable, os.path.relpath(os.path.abspath(__file__)), "--size", args.size,
-             "--batch", str(args.batch), "--length", str(args.length), "--rounds", str(args.rounds),
-             "--steps", str(args.steps), "--contenders", ",".join(args.contenders)]
+    words = [common.script_path(__file__), "--size", args.size, "--batch", str(args.batch), "--length",
+             str(args.length), "--rounds", str(args.rounds), "--steps", str(args.steps), "--contenders",
+             ",".join(args.contenders)]
     if args.no_dropout:
         words.append("--no-dropout")
     if args.padding:
         words += ["--padding", str(args.padding)]
     if args.json:
         words += ["--json", args.json]
-    flags = os.environ.get("XLA_FLAGS")
-    prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
-    return prefix + " ".join(shlex.quote(w) for w in words)
+    return common.rerun_command(words)
 
 
 def model_config(args: argparse.Namespace):
@@ -231,67 +226,33 @@ class Torch(common.Contender):
 
 def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, common.Contender]:
     threads = common.cores()
-    built = {}
-    for name in args.contenders:
-        start = time.perf_counter()
+
+    def make(name: str) -> common.Contender:
         if name == "ours":
-            contender = common.Ours(config, batch)
-        elif name == "hf_flax":
-            contender = HFFlax(config, batch, train_mode=not args.no_dropout)
-        else:
-            contender = Torch(config, batch, threads)
-        contender.run(2)  # Warm-up: first executions (allocations, oneDNN primitive caches).
-        print(f"  {name}: built, compiled and warmed up in {time.perf_counter() - start:.1f}s, "
-              f"loss {contender.loss():.4f}", flush=True)
-        built[name] = contender
-    return built
+            return common.Ours(config, batch)
+        if name == "hf_flax":
+            return HFFlax(config, batch, train_mode=not args.no_dropout)
+        return Torch(config, batch, threads)
+
+    return common.build(args.contenders, make)
 
 
-def summarize(args, config, contenders, times, cpu_times, peaks) -> dict:
-    peak = statistics.median(peaks)
-    model_flops = analytic_flops(config.model, args.batch, args.length)
-    reference_flops = contenders["ours"].flops if "ours" in contenders else 0.0
-    rows = {}
-    for name, contender in contenders.items():
-        median = statistics.median(times[name])
-        flops = contender.flops or reference_flops
-        rows[name] = {
-            "step_ms_median": median * 1e3,
-            "step_ms_rounds": [t * 1e3 for t in times[name]],
-            "cpu_ms_median": statistics.median(cpu_times[name]) * 1e3,
-            "cpu_ms_rounds": [t * 1e3 for t in cpu_times[name]],
-            "examples_per_second": args.batch / median,
-            "flops_per_step": flops,
-            "flops_source": "xla" if contender.flops else ("ours_xla" if flops else "none"),
-            "flops_per_second": flops / median if flops else None,
-            "fraction_of_matmul_peak": flops / median / peak if flops else None,
-            "final_loss": contender.loss(),
-        }
-        if name == "torch":
-            rows[name]["attn_implementation"] = contender.attn_implementation
-    ratios = {}
-    if "ours" in rows:
-        for name in rows:
-            if name != "ours":  # > 1: ours is faster.
-                paired = [theirs / ours for theirs, ours in zip(times[name], times["ours"])]
-                ratios[name] = {
-                    "median_time_over_ours": rows[name]["step_ms_median"] / rows["ours"]["step_ms_median"],
-                    "min_time_over_ours": min(times[name]) / min(times["ours"]),
-                    "paired_median_time_over_ours": statistics.median(paired),
-                }
+def summarize(args, config, contenders, timing: common.Timing) -> dict:
+    rows = common.rows(contenders, timing, items_per_step=args.batch)
+    if "torch" in contenders:
+        rows["torch"]["attn_implementation"] = contenders["torch"].attn_implementation
     return {
         "command": rerun_command(args),
         "config": {"size": args.size, "layers": config.model.num_layers, "hidden": config.model.hidden_size,
                    "heads": config.model.num_heads, "intermediate": config.model.intermediate_size,
                    "batch": args.batch, "length": args.length, "rounds": args.rounds, "steps": args.steps,
                    "dropout": not args.no_dropout, "padding": args.padding},
-        "environment": {"jax": jax.__version__, "device": str(jax.devices()[0]), "python": platform.python_version(),
-                        "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": os.cpu_count(),
-                        "load_average_after": os.getloadavg()[0]},
-        "matmul_peak_flops_per_second": peak,
-        "analytic_matmul_flops_per_step": model_flops,
+        "environment": common.environment(),
+        "matmul_peak_flops_per_second": timing.peak,
+        "analytic_matmul_flops_per_step": analytic_flops(config.model, args.batch, args.length),
         "contenders": rows,
-        "ratios": ratios,
+        "ratio_reading": common.RATIO_READING,
+        "ratios": common.ratios(timing),
     }
 
 
@@ -304,24 +265,8 @@ def print_table(result: dict) -> None:
     print(f"matmul peak (2048^2 fp32, jitted): {result['matmul_peak_flops_per_second'] / 1e9:.1f} GFLOP/s; "
           f"analytic matmul FLOPs/step {result['analytic_matmul_flops_per_step'] / 1e9:.2f} G; "
           f"load average {env['load_average_after']:.1f} on {env['cpus']} CPUs")
-    print(f"{'contender':<10}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'ex/s':>9}{'GFLOP/step':>12}"
-          f"{'GFLOP/s':>9}{'of peak':>9}{'CPU ms':>9}")
-    nan = float("nan")
-    for name, row in result["contenders"].items():
-        flops, rate, fraction = row["flops_per_step"], row["flops_per_second"], row["fraction_of_matmul_peak"]
-        marker = "*" if row["flops_source"] == "ours_xla" else " "
-        print(f"{name:<10}{row['step_ms_median']:>11.1f}{min(row['step_ms_rounds']):>9.1f}"
-              f"{max(row['step_ms_rounds']):>9.1f}{row['examples_per_second']:>9.1f}"
-              f"{flops / 1e9 if flops else nan:>11.2f}{marker}{rate / 1e9 if rate else nan:>9.1f}"
-              f"{fraction if fraction else nan:>9.1%}{row['cpu_ms_median']:>9.0f}")
-    if any(row["flops_source"] == "ours_xla" for row in result["contenders"].values()):
-        print("* FLOPs per step: XLA's count for our step (same architecture).")
-    print("CPU ms: process CPU time per step (all threads; includes OpenMP spin-waiting for torch).")
-    if result["ratios"]:
-        print("\ntheir time / our time (> 1: ours is faster)   medians   minima   per-round pairs (median)")
-        for name, ratio in result["ratios"].items():
-            print(f"  {name:<42}{ratio['median_time_over_ours']:>9.2f}{ratio['min_time_over_ours']:>9.2f}"
-                  f"{ratio['paired_median_time_over_ours']:>11.2f}")
+    common.print_rows(result["contenders"], items="ex/s", digits=1)
+    common.print_ratios(result["ratios"])
     print(f"\nrerun: {result['command']}")
 
 
@@ -334,8 +279,8 @@ def main(argv=None) -> dict:
     print(f"Building {', '.join(args.contenders)} (BERT-{args.size}, batch {args.batch}, length {args.length}) "
           f"on {jax.devices()[0]}", flush=True)
     contenders = build(args, config, batch)
-    times, cpu_times, peaks = common.measure(contenders, args.rounds, args.steps, digits=1)
-    result = summarize(args, config, contenders, times, cpu_times, peaks)
+    timing = common.measure(contenders, args.rounds, args.steps, digits=1)
+    result = summarize(args, config, contenders, timing)
     print_table(result)
     if args.json:
         with open(args.json, "w") as f:

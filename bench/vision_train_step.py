@@ -22,6 +22,7 @@ The contenders train on the same random NHWC float32 batch and random labels, Ba
 Each is compiled / warmed up first; then R rounds alternate the contenders (rotating the order), each
 round timing N steps. A jitted 2048x2048 float32 matmul measured between rounds gives the peak that
 utilisation is quoted against; FLOPs per step are XLA's count for our step, credited to all three.
+Every ratio is ours / theirs (< 1: ours faster); the timing loop and the table are bench/common.py's.
 JAX, TensorFlow and PyTorch run in this one process and each uses every core while it runs.
 
 Usage (CPU, one JAX device; ~5 minutes for both cases on 2 cores):
@@ -35,11 +36,7 @@ XLA_FLAGS are read by JAX's and by TensorFlow's XLA alike: to try a JAX-only fla
 import argparse
 import json
 import os
-import platform
-import shlex
-import statistics
 import sys
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # A CPU benchmark: the references run on the CPU too.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -91,8 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def rerun_command(args: argparse.Namespace) -> str:
-    words = [sys.executable, os.path.relpath(os.path.abspath(__file__)), "--case", args.case,
-             "--contenders", ",".join(args.contenders)]
+    words = [common.script_path(__file__), "--case", args.case, "--contenders", ",".join(args.contenders)]
     for key in ("batch", "rounds", "steps"):
         if getattr(args, key):
             words += [f"--{key}", str(getattr(args, key))]
@@ -102,9 +98,7 @@ def rerun_command(args: argparse.Namespace) -> str:
         words += ["--torch-threads", str(args.torch_threads)]
     if args.json:
         words += ["--json", args.json]
-    flags = os.environ.get("XLA_FLAGS")
-    prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
-    return prefix + " ".join(shlex.quote(w) for w in words)
+    return common.rerun_command(words)
 
 
 def case_settings(args: argparse.Namespace, case: str) -> dict:
@@ -274,51 +268,21 @@ class Torch(common.Contender):
 
 def build(args: argparse.Namespace, config, batch: dict[str, np.ndarray]) -> dict[str, common.Contender]:
     threads = args.torch_threads or common.cores()
-    built = {}
-    for name in args.contenders:
-        start = time.perf_counter()
+
+    def make(name: str) -> common.Contender:
         if name in ("ours", "ours_xla_default"):
-            contender = Ours(config, batch, compiler.XLA_DEFAULT if name == "ours_xla_default" else None)
-        elif name == "keras":
-            contender = Keras(config, batch)
-        else:
-            contender = Torch(config, batch, threads, args.torch_memory_format)
-        contender.run(2)  # Warm-up: compilation (Keras), allocations, oneDNN primitive caches.
-        print(f"  {name}: built, compiled and warmed up in {time.perf_counter() - start:.1f}s, "
-              f"loss {contender.loss():.4f} ({contender.note})", flush=True)
-        built[name] = contender
-    return built
+            return Ours(config, batch, compiler.XLA_DEFAULT if name == "ours_xla_default" else None)
+        if name == "keras":
+            return Keras(config, batch)
+        return Torch(config, batch, threads, args.torch_memory_format)
+
+    return common.build(args.contenders, make)
 
 
-def summarize(settings: dict, contenders: dict[str, common.Contender], times, peaks) -> dict:
-    peak = statistics.median(peaks)
-    reference_flops = contenders["ours"].flops if "ours" in contenders else 0.0
-    rows = {}
-    for name, contender in contenders.items():
-        median = statistics.median(times[name])
-        flops = contender.flops or reference_flops
-        rows[name] = {
-            "step_ms_median": median * 1e3,
-            "step_ms_rounds": [t * 1e3 for t in times[name]],
-            "images_per_second": settings["batch"] / median,
-            "flops_per_step": flops,
-            "flops_source": "xla" if contender.flops else ("ours_xla" if flops else "none"),
-            "flops_per_second": flops / median if flops else None,
-            "fraction_of_matmul_peak": flops / median / peak if flops else None,
-            "final_loss": contender.loss(),
-            "note": contender.note,
-        }
-    ratios = {}
-    if "ours" in rows:
-        for name in rows:
-            if name != "ours":  # Our time over theirs: > 1 means ours is slower.
-                paired = [ours / theirs for ours, theirs in zip(times["ours"], times[name])]
-                ratios[name] = {
-                    "ours_over_theirs_median": rows["ours"]["step_ms_median"] / rows[name]["step_ms_median"],
-                    "ours_over_theirs_min": min(times["ours"]) / min(times[name]),
-                    "ours_over_theirs_paired_median": statistics.median(paired),
-                }
-    return {"settings": settings, "matmul_peak_flops_per_second": peak, "contenders": rows, "ratios": ratios,
+def summarize(settings: dict, contenders: dict[str, common.Contender], timing: common.Timing) -> dict:
+    return {"settings": settings, "matmul_peak_flops_per_second": timing.peak,
+            "contenders": common.rows(contenders, timing, items_per_step=settings["batch"]),
+            "ratio_reading": common.RATIO_READING, "ratios": common.ratios(timing),
             "load_average_after": os.getloadavg()[0]}
 
 
@@ -328,23 +292,8 @@ def print_table(result: dict) -> None:
           f"{s['rounds']} rounds x {s['steps']} steps; matmul peak (2048^2 fp32, jitted) "
           f"{result['matmul_peak_flops_per_second'] / 1e9:.1f} GFLOP/s; "
           f"load average {result['load_average_after']:.1f}")
-    print(f"{'contender':<14}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'img/s':>8}{'GFLOP/step':>12}"
-          f"{'GFLOP/s':>9}{'of peak':>9}  model")
-    nan = float("nan")
-    for name, row in result["contenders"].items():
-        flops, rate, fraction = row["flops_per_step"], row["flops_per_second"], row["fraction_of_matmul_peak"]
-        marker = "*" if row["flops_source"] == "ours_xla" else " "
-        print(f"{name:<14}{row['step_ms_median']:>11.0f}{min(row['step_ms_rounds']):>9.0f}"
-              f"{max(row['step_ms_rounds']):>9.0f}{row['images_per_second']:>8.1f}"
-              f"{flops / 1e9 if flops else nan:>11.1f}{marker}{rate / 1e9 if rate else nan:>9.1f}"
-              f"{fraction if fraction else nan:>9.1%}  {row['note']}")
-    if any(row["flops_source"] == "ours_xla" for row in result["contenders"].values()):
-        print("* FLOPs per step: XLA's count for our step (same architecture).")
-    if result["ratios"]:
-        print("our time / their time (> 1: ours is slower)    medians   minima   per-round pairs (median)")
-        for name, ratio in result["ratios"].items():
-            print(f"  ours/{name:<39}{ratio['ours_over_theirs_median']:>9.2f}"
-                  f"{ratio['ours_over_theirs_min']:>9.2f}{ratio['ours_over_theirs_paired_median']:>11.2f}")
+    common.print_rows(result["contenders"], items="img/s")
+    common.print_ratios(result["ratios"])
 
 
 def run_case(args: argparse.Namespace, case: str) -> dict:
@@ -354,8 +303,8 @@ def run_case(args: argparse.Namespace, case: str) -> dict:
     print(f"\nBuilding {', '.join(args.contenders)} for {case} (batch {settings['batch']}, "
           f"{settings['image_size']}x{settings['image_size']}) on {jax.devices()[0]}", flush=True)
     contenders = build(args, config, batch)
-    times, _, peaks = common.measure(contenders, settings["rounds"], settings["steps"])
-    result = summarize(settings, contenders, times, peaks)
+    timing = common.measure(contenders, settings["rounds"], settings["steps"])
+    result = summarize(settings, contenders, timing)
     del contenders  # Frees the states before the next case builds its own.
     return result
 
@@ -370,9 +319,7 @@ def main(argv=None) -> dict:
         print_table(result)
     output = {
         "command": rerun_command(args),
-        "environment": {"jax": jax.__version__, "device": str(jax.devices()[0]),
-                        "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                        "cpus": os.cpu_count()},
+        "environment": common.environment(),
         "cases": results,
     }
     print(f"\nrerun: {output['command']}")

@@ -14,10 +14,12 @@ Timeouts, so that no process waits for a dead peer forever:
 - Orbax's own barriers go through the coordination service with its 300 s timeout (instead of an untimed
   device collective) when absl flags are parsed, as under main.py.
 
-Our code has no barrier of its own: hosts meet only in the jitted steps' collectives and in Orbax.
+Our code has one barrier of its own, `wait_for_all`, timed like the rest; otherwise hosts meet only in the
+jitted steps' collectives and in Orbax.
 """
 
 import dataclasses
+import itertools
 import logging
 import os
 
@@ -25,6 +27,8 @@ import jax
 import ml_collections
 
 log = logging.getLogger(__name__)
+
+_barrier_ids = itertools.count()  # Each process calls wait_for_all in the same order: the same names.
 
 ENVIRONMENT = {
     "coordinator_address": "JAX_COORDINATOR_ADDRESS",
@@ -131,3 +135,16 @@ def _use_timed_orbax_barriers() -> None:
     if flags.FLAGS.is_parsed() and name in flags.FLAGS:
         flags.FLAGS.set_default(name, True)
 
+
+def wait_for_all(name: str, timeout_s: int) -> None:
+    """Returns once every process has called it: a barrier of the coordination service, not a device collective.
+
+    A no-op on one process. Raises if a process does not arrive within `timeout_s`. The first collective of a
+    run sets up the CPU collectives (gloo), whose rendezvous XLA bounds at 30 s: processes that compile at
+    different speeds must meet here first (docs/RELIABILITY.md, "Many hosts").
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # No public barrier; Orbax uses this client too.
+
+    jax_distributed.global_state.client.wait_at_barrier(f"lm_{name}_{next(_barrier_ids)}", timeout_s * 1000)

@@ -35,6 +35,7 @@ from lm import (
     sharding,
     step_log,
 )
+from lm import distributed as hosts
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         if step == start_step + 1:  # Compile ahead of time once, to read the step's FLOPs.
             train_step = train_step.lower(state, batch).compile()
             flops_per_step = step_flops(train_step)
+            hosts.wait_for_all("train_step_compiled", config.distributed.initialization_timeout_s)
         state, step_metrics = train_step(state, batch)
         history.append(step_metrics)  # Device arrays: read only at logging steps (no host sync per step).
         guard.add(step, step_metrics["nonfinite"])

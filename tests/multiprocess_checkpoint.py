@@ -20,7 +20,15 @@ from jax.experimental import multihost_utils  # noqa: E402
 port, process_id, directory = int(sys.argv[1]), int(sys.argv[2]), pathlib.Path(sys.argv[3])
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
 
-from lm import checkpointing  # noqa: E402
+from absl import flags  # noqa: E402
+
+from lm import checkpointing, distributed  # noqa: E402
+
+# As main.py runs: absl flags parsed, so Orbax's barriers are coordination-service barriers. Left as device
+# collectives, those that Orbax's save threads run could interleave with this thread's collectives in a
+# different order on each process (gloo pairs collectives by order alone).
+flags.FLAGS(["multiprocess_checkpoint.py"])
+distributed._use_timed_orbax_barriers()
 
 mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))

@@ -217,6 +217,40 @@ def test_orbax_barriers_are_timed_under_main():
     assert "timed barriers: True" in result.stdout, result.stderr[-3000:]
 
 
+SKEWED_START = """
+import sys, time
+import jax, jax.numpy as jnp, numpy as np
+port, process_id = int(sys.argv[1]), int(sys.argv[2])
+jax.distributed.initialize(f"127.0.0.1:{port}", 2, process_id)
+from lm import distributed
+mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+rows = jax.make_array_from_process_local_data(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+                                              np.full((2, 3), process_id + 1, np.float32))
+total = jax.jit(lambda x: x.sum(0), out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+step = total.lower(rows).compile()
+if process_id == 1:
+    time.sleep(40)  # As a compilation that takes 40 s longer here than on process 0.
+distributed.wait_for_all("compiled", 300)
+print("sum", jax.device_get(step(rows)).tolist(), flush=True)  # The first collective of the run.
+"""
+
+
+@pytest.mark.slow
+def test_processes_meet_before_the_first_collective(tmp_path):
+    """A process that reaches its first collective 40 s after the other still joins it: `distributed.wait_for_all`
+    lines them up first, as lm.train does once the train step is compiled. (Without it, XLA's gloo set-up, whose
+    rendezvous gives up after 30 s, fails the run: docs/RELIABILITY.md.)"""
+    port = free_port()
+    environment = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+                       PYTHONPATH=str(ROOT))
+    processes = [subprocess.Popen([sys.executable, "-c", SKEWED_START, str(port), str(i)], cwd=ROOT, env=environment,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=400)[0] for p in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+        assert "sum [6.0, 6.0, 6.0]" in output, output[-3000:]
+
+
 def test_settings_from_config_and_environment():
     config = files_config(pathlib.Path("vocab.txt"), "x.csv")
     dist = config.distributed
