@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Collection
 
 import jax
 import jax.numpy as jnp
@@ -108,12 +109,13 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overrides: Collection[str] = ()) -> dict:
     """Trains, evaluates and checkpoints in `workdir`; resumes by itself. Returns the final metrics by split.
 
+    `overrides`: the dotted config keys the user set explicitly (`config_checks.resolved_copy`).
     A run stopped by SIGTERM saves, skips the final evaluation and returns {"preempted_at_step": step}.
     """
-    config = config_checks.resolved_copy(config)
+    config = config_checks.resolved_copy(config, overrides)
     exp = experiment.build(config)
     _write_config(config, workdir)
     checkpointer = checkpointing.Checkpointer(
