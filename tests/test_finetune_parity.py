@@ -12,7 +12,7 @@ from flax import nnx
 
 import configs.bert_sentiment
 from bench import finetune_parity
-from lm import config_checks, experiment, optimizers
+from lm import config_checks, models, optimizers
 from lm.models import layers
 from lm.weights import hf_bert
 
@@ -147,10 +147,10 @@ def test_command_line_dropout_wins_over_the_checkpoint(minilm_dir, caplog):
     assert resolved.model.attention_dropout_rate == 0.25
     assert resolved.model.hidden_size == 384  # A shape key: the checkpoint decides, with a warning.
     assert "config.model.hidden_size=999 is ignored" in caplog.text
-    assert "from the command line: dropout_rate=0.0, attention_dropout_rate=0.25" in caplog.text
+    assert "from the command line: attention_dropout_rate=0.25, dropout_rate=0.0" in caplog.text
     assert "num_layers=6" in caplog.text.split("from the checkpoint:")[1]
     with nnx.use_eager_sharding(False):
-        model = experiment.models.create_model(resolved.model, rngs=nnx.Rngs(0))
+        model = models.create_model(resolved.model, rngs=nnx.Rngs(0))
     assert model.dropout.rate == 0.0 and model.encoder.layers[0].dropout.rate == 0.0
     assert model.encoder.layers[0].attention.attention_dropout.rate == 0.25
 
