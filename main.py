@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    lm.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    lm.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, overrides=tuple(config_flags.get_override_values(FLAGS["config"])))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import os
 import sys
 import tempfile
+from collections.abc import Collection
 
 import ml_collections
 
@@ -39,8 +40,12 @@ def import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict:
-    """Runs one mode of an experiment; imports lazily so that `import lm` stays cheap."""
+def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train", overrides: Collection[str] = ()) -> dict:
+    """Runs one mode of an experiment; imports lazily so that `import lm` stays cheap.
+
+    `overrides`: the dotted keys of `config` the user set explicitly, e.g. ("model.dropout_rate",) (main.py
+    passes the --config.KEY flags). With `init_from`, those win over the checkpoint's model hyperparameters.
+    """
     import tensorflow as tf
 
     # tf.data only feeds numpy batches: keep TensorFlow off accelerators JAX owns.
@@ -52,7 +57,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
     if mode == "train":
         from lm import train
 
-        return train.train_and_evaluate(config, workdir)
+        return train.train_and_evaluate(config, workdir, overrides)
     if mode == "eval":
         from lm import evaluate
 

@@ -4,17 +4,27 @@
 their registries); `check_batch_sizes` runs once the mesh is known, before the data pipeline is built.
 """
 
+import logging
+from collections.abc import Collection
+
 import ml_collections
 
 from input_pipeline.common import check_on_bad_example
 from lm import compiler, files, models, recipes, tasks
 from lm.weights import pretrained
 
+log = logging.getLogger(__name__)
+
 DTYPES = ("float32", "bfloat16")
 
 
-def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A locked copy with the values that follow from `init_from` (model shape, recipe) filled in, checked."""
+def resolved_copy(config: ml_collections.ConfigDict, overrides: Collection[str] = ()) -> ml_collections.ConfigDict:
+    """A locked copy with the values that follow from `init_from` (model shape, recipe) filled in, checked.
+
+    `overrides`: the dotted keys the user set explicitly (main.py passes the command line's --config.KEY flags).
+    With `init_from`, the model's architecture always comes from the checkpoint; a model hyperparameter the
+    checkpoint also carries (a HF directory's dropout rates) comes from the checkpoint unless it is overridden.
+    """
     config = ml_collections.ConfigDict(config.to_dict())
     if config.init_from:
         if not files.exists(config.init_from):
@@ -22,11 +32,40 @@ def resolved_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
                 f"config.init_from={config.init_from!r} does not exist; give a Hugging Face model directory "
                 "or a workdir of ours."
             )
+        before = config.model.to_dict()
         pretrained.apply_to_config(config)
+        _keep_overridden_model_keys(config, before, overrides)
     recipes.apply(config)  # From scratch or fine-tuning: the keys the config left unset.
     config.lock()
     check_static(config)
     return config
+
+
+def _keep_overridden_model_keys(config: ml_collections.ConfigDict, before: dict, overrides: Collection[str]) -> None:
+    """Puts back the overridden model hyperparameters that `init_from` replaced; logs where each model key came from.
+
+    Architecture keys (`pretrained.MODEL_SHAPE_KEYS` and the vision families' `VISION_ARCH_KEYS`) must match the
+    weights, so the checkpoint's value stays and an override that differs is a warning.
+    """
+    architecture = set(pretrained.MODEL_SHAPE_KEYS) | set(pretrained.VISION_ARCH_KEYS.get(config.model.name, ()))
+    sources = {}
+    for key, value in config.model.items():
+        overridden = f"model.{key}" in overrides
+        if key in architecture:
+            sources[key] = "checkpoint"
+            if overridden and value != before.get(key):
+                log.warning("config.model.%s=%r is ignored: init_from=%s needs %r (the checkpoint decides the "
+                            "shape).", key, before[key], config.init_from, value)
+        elif overridden:
+            config.model[key] = before[key]
+            sources[key] = "command line"
+        else:
+            sources[key] = "config" if value == before.get(key) else "checkpoint"
+    by_source = {}
+    for key, source in sources.items():
+        by_source.setdefault(source, []).append(f"{key}={config.model[key]!r}")
+    log.info("config.model with init_from=%s: %s.", config.init_from,
+             "; ".join(f"from the {source}: {', '.join(keys)}" for source, keys in by_source.items()))
 
 
 def _positive(config, key: str) -> None:

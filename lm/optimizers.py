@@ -6,6 +6,7 @@ The optimizer sees only the trainable parameters: the train step differentiates 
 alone and the optimizer state holds nothing for frozen ones (`lm.state.partition`).
 """
 
+import math
 import re
 
 import jax
@@ -17,11 +18,16 @@ from lm.paths import param_name, path_keys
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warm-up to `learning_rate`, then linear or cosine decay to 0 at `total_steps`."""
+    """Linear warm-up to `learning_rate`, then linear or cosine decay to 0 at `total_steps`.
+
+    Step s (0-based, the s-th update) uses schedule(s): 0 at s = 0, as Hugging Face's
+    `get_linear_schedule_with_warmup` with `warmup_fraction * total_steps` rounded up, as its Trainer rounds
+    `warmup_ratio` (tests/test_finetune_parity.py checks every step against it).
+    """
     if opt.warmup_steps >= 0:
         warmup = int(opt.warmup_steps)
     else:
-        warmup = int(round(opt.warmup_fraction * total_steps))
+        warmup = math.ceil(total_steps * opt.warmup_fraction)  # As the Trainer computes it, float error included.
     warmup = min(warmup, total_steps)
     decay_steps = max(total_steps - warmup, 1)
     peak = opt.learning_rate

@@ -13,6 +13,7 @@ them in a row halt the run before any checkpoint could hold a bad value.
 import logging
 import math
 import time
+from collections.abc import Collection
 
 import jax
 import jax.numpy as jnp
@@ -119,12 +120,13 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         files.write_text(files.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overrides: Collection[str] = ()) -> dict:
     """Trains, evaluates and checkpoints in `workdir`; resumes by itself. Returns the final metrics by split.
 
+    `overrides`: the dotted config keys the user set explicitly (`config_checks.resolved_copy`).
     A run stopped by SIGTERM saves, skips the final evaluation and returns {"preempted_at_step": step}.
     """
-    config = config_checks.resolved_copy(config)
+    config = config_checks.resolved_copy(config, overrides)
     exp = experiment.build(config)
     _write_config(config, workdir)
     checkpointer = checkpointing.Checkpointer(
