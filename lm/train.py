@@ -23,19 +23,32 @@ import optax
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from lm import checkpointing, compiler, config_checks, evaluate, experiment, metrics, preemption, sharding, step_log
+from lm import (
+    accumulation,
+    checkpointing,
+    compiler,
+    config_checks,
+    evaluate,
+    experiment,
+    metrics,
+    preemption,
+    sharding,
+    step_log,
+)
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
 
 
 def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False,
-                    nan_steps: tuple[int, ...] = ()):
+                    nan_steps: tuple[int, ...] = (), grad_accum_steps: int = 1, mesh: jax.sharding.Mesh | None = None):
     """The pure train step: (state, batch) -> (new state, metrics). Jitted by the caller with donation.
 
     Only the parameters that `trainable` marks are differentiated and updated; the frozen ones pass
     through unchanged. `deterministic` runs the model in eval mode (no dropout, BatchNorm on and keeping its
-    running statistics), for linear probing of a frozen backbone.
+    running statistics), for linear probing of a frozen backbone. With `grad_accum_steps` > 1 the batch is
+    split into that many micro-batches whose gradients are averaged (`lm.accumulation`; `mesh` keeps each
+    micro-batch spread over the data-parallel devices).
 
     A step whose loss or gradients are not all finite is skipped on device: parameters, optimizer state and
     BatchNorm statistics keep their values, the step counter (the data position) still advances, and the
@@ -47,14 +60,18 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         params, frozen = state_lib.partition(state["params"], trainable)
 
-        def loss_fn(params):
-            model = state_lib.merge_model(graphdef, state_lib.combine(params, frozen), state["batch_stats"])
-            logits = task.logits(model, batch, deterministic=deterministic, rngs=nnx.Rngs(dropout=key))
-            loss, aux = task.loss(logits, batch)
-            batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-            return loss, (aux, batch_stats)
+        def grad_fn(params, batch_stats, batch, key):
+            def loss_fn(params):
+                model = state_lib.merge_model(graphdef, state_lib.combine(params, frozen), batch_stats)
+                logits = task.logits(model, batch, deterministic=deterministic, rngs=nnx.Rngs(dropout=key))
+                loss, aux = task.loss(logits, batch)
+                return loss, (aux, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
-        (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            (loss, (aux, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            return (loss, aux), new_stats, grads
+
+        (loss, aux), batch_stats, grads = accumulation.accumulate(
+            grad_fn, params, state["batch_stats"], batch, key, grad_accum_steps, mesh)
         if nan_steps:
             inject = jnp.isin(state["step"] + 1, jnp.asarray(nan_steps))
             grads = jax.tree.map(lambda g: jnp.where(inject, jnp.nan, g), grads)
@@ -81,7 +98,8 @@ def jit_train_step(exp: experiment.Experiment):
     spec = exp.spec
     return jax.jit(
         make_train_step(spec.graphdef, exp.task, exp.tx, spec.trainable, deterministic=exp.config.trainable == "head",
-                        nan_steps=tuple(exp.config.debug_nan_steps)),
+                        nan_steps=tuple(exp.config.debug_nan_steps), grad_accum_steps=exp.config.grad_accum_steps,
+                        mesh=exp.mesh),
         in_shardings=(spec.shardings, sharding.batch_sharding(exp.mesh)),
         out_shardings=(spec.shardings, sharding.replicated(exp.mesh)),
         donate_argnums=0,
