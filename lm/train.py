@@ -13,7 +13,6 @@ them in a row halt the run before any checkpoint could hold a bad value.
 import logging
 import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +29,10 @@ from lm import (
     config_checks,
     evaluate,
     experiment,
+    hardware,
     metrics,
     preemption,
+    preflight,
     sharding,
     step_log,
 )
@@ -205,7 +206,9 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=exp.total_steps, writer=writer, every_steps=config.log_every, every_secs=None
     )
-    peak_flops = config.peak_flops_per_device or metrics.matmul_peak_flops(size=1024, repeats=5)
+    peak = metrics.mfu_peak(config)
+    log.info("MFU (train/%s) is quoted against %.4g FLOP/s per device: %s.", metrics.mfu_name(peak),
+             peak.flops_per_second, peak.label)
     meta = {"model": config.model.to_dict(), "task": config.task}
     train_step, flops_per_step = jit_train_step(exp), 0.0
     if start_step == 0 and config.get("eval_at_start", False):  # The starting point, e.g. of continued pretraining.
@@ -214,25 +217,28 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         log.info("validation at step 0: %s", evaluate.summary(eval_metrics))
     train_iter = data.train_iterator(start_step)
     guard = _NonFiniteGuard(config.max_consecutive_nonfinite)
-    history, last_time, last_step = [], time.perf_counter(), start_step
+    history, last_step, timer = [], start_step, metrics.WindowTimer()
     for step in range(start_step + 1, exp.total_steps + 1):
-        host_batch = next(train_iter)
-        batch = sharding.global_batch(host_batch, mesh)
-        if step == start_step + 1:  # Compile ahead of time once, to read the step's FLOPs.
-            train_step = train_step.lower(state, batch).compile()
-            flops_per_step = step_flops(train_step)
-        state, step_metrics = train_step(state, batch)
+        with timer.waiting_for_input():
+            host_batch = next(train_iter)
+            batch = sharding.global_batch(host_batch, mesh)
+        if step == start_step + 1:  # Compile ahead of time once, for the pre-flight report, before any step runs.
+            train_step, flops_per_step = _compile(exp, train_step, state, batch)
+            timer.reset()
+        last = step == exp.total_steps
+        window_end = step % config.log_every == 0 or last
+        if window_end:  # The logging window's last step runs alone on the device: its device time.
+            state, step_metrics = timer.time_step(train_step, state, batch)
+        else:
+            state, step_metrics = train_step(state, batch)
         history.append(step_metrics)  # Device arrays: read only at logging steps (no host sync per step).
         guard.add(step, step_metrics["nonfinite"])
         if debug_log is not None:
             debug_log.write(step, step_metrics["loss"], host_batch)
         report_progress(step)
-        last = step == exp.total_steps
-        if step % config.log_every == 0 or last:
-            jax.block_until_ready(step_metrics)  # Steps run asynchronously: time them once they are done.
-            seconds = time.perf_counter() - last_time
-            _log_train(writer, exp, step, history, (step - last_step) / max(seconds, 1e-9), flops_per_step, peak_flops)
-            history, last_time, last_step = [], time.perf_counter(), step
+        if window_end:  # The step was timed to completion: the window is done.
+            _log_train(writer, exp, step, history, timer.scalars(step - last_step), flops_per_step, peak)
+            history, last_step = [], step
             guard.check()
         preempted = watch.reached(step)
         eval_metrics = None
@@ -245,21 +251,33 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
                               metrics=evaluate.checkpoint_metrics(eval_metrics), force=True)
         if preempted:
             return state, True
+        if window_end:  # The next window starts here: evaluation and saving are not part of it.
+            timer.reset()
     return state, False
 
 
-def _log_train(writer, exp, step: int, history: list[dict], steps_per_second: float, flops: float,
-               peak_flops: float) -> None:
-    """Means over the window's finite steps, and `nonfinite_skips`: how many steps of the window were skipped."""
+def _compile(exp: experiment.Experiment, train_step, state: dict, batch: dict):
+    """(compiled step, FLOPs per update per device), after the pre-flight report (which may stop the run)."""
+    compiled = train_step.lower(state, batch).compile()
+    flops = accumulation.flops_per_update(step_flops(compiled), exp.config.grad_accum_steps)
+    preflight.report(exp.config, exp.spec, compiled, flops)
+    return compiled, flops
+
+
+def _log_train(writer, exp, step: int, history: list[dict], timing: dict[str, float], flops: float,
+               peak: hardware.Peak) -> None:
+    """Means over the window's finite steps, `nonfinite_skips` (how many steps of the window were skipped), and
+    where the time went (`metrics.WindowTimer`)."""
     values = jax.device_get(history)
     finite = [v for v in values if not v["nonfinite"]]
     scalars = {key: float(np.mean([v[key] for v in finite])) if finite else math.nan
                for key in values[0] if key != "nonfinite"}
     scalars["nonfinite_skips"] = float(sum(int(v["nonfinite"]) for v in values))
-    scalars["examples_per_second"] = steps_per_second * exp.config.global_batch_size
+    scalars["examples_per_second"] = exp.config.global_batch_size / timing["seconds_per_step"]
     scalars["learning_rate"] = float(exp.schedule(step - 1))
-    if flops and peak_flops:
-        scalars["mfu"] = flops * steps_per_second / peak_flops
+    scalars.update(timing)
+    if flops and peak.flops_per_second:
+        scalars[metrics.mfu_name(peak)] = flops / timing["seconds_per_step"] / peak.flops_per_second
     writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
 
 
