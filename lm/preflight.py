@@ -61,7 +61,11 @@ def device_memory_limit(config: ml_collections.ConfigDict, device: jax.Device | 
     """config.device_memory_limit_bytes if set, else what the device's allocator may use (None on CPU)."""
     if config.device_memory_limit_bytes > 0:
         return int(config.device_memory_limit_bytes)
-    device = jax.local_devices()[0] if device is None else device
+    return device_bytes_limit(jax.local_devices()[0] if device is None else device)
+
+
+def device_bytes_limit(device: jax.Device) -> int | None:
+    """The bytes the device's allocator may use (`memory_stats()["bytes_limit"]`); None where it does not say (CPU)."""
     try:
         stats = device.memory_stats()
     except Exception:  # Backends without memory statistics (CPU) raise or return None: no limit to check.
