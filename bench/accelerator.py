@@ -185,7 +185,7 @@ def device_limit(args: argparse.Namespace) -> int | None:
     return args.memory_limit_bytes or preflight.device_bytes_limit(jax.devices()[0])
 
 
-def run_case(case: Case, args: argparse.Namespace, limit: int | None) -> dict:
+def run_case(case: Case, args: argparse.Namespace, limit: int | None, peak) -> dict:
     start_time = time.perf_counter()
     config = case_config(case, args.tiny)
     step = Step(case, config)
@@ -201,7 +201,6 @@ def run_case(case: Case, args: argparse.Namespace, limit: int | None) -> dict:
         contender.run(2)
     times, _, _ = common.measure({"ours": contender}, args.rounds, args.steps, digits=1)
     seconds = float(np.median(times["ours"]))
-    peak = metrics.mfu_peak(step.config)
     return {"case": case.name, "config": case.config_arg, "batch": batch, "length": case.length,
             "image_size": case.image_size, "step_ms": seconds * 1e3, "examples_per_second": batch / seconds,
             "flops_per_step": contender.flops, "mfu": contender.flops / seconds / peak.flops_per_second,
@@ -231,13 +230,14 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     limit = device_limit(args)
     device = jax.devices()[0]
+    peak = metrics.mfu_peak(case_config(args.selected[0], args.tiny))  # The same for all cases: bfloat16.
     rows = []
     for case in args.selected:
         if time.perf_counter() - started > args.budget_s:
             rows.append({"case": case.name, "skipped": f"--budget-s {args.budget_s:.0f} spent"})
             continue
         print(f"{case.name}: searching the batch and compiling on {device.device_kind}", flush=True)
-        rows.append(run_case(case, args, limit))
+        rows.append(run_case(case, args, limit, peak))
     script = os.path.relpath(os.path.abspath(__file__))
     result = {"device": f"{device.platform} {device.device_kind}", "rows": rows,
               "memory_limit_gib": "none" if limit is None else f"{limit / GIB:.1f} GiB",
