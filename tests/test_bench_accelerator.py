@@ -23,6 +23,7 @@ def _check(result: dict, cases: list[str]) -> None:
         assert row["mfu"] > 0 and row["mfu_name"] == "mfu_vs_measured_matmul" and "measured" in row["peak_label"]
 
 
+@pytest.mark.slow  # Two compiles and a timed run: ~4 CPU-minutes here.
 def test_tiny_case_with_batch_search(capsys):
     """The batch search under a memory limit, compile, run and the printed table, on the tiny ViT."""
     result = _accelerator().main(["--tiny", "--cases", "vit_b16", "--memory-limit-bytes", str(64 << 20),
