@@ -30,7 +30,9 @@ learning rate 1e-4, beta1 0.9, beta2 0.999, weight decay 0.01, 10k warm-up steps
 0.1, batch 256 sequences x 512 tokens (128k tokens a batch), 1M steps (~40 epochs of the 3.3B-word
 BooksCorpus + English Wikipedia). BERT-base took 4 days on 4 Cloud TPUs (16 chips). Devlin et al. trained 90%
 of the steps at length 128 and added next-sentence prediction; this config trains masked LM alone on full
-512-token blocks, as RoBERTa (Liu et al. 2019) found that dropping NSP does not hurt. What it should reach:
+512-token blocks, as RoBERTa (Liu et al. 2019) found that dropping NSP does not hurt. For batches of thousands of
+sequences, `--config.optimizer.name=lamb` is the optimizer You et al. 2019 ("Large batch optimization for deep
+learning: training BERT in 76 minutes") pretrained BERT with at batch 32k-64k. What it should reach:
 BERT-base's masked-token accuracy is ~70% on held-out Wikipedia text (perplexity ~4), and fine-tuned from it
 the GLUE scores of Devlin et al. (SST-2 93.5 dev).
 

@@ -93,7 +93,11 @@ def training_defaults() -> ml_collections.ConfigDict:
     # they set unset; at start 'auto' picks 'finetune' when init_from is set, else 'scratch' (lm/recipes.py).
     config.recipe = "auto"
     config.recipes = ml_collections.ConfigDict()  # Empty: the config has one recipe, its keys already set.
-    config.global_batch_size = 32
+    config.global_batch_size = 32  # Examples per update (with grad_accum_steps > 1, over all micro-batches).
+    # Micro-batches per update (gradient accumulation, lm/accumulation.py): the global batch is split into this many,
+    # run one after another inside the step, and their gradients averaged. Must divide global_batch_size / (mesh
+    # data x fsdp).
+    config.grad_accum_steps = 1
     config.eval_batch_size = 64
     config.num_epochs = 1.0
     config.num_train_steps = -1  # > 0 overrides num_epochs.
@@ -129,7 +133,12 @@ def training_defaults() -> ml_collections.ConfigDict:
     config.debug.step_log = False
     config.debug.nan_steps = ()
     config.eval_at_start = False  # Evaluate the validation split before the first step (e.g. continued pretraining).
-    config.peak_flops_per_device = 0.0  # For MFU; 0 measures a matmul on this device at start.
+    # MFU is quoted against this (FLOP/s per device); 0: the datasheet peak of the device kind for config.model.dtype
+    # (lm/hardware.py), or on a device kind not in that table (CPU) a matmul measured at start, labelled as such.
+    config.peak_flops_per_device = 0.0
+    # Pre-flight (lm/preflight.py): the compiled step's memory per device is checked against this many bytes before
+    # step 1; 0: the device's own limit where it reports one (GPU, TPU), no check elsewhere (CPU).
+    config.device_memory_limit_bytes = 0
     # On CPU: the kinds of work XLA hands to the YNNPACK library (lm/compiler.py). Convolutions and elementwise
     # fusions stay with XLA's own code, which is faster here; "xla_default" keeps XLA's choice, "" turns YNNPACK off.
     config.xla_cpu_ynn_fusions = "dot,reduce"
@@ -147,7 +156,7 @@ def training_defaults() -> ml_collections.ConfigDict:
     config.distributed.timeout_s = 100
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "adamw"  # adamw | sgd
+    config.optimizer.name = "adamw"  # adamw | sgd | lamb (BERT at large batch) | lars (SimCLR at large batch)
     config.optimizer.learning_rate = 5e-5
     config.optimizer.schedule = "linear"  # linear | cosine | constant
     config.optimizer.warmup_fraction = 0.06
@@ -158,6 +167,7 @@ def training_defaults() -> ml_collections.ConfigDict:
     config.optimizer.eps = 1e-8
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = False
+    config.optimizer.trust_coefficient = 0.001  # lars: the trust ratio's coefficient (You et al. 2017).
     config.optimizer.clip_norm = 1.0  # <= 0 disables clipping.
     # Layer-wise learning-rate decay, BERT and ViT only (1 disables it): of L layers, layer i (0 = next to the
     # input) learns at lr * layer_decay**(L - i), the embeddings at lr * layer_decay**(L + 1), and the top

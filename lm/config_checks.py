@@ -77,7 +77,7 @@ def _positive(config, key: str) -> None:
 def check_static(config: ml_collections.ConfigDict) -> None:
     """Checks that need neither devices nor data: the common keys, then the model family's and the task's own."""
     for key in ("global_batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                "max_consecutive_nonfinite"):
+                "max_consecutive_nonfinite", "grad_accum_steps"):
         _positive(config, key)
     _check_debug(config.debug)
     compiler.ynn_kinds(config)
@@ -125,3 +125,11 @@ def check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int, pro
                     f"config.{key}={value} is not divisible by the {count} {what}; use a multiple of {count} "
                     f"such as {suggestion}."
                 )
+    per_micro_batch = config.grad_accum_steps * data_parallel
+    if config.global_batch_size % per_micro_batch:
+        raise ValueError(
+            f"config.global_batch_size={config.global_batch_size} does not split into config.grad_accum_steps="
+            f"{config.grad_accum_steps} micro-batches over {data_parallel} data-parallel devices: it must be a "
+            f"multiple of {config.grad_accum_steps} x {data_parallel} = {per_micro_batch}. Change the batch size "
+            "or grad_accum_steps (the batch size is the batch of one update, over all micro-batches)."
+        )

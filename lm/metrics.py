@@ -1,4 +1,4 @@
-"""Classification metrics from a confusion matrix, and throughput / MFU.
+"""Classification metrics from a confusion matrix, and throughput / MFU / where a step's time goes.
 
 Evaluation accumulates a confusion matrix on device (padded examples carry weight 0) and these pure
 numpy functions turn it into accuracy, precision, recall and F1, macro and per class.
@@ -6,9 +6,15 @@ Convention (scikit-learn's with zero_division=0): rows are true labels, columns 
 class with no predicted (or no true) examples gets precision (or recall) 0.
 """
 
+import contextlib
+import time
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from lm import hardware
 
 
 def confusion_matrix(labels: jax.Array, predictions: jax.Array, weights: jax.Array, num_classes: int) -> jax.Array:
@@ -58,9 +64,7 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:
-    """Measured FLOP/s of a jitted square matmul on the default device: the peak MFU is quoted against."""
-    import time
-
+    """Measured FLOP/s of a jitted square matmul on the default device: the peak where no datasheet peak is known."""
     a = jnp.ones((size, size), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
@@ -70,3 +74,67 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 10, dtype=jnp.float32) ->
         f(a).block_until_ready()
         times.append(time.perf_counter() - start)
     return 2 * size**3 / float(np.median(times))
+
+
+def mfu_peak(config: ml_collections.ConfigDict, device: jax.Device | None = None) -> hardware.Peak:
+    """The peak MFU is quoted against: config.peak_flops_per_device, else the datasheet peak of the device kind
+    for config.model.dtype (`lm.hardware`), else (CPU, unknown kinds) a measured matmul, labelled as such."""
+    if config.peak_flops_per_device > 0:
+        return hardware.Peak(config.peak_flops_per_device, "config.peak_flops_per_device")
+    device = jax.local_devices()[0] if device is None else device
+    peak = hardware.datasheet_peak(device.device_kind, config.model.dtype)
+    if peak is not None:
+        return peak
+    size = 1024
+    measured = matmul_peak_flops(size=size, repeats=5, dtype=jnp.dtype(config.model.dtype))
+    return hardware.Peak(measured, f"measured {size}x{size} {config.model.dtype} matmul on {device.device_kind!r} "
+                         "(no datasheet peak for this device kind)", measured=True)
+
+
+def mfu_name(peak: hardware.Peak) -> str:
+    """The scalar's name: `mfu` against a datasheet (or configured) peak, `mfu_vs_measured_matmul` otherwise."""
+    return "mfu_vs_measured_matmul" if peak.measured else "mfu"
+
+
+class WindowTimer:
+    """Where a logging window's wall time went: waiting for input, and one step timed alone on the device.
+
+    The loop wraps its `next(batches)` and host-to-device transfer in `waiting_for_input()`. The device time
+    of a step is measured on the last step of each window, which the loop times alone (`time_step`): the
+    queue of dispatched steps is drained first, then that one step runs from dispatch to completion. JAX
+    dispatches steps ahead of the device, so input waits can overlap device work: the input-wait fraction is
+    the share of the window the host loop was blocked on input, an upper bound on the device's idle share.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start = time.perf_counter()
+        self.input_seconds = 0.0
+        self.device_seconds: float | None = None
+
+    @contextlib.contextmanager
+    def waiting_for_input(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.input_seconds += time.perf_counter() - start
+
+    def time_step(self, run_step, *args):
+        """`run_step(*args)` alone on the device: drains what was dispatched before, then times it to completion."""
+        jax.block_until_ready(args)
+        start = time.perf_counter()
+        result = jax.block_until_ready(run_step(*args))
+        self.device_seconds = time.perf_counter() - start
+        return result
+
+    def scalars(self, steps: int) -> dict[str, float]:
+        """The window's `seconds_per_step`, `input_wait_fraction`, and `device_seconds_per_step` if one was timed."""
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        scalars = {"seconds_per_step": seconds / max(steps, 1),
+                   "input_wait_fraction": min(self.input_seconds / seconds, 1.0)}
+        if self.device_seconds is not None:
+            scalars["device_seconds_per_step"] = self.device_seconds
+        return scalars

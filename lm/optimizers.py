@@ -1,6 +1,6 @@
-"""Optax optimizers from config: optimizer, learning-rate schedule, weight-decay mask, clipping, and
-what is trained: the trainable-parameter mask (`config.trainable`, `config.freeze`) and layer-wise
-learning-rate decay (`config.optimizer.layer_decay`).
+"""Optax optimizers from config: optimizer (AdamW, SGD, and for large batches LAMB and LARS), learning-rate
+schedule, weight-decay mask, clipping, and what is trained: the trainable-parameter mask (`config.trainable`,
+`config.freeze`) and layer-wise learning-rate decay (`config.optimizer.layer_decay`).
 
 The optimizer sees only the trainable parameters: the train step differentiates with respect to them
 alone and the optimizer state holds nothing for frozen ones (`lm.state.partition`).
@@ -189,8 +189,14 @@ def create_optimizer(
             optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
             optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov),
         )
+    elif opt.name == "lamb":  # You et al. 2019: Adam's update with decay, scaled per layer by |w| / |update|.
+        tx = optax.lamb(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
+    elif opt.name == "lars":  # You et al. 2017, as SimCLR uses it: biases and norms get neither decay nor trust ratio.
+        tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=decay_mask,
+                        trust_coefficient=opt.trust_coefficient, trust_ratio_mask=decay_mask, momentum=opt.momentum,
+                        nesterov=opt.nesterov)
     else:
-        raise ValueError(f"config.optimizer.name={opt.name!r} is not known; use 'adamw' or 'sgd'.")
+        raise ValueError(f"config.optimizer.name={opt.name!r} is not known; use 'adamw', 'sgd', 'lamb' or 'lars'.")
     if opt.layer_decay != 1:
         _check_layer_decay(opt, model)
         tx = optax.chain(tx, scale_by_layer_decay(model, opt.layer_decay))

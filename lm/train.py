@@ -12,7 +12,6 @@ them in a row halt the run before any checkpoint could hold a bad value.
 
 import logging
 import math
-import time
 from collections.abc import Collection
 
 import jax
@@ -24,14 +23,17 @@ from clu import metric_writers
 from flax import nnx
 
 from lm import (
+    accumulation,
     checkpointing,
     compiler,
     config_checks,
     evaluate,
     experiment,
     files,
+    hardware,
     metrics,
     preemption,
+    preflight,
     progress,
     sharding,
     step_log,
@@ -43,12 +45,14 @@ log = logging.getLogger(__name__)
 
 
 def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False,
-                    nan_steps: tuple[int, ...] = ()):
+                    nan_steps: tuple[int, ...] = (), grad_accum_steps: int = 1, mesh: jax.sharding.Mesh | None = None):
     """The pure train step: (state, batch) -> (new state, metrics). Jitted by the caller with donation.
 
     Only the parameters that `trainable` marks are differentiated and updated; the frozen ones pass
     through unchanged. `deterministic` runs the model in eval mode (no dropout, BatchNorm on and keeping its
-    running statistics), for linear probing of a frozen backbone.
+    running statistics), for linear probing of a frozen backbone. With `grad_accum_steps` > 1 the batch is
+    split into that many micro-batches whose gradients are averaged (`lm.accumulation`; `mesh` keeps each
+    micro-batch spread over the data-parallel devices).
 
     A step whose loss or gradients are not all finite is skipped on device: parameters, optimizer state and
     BatchNorm statistics keep their values, the step counter (the data position) still advances, and the
@@ -60,14 +64,18 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         params, frozen = state_lib.partition(state["params"], trainable)
 
-        def loss_fn(params):
-            model = state_lib.merge_model(graphdef, state_lib.combine(params, frozen), state["batch_stats"])
-            logits = task.logits(model, batch, deterministic=deterministic, rngs=nnx.Rngs(dropout=key))
-            loss, aux = task.loss(logits, batch)
-            batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-            return loss, (aux, batch_stats)
+        def grad_fn(params, batch_stats, batch, key):
+            def loss_fn(params):
+                model = state_lib.merge_model(graphdef, state_lib.combine(params, frozen), batch_stats)
+                logits = task.logits(model, batch, deterministic=deterministic, rngs=nnx.Rngs(dropout=key))
+                loss, aux = task.loss(logits, batch)
+                return loss, (aux, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
-        (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            (loss, (aux, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            return (loss, aux), new_stats, grads
+
+        (loss, aux), batch_stats, grads = accumulation.accumulate(
+            grad_fn, params, state["batch_stats"], batch, key, grad_accum_steps, mesh)
         if nan_steps:
             inject = jnp.isin(state["step"] + 1, jnp.asarray(nan_steps))
             grads = jax.tree.map(lambda g: jnp.where(inject, jnp.nan, g), grads)
@@ -94,7 +102,8 @@ def jit_train_step(exp: experiment.Experiment):
     spec = exp.spec
     return jax.jit(
         make_train_step(spec.graphdef, exp.task, exp.tx, spec.trainable, deterministic=exp.config.trainable == "head",
-                        nan_steps=tuple(exp.config.debug.nan_steps)),
+                        nan_steps=tuple(exp.config.debug.nan_steps), grad_accum_steps=exp.config.grad_accum_steps,
+                        mesh=exp.mesh),
         in_shardings=(spec.shardings, sharding.batch_sharding(exp.mesh)),
         out_shardings=(spec.shardings, sharding.replicated(exp.mesh)),
         donate_argnums=0,
@@ -198,7 +207,9 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     config, data, mesh = exp.config, exp.data, exp.mesh
     start_step = int(jax.device_get(state["step"]))
     report_progress = progress.Progress(exp.total_steps, start_step, config.log_every)
-    peak_flops = config.peak_flops_per_device or metrics.matmul_peak_flops(size=1024, repeats=5)
+    peak = metrics.mfu_peak(config)
+    log.info("MFU (train/%s) is quoted against %.4g FLOP/s per device: %s.", metrics.mfu_name(peak),
+             peak.flops_per_second, peak.label)
     meta = {"model": config.model.to_dict(), "task": config.task}
     train_step, flops_per_step = jit_train_step(exp), 0.0
     if start_step == 0 and config.eval_at_start:  # The starting point, e.g. of continued pretraining.
@@ -207,26 +218,29 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         log.info("validation at step 0: %s", evaluate.summary(eval_metrics))
     train_iter = data.train_iterator(start_step)
     guard = _NonFiniteGuard(config.max_consecutive_nonfinite)
-    history, last_time, last_step = [], time.perf_counter(), start_step
+    history, last_step, timer = [], start_step, metrics.WindowTimer()
     for step in range(start_step + 1, exp.total_steps + 1):
-        host_batch = next(train_iter)
-        batch = sharding.global_batch(host_batch, mesh)
-        if step == start_step + 1:  # Compile ahead of time once, to read the step's FLOPs.
-            train_step = train_step.lower(state, batch).compile()
-            flops_per_step = step_flops(train_step)
+        with timer.waiting_for_input():
+            host_batch = next(train_iter)
+            batch = sharding.global_batch(host_batch, mesh)
+        if step == start_step + 1:  # Compile ahead of time once, for the pre-flight report, before any step runs.
+            train_step, flops_per_step = _compile(exp, train_step, state, batch)
             hosts.wait_for_all("train_step_compiled", config.distributed.initialization_timeout_s)
-        state, step_metrics = train_step(state, batch)
+            timer.reset()
+        last = step == exp.total_steps
+        window_end = step % config.log_every == 0 or last
+        if window_end:  # The logging window's last step runs alone on the device: its device time.
+            state, step_metrics = timer.time_step(train_step, state, batch)
+        else:
+            state, step_metrics = train_step(state, batch)
         history.append(step_metrics)  # Device arrays: read only at logging steps (no host sync per step).
         guard.add(step, step_metrics["nonfinite"])
         if debug_log is not None:
             debug_log.write(step, step_metrics["loss"], host_batch)
         report_progress.update(step, step_metrics["loss"])  # Counts the step once it has run, not dispatched.
-        last = step == exp.total_steps
-        if step % config.log_every == 0 or last:
-            jax.block_until_ready(step_metrics)  # Steps run asynchronously: time them once they are done.
-            seconds = time.perf_counter() - last_time
-            _log_train(writer, exp, step, history, (step - last_step) / max(seconds, 1e-9), flops_per_step, peak_flops)
-            history, last_time, last_step = [], time.perf_counter(), step
+        if window_end:  # The step was timed to completion: the window is done.
+            _log_train(writer, exp, step, history, timer.scalars(step - last_step), flops_per_step, peak)
+            history, last_step = [], step
             guard.check()
         preempted = watch.reached(step)
         eval_metrics = None
@@ -239,21 +253,33 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
                               metrics=evaluate.checkpoint_metrics(eval_metrics), force=True)
         if preempted:
             return state, True
+        if window_end:  # The next window starts here: evaluation and saving are not part of it.
+            timer.reset()
     return state, False
 
 
-def _log_train(writer, exp, step: int, history: list[dict], steps_per_second: float, flops: float,
-               peak_flops: float) -> None:
-    """Means over the window's finite steps, and `nonfinite_skips`: how many steps of the window were skipped."""
+def _compile(exp: experiment.Experiment, train_step, state: dict, batch: dict):
+    """(compiled step, FLOPs per update per device), after the pre-flight report (which may stop the run)."""
+    compiled = train_step.lower(state, batch).compile()
+    flops = accumulation.flops_per_update(step_flops(compiled), exp.config.grad_accum_steps)
+    preflight.report(exp.config, exp.spec, compiled, flops)
+    return compiled, flops
+
+
+def _log_train(writer, exp, step: int, history: list[dict], timing: dict[str, float], flops: float,
+               peak: hardware.Peak) -> None:
+    """Means over the window's finite steps, `nonfinite_skips` (how many steps of the window were skipped), and
+    where the time went (`metrics.WindowTimer`)."""
     values = jax.device_get(history)
     finite = [v for v in values if not v["nonfinite"]]
     scalars = {key: float(np.mean([v[key] for v in finite])) if finite else math.nan
                for key in values[0] if key != "nonfinite"}
     scalars["nonfinite_skips"] = float(sum(int(v["nonfinite"]) for v in values))
-    scalars["examples_per_second"] = steps_per_second * exp.config.global_batch_size
+    scalars["examples_per_second"] = exp.config.global_batch_size / timing["seconds_per_step"]
     scalars["learning_rate"] = float(exp.schedule(step - 1))
-    if flops and peak_flops:
-        scalars["mfu"] = flops * steps_per_second / peak_flops
+    scalars.update(timing)
+    if flops and peak.flops_per_second:
+        scalars[metrics.mfu_name(peak)] = flops / timing["seconds_per_step"] / peak.flops_per_second
     writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
 
 
