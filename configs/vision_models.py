@@ -18,6 +18,7 @@ VISION_MODEL_DEFAULTS = {
         "conv_bias": False,  # True: biases on every conv (Keras ResNet50)
         "norm_epsilon": 1e-5,  # BatchNorm epsilon (Keras: 1.001e-5)
         "dtype": "float32",  # compute dtype; parameters and BatchNorm statistics stay float32
+        "remat": "none",  # none | full | dots_saveable: recompute each residual block in the backward pass
     },
     "vgg": {
         "depth": 16,  # 11 | 13 | 16 | 19
@@ -37,7 +38,8 @@ VISION_MODEL_DEFAULTS = {
         "dropout_rate": 0.1,  # the paper's ImageNet-1k setting; 0 for JFT-scale data
         "attention_dropout_rate": 0.0,
         "layer_norm_eps": 1e-6,  # Hugging Face ViT checkpoints use 1e-12
-        "dtype": "float32",
+        "dtype": "float32",  # compute dtype; bfloat16 keeps softmax, LayerNorm statistics and the head float32
+        "remat": "none",  # none | full | dots_saveable: recompute each encoder block in the backward pass
     },
 }
 

@@ -34,6 +34,7 @@ def bert_config(model: ml_collections.ConfigDict) -> bert.BertConfig:
         attention_dropout_rate=model.attention_dropout_rate,
         layer_norm_eps=model.layer_norm_eps,
         dtype=model.dtype,
+        remat=model.remat,
     )
 
 
@@ -49,6 +50,7 @@ def _build_resnet(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Modul
         norm_epsilon=model.get("norm_epsilon", 1e-5),
         projection_dims=tuple(model.get("projection_dims", ())),
         dtype=model.dtype,
+        remat=model.remat,
     )
     return resnet.ResNet(config, rngs=rngs)
 
@@ -77,6 +79,7 @@ def _build_vit(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         attention_dropout_rate=model.attention_dropout_rate,
         layer_norm_eps=model.get("layer_norm_eps", 1e-6),
         dtype=model.dtype,
+        remat=model.remat,
     )
     return vit.VisionTransformer(config, rngs=rngs)
 

@@ -11,7 +11,8 @@ Other input sizes: the feature map (input / 32 on a side) is average-pooled to `
 on the image size. At 224x224 the map is already 7x7 and the pool is the identity. `pool_size=1` is
 global average pooling with a 512-wide classifier input, the sensible choice for small images such as
 CIFAR; `classifier_width` shrinks the two hidden layers. Inputs are NHWC images (at least 32x32);
-logits are float32.
+logits are float32. With `dtype=bfloat16` the convolutions and the hidden classifier layers compute in
+bfloat16; BatchNorm statistics, the adaptive pool and the last layer stay float32.
 """
 
 import dataclasses
@@ -110,7 +111,7 @@ class VGG(nnx.Module):
         self.fc1 = layers.dense(flat, width, ("embed", "mlp"), dtype, rngs, kernel_init=CLASSIFIER_INIT)
         self.fc2 = layers.dense(width, width, ("mlp", "embed"), dtype, rngs, kernel_init=CLASSIFIER_INIT)
         self.head = layers.dense(
-            width, config.num_classes, ("embed", "classes"), dtype, rngs, kernel_init=CLASSIFIER_INIT
+            width, config.num_classes, ("embed", "classes"), jnp.float32, rngs, kernel_init=CLASSIFIER_INIT
         )
         self.dropout = layers.Dropout(config.dropout_rate)
 
