@@ -28,6 +28,7 @@ VISION_MODEL_DEFAULTS = {
         "pool_size": 7,  # adaptive average pool before the classifier; 1 = global pooling (small images)
         "classifier_width": 4096,
         "dtype": "float32",
+        "remat": "none",  # none | full | dots_saveable: recompute each convolution block in the backward pass
     },
     "vit": {
         "variant": "B",  # Ti | S | B | L

@@ -64,6 +64,7 @@ def _build_vgg(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
         pool_size=model.pool_size,
         classifier_width=model.classifier_width,
         dtype=model.dtype,
+        remat=model.remat,
     )
     return vgg.VGG(config, rngs=rngs)
 

@@ -45,8 +45,10 @@ class VGGConfig:
     pool_size: int = 7  # Side of the adaptive average pool before the classifier; 1 = global pooling.
     classifier_width: int = 4096
     dtype: str = "float32"
+    remat: str = "none"  # none | full | dots_saveable: rematerialise each convolution block (lm.models.layers).
 
     def __post_init__(self):
+        layers.check_remat(self.remat)
         if self.depth not in STAGES:
             raise ValueError(f"VGG depth={self.depth} is not supported; choose one of {sorted(STAGES)}.")
         if self.pool_size < 1:
@@ -118,9 +120,14 @@ class VGG(nnx.Module):
     def features(self, images: jax.Array, *, deterministic: bool) -> jax.Array:
         """Convolutional features after the adaptive pool, flattened: [batch, 512 * pool_size**2]."""
         x = images.astype(jnp.dtype(self.config.dtype))
+
+        def run_block(block, x):
+            return block(x, deterministic=deterministic)
+
+        run_block = layers.remat(run_block, self.config.remat)
         for stage in self.stages:
             for block in stage:
-                x = block(x, deterministic=deterministic)
+                x = run_block(block, x)
             x = layers.constrain_batch(max_pool_2x2(x))
         x = adaptive_avg_pool(x, self.config.pool_size).astype(x.dtype)
         return x.reshape(x.shape[0], -1)
