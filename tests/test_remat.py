@@ -1,5 +1,5 @@
-"""`config.model.remat`: the same loss, gradients and BatchNorm statistics as without it, and a train step
-that needs less memory with `full`."""
+"""`config.model.remat`: the same loss, gradients and BatchNorm statistics as without it, and far less kept
+for the backward pass with `full`."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,6 @@ from flax import nnx
 
 from configs import vision_models
 from lm import state as state_lib
-from lm import train
 from lm.models import create_model
 from tests import model_steps
 
@@ -63,18 +62,27 @@ def test_remat_gives_the_same_gradients(name, remat, monkeypatch):
     assert all(float(jnp.abs(grad).sum()) > 0 for grad in jax.tree.leaves(reference[1]))  # None is trivially 0.
 
 
-def _step_temp_bytes(remat: str) -> int:
-    """Temporary memory of the compiled train step of a 2-layer BERT, batch 16 x 64 tokens."""
-    exp = model_steps.experiment_for(model_steps.bert_config(remat=remat), jax.devices()[:1])
-    batch = jax.eval_shape(lambda: model_steps.text_batch(0, batch_size=16, length=64))
-    with jax.set_mesh(exp.mesh):
-        compiled = train.jit_train_step(exp).lower(exp.spec.abstract, batch).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
+def _saved_bytes(remat: str) -> int:
+    """Bytes the backward pass of a 4-layer BERT (batch 16 x 64 tokens) keeps from its forward pass."""
+    config = model_steps.bert_config(remat=remat, num_layers=4).model
+    graphdef, params, batch_stats = state_lib.split_model(create_model(config, rngs=nnx.Rngs(0)))
+    batch = model_steps.text_batch(0, batch_size=16, length=64)
+
+    def loss_fn(params):
+        model = state_lib.merge_model(graphdef, params, batch_stats)
+        logits = model(batch["input_ids"], batch["attention_mask"], deterministic=False,
+                       rngs=nnx.Rngs(dropout=jax.random.key(1)))
+        return jnp.mean(logits)
+
+    residuals = jax.eval_shape(lambda p: jax.tree.leaves(jax.vjp(loss_fn, p)[1]), params)
+    return sum(r.size * r.dtype.itemsize for r in residuals)
 
 
-def test_full_remat_lowers_the_compiled_memory_of_the_step():
-    none, full = _step_temp_bytes("none"), _step_temp_bytes("full")
-    assert full < 0.8 * none, (full, none)
+def test_full_remat_keeps_less_for_the_backward_pass():
+    """What the backward pass keeps (the vjp's residuals). XLA's compiled memory follows it on accelerators;
+    XLA:CPU's scheduler runs the recomputation early, so there the compiled step's memory barely moves."""
+    none, full = _saved_bytes("none"), _saved_bytes("full")
+    assert full < 0.25 * none, (full, none)
 
 
 def test_unknown_remat_is_refused():

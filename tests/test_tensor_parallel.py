@@ -47,7 +47,7 @@ def _at(tree, path):
     return tree
 
 
-@pytest.mark.parametrize("family", ["bert", "vit"])
+@pytest.mark.parametrize("family", ["bert", pytest.param("vit", marks=pytest.mark.slow)])
 def test_tensor_parallel_losses_match_one_device(family, monkeypatch):
     model_steps.use_test_vit(monkeypatch)
     batches = _batches(family)
