@@ -34,7 +34,10 @@ def bert_model_config(size: str, **extra) -> ml_collections.ConfigDict:
     model.dropout_rate = 0.1
     model.attention_dropout_rate = 0.1
     model.layer_norm_eps = 1e-12
-    model.dtype = "float32"  # Compute dtype: float32 | bfloat16. Parameters stay float32.
+    # Compute dtype: float32 | bfloat16. bfloat16 is mixed precision: parameters, optimizer state, softmax,
+    # LayerNorm statistics and the loss stay float32.
+    model.dtype = "float32"
+    model.remat = "none"  # none | full | dots_saveable: recompute each layer's activations in the backward pass.
     model.head = "classifier"  # classifier (sequence classification) | mlm (masked-LM pretraining, task "mlm")
     model.update(extra)
     return model

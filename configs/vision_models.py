@@ -19,6 +19,7 @@ VISION_MODEL_DEFAULTS = {
         "norm_epsilon": 1e-5,  # BatchNorm epsilon (Keras: 1.001e-5)
         "projection_dims": (),  # non-empty: SimCLR's projection MLP of these widths replaces the linear head
         "dtype": "float32",  # compute dtype; parameters and BatchNorm statistics stay float32
+        "remat": "none",  # none | full | dots_saveable: recompute each residual block in the backward pass
     },
     "vgg": {
         "depth": 16,  # 11 | 13 | 16 | 19
@@ -28,6 +29,7 @@ VISION_MODEL_DEFAULTS = {
         "pool_size": 7,  # adaptive average pool before the classifier; 1 = global pooling (small images)
         "classifier_width": 4096,
         "dtype": "float32",
+        "remat": "none",  # none | full | dots_saveable: recompute each convolution block in the backward pass
     },
     "vit": {
         "variant": "B",  # Ti | S | B | L
@@ -38,7 +40,8 @@ VISION_MODEL_DEFAULTS = {
         "dropout_rate": 0.1,  # the paper's ImageNet-1k setting; 0 for JFT-scale data
         "attention_dropout_rate": 0.0,
         "layer_norm_eps": 1e-6,  # Hugging Face ViT checkpoints use 1e-12
-        "dtype": "float32",
+        "dtype": "float32",  # compute dtype; bfloat16 keeps softmax, LayerNorm statistics and the head float32
+        "remat": "none",  # none | full | dots_saveable: recompute each encoder block in the backward pass
     },
 }
 

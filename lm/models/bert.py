@@ -3,7 +3,11 @@
 Post-LN transformer layers with GELU, learned word/position/token-type embeddings and a tanh pooler
 over the first token, as in the original BERT and Hugging Face's `BertModel`, so that published
 weights load one-to-one (`lm.weights.hf_bert`). Parameters are float32; `dtype` sets the compute
-dtype. Every parameter carries logical axis names that `lm.sharding` maps onto the device mesh.
+dtype: with bfloat16 the matrix products and activations are bfloat16, while the attention softmax,
+the LayerNorm statistics, the classifier and the masked-LM logits stay float32. `remat` rematerialises
+each transformer layer in the backward pass. Every parameter carries logical axis names that
+`lm.sharding` maps onto the device mesh; with the default rules the attention heads and the MLP split
+over the `tensor` mesh axis (Megatron-style).
 """
 
 import dataclasses
@@ -30,6 +34,10 @@ class BertConfig:
     attention_dropout_rate: float = 0.1
     layer_norm_eps: float = 1e-12
     dtype: str = "float32"
+    remat: str = "none"  # none | full | dots_saveable: rematerialise each transformer layer (lm.models.layers).
+
+    def __post_init__(self):
+        layers.check_remat(self.remat)
 
     @property
     def head_dim(self) -> int:
@@ -70,12 +78,8 @@ class BertSelfAttention(nnx.Module):
         q = self.query(x).reshape(shape)
         k = self.key(x).reshape(shape)
         v = self.value(x).reshape(shape)
-        mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1 (heads), 1 (query), key]
-        use_dropout = not deterministic and self.config.attention_dropout_rate > 0
-        if use_dropout:
-            out = layers.attention_with_dropout(q, k, v, mask, self.attention_dropout, rngs)
-        else:
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = layers.attention(q, k, v, attention_mask, dropout=self.attention_dropout, deterministic=deterministic,
+                               rngs=rngs)
         return self.output(out.reshape(batch, length, -1))
 
 
@@ -113,20 +117,25 @@ class BertEncoder(nnx.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = layers.constrain_batch(self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs))
+
+        def run_layer(layer, x, attention_mask, rngs):
+            return layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
+
+        run_layer = layers.remat(run_layer, self.config.remat)
         for layer in self.layers:
-            x = layers.constrain_batch(layer(x, attention_mask, deterministic=deterministic, rngs=rngs))
+            x = layers.constrain_batch(run_layer(layer, x, attention_mask, rngs))
         pooled = jnp.tanh(self.pooler(x[:, 0]))
         return x, pooled
 
 
 class BertClassifier(nnx.Module):
-    """BERT encoder + dropout + linear head on the pooled output. Returns float32 logits."""
+    """BERT encoder + dropout + linear head on the pooled output. The head computes in float32 (logits)."""
 
     def __init__(self, config: BertConfig, num_classes: int, *, rngs: nnx.Rngs):
         self.encoder = BertEncoder(config, rngs=rngs)
         self.dropout = layers.Dropout(config.dropout_rate)
         self.classifier = layers.dense(
-            config.hidden_size, num_classes, ("embed", "classes"), jnp.dtype(config.dtype), rngs
+            config.hidden_size, num_classes, ("embed", "classes"), jnp.float32, rngs
         )
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, rngs=None):
@@ -149,7 +158,9 @@ class BertMaskedLMHead(nnx.Module):
 
     def __call__(self, x, word_embeddings: nnx.Embed):
         x = self.norm(jax.nn.gelu(self.transform(x), approximate=False))
-        return word_embeddings.attend(x).astype(jnp.float32) + self.bias[...]
+        # The tied decoder: compute-dtype inputs, float32 logits (accumulated in float32, as `attend` would not).
+        decoder = word_embeddings.embedding[...].astype(x.dtype)
+        return jnp.dot(x, decoder.T, preferred_element_type=jnp.float32) + self.bias[...]
 
 
 class BertForMaskedLM(nnx.Module):

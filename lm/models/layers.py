@@ -96,18 +96,70 @@ class Dropout(nnx.Dropout):
         return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
 
 
+def attention_implementation(platform: str, dtype, head_dim: int) -> str:
+    """The `jax.nn.dot_product_attention` implementation for a platform, compute dtype and head size.
+
+    'cudnn' (flash attention, fused kernels) on a GPU where cuDNN takes the inputs: bfloat16 or float16 heads of
+    at most 128 dimensions, a multiple of 8. 'xla' everywhere else (CPU, TPU, float32 on GPU), as JAX's own
+    default does today.
+    """
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if platform == "gpu" and half and head_dim % 8 == 0 and head_dim <= 128:
+        return "cudnn"
+    return "xla"
+
+
+def attention(q, k, v, key_mask, *, dropout: Dropout, deterministic: bool, rngs):
+    """Multi-head softmax attention; q, k, v: [batch, length, heads, head_dim], softmax in float32.
+
+    `key_mask`: [batch, key length], nonzero where a token may be attended to (the tokenizer's
+    `attention_mask`: padding at the end), or None. Without attention dropout this is
+    `jax.nn.dot_product_attention` with the implementation `attention_implementation` picks; cuDNN takes
+    the padding as key lengths (the count of unmasked keys, which equals the mask for right padding).
+    Training with attention dropout takes the explicit path (`attention_with_dropout`): the fused
+    kernels have no dropout on the probabilities.
+    """
+    if not deterministic and dropout.rate > 0:
+        mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
+        return attention_with_dropout(q, k, v, mask, dropout, rngs)
+    if attention_implementation(jax.default_backend(), q.dtype, q.shape[-1]) == "cudnn":
+        lengths = None if key_mask is None else jnp.sum(key_mask != 0, axis=-1, dtype=jnp.int32)
+        return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
+    mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
 def attention_with_dropout(q, k, v, mask, dropout: Dropout, rngs):
     """Softmax attention with dropout on the probabilities (what BERT trains with).
 
-    q, k, v: [batch, length, heads, head_dim]; mask: broadcastable to [batch, heads, q_len, k_len].
-    `jax.nn.dot_product_attention` has no dropout, so training with attention dropout takes this path.
+    q, k, v: [batch, length, heads, head_dim]; mask: None or boolean, broadcastable to [batch, heads, q_len,
+    k_len]. The logits and the softmax are float32 whatever the compute dtype.
     """
     scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k)
-    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     probs = dropout(probs, deterministic=False, rngs=rngs)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+# config.model.remat: what a rematerialised block keeps from its forward pass for the backward pass.
+# full: only its inputs (everything else is recomputed); dots_saveable: the outputs of its matrix products.
+REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+REMAT_CHOICES = ("none", *REMAT_POLICIES)
+
+
+def check_remat(remat: str) -> None:
+    if remat not in REMAT_CHOICES:
+        raise ValueError(f"config.model.remat={remat!r} is not known; use one of {', '.join(REMAT_CHOICES)}.")
+
+
+def remat(fn, policy: str):
+    """`fn` (of modules and arrays) rematerialised under `nnx.remat` with the `REMAT_POLICIES` entry; "none": fn."""
+    if policy == "none":
+        return fn
+    return nnx.remat(fn, policy=REMAT_POLICIES[policy])
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:

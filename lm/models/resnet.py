@@ -14,7 +14,9 @@ first 1x1 convolution (v1) instead of the 3x3 (v1.5); `conv_bias` gives every co
 BatchNorm keeps running statistics as `nnx.BatchStat` variables: it normalises with the batch statistics
 and updates the running averages (momentum 0.9) when `deterministic=False`, and uses the running
 averages when `deterministic=True`. Under `jax.jit` over a batch-sharded input the statistics are those
-of the global batch. Inputs are NHWC images; logits are float32.
+of the global batch. Inputs are NHWC images; logits are float32. With `dtype=bfloat16` the convolutions
+and activations are bfloat16, while the BatchNorm statistics (and running averages), the pooling and the
+head are float32. `remat` rematerialises each residual block in the backward pass.
 
 Convolutions and BatchNorm come from `lm.models.convolution`: `nnx.Conv` and `nnx.BatchNorm` with the
 same parameters and results, arranged for XLA:CPU speed (1x1 convolutions as matrix products, BatchNorm as
@@ -59,8 +61,10 @@ class ResNetConfig:
     # Non-empty: a projection MLP (SimCLR, Chen et al. 2020) of these widths replaces the linear head.
     projection_dims: tuple[int, ...] = ()
     dtype: str = "float32"
+    remat: str = "none"  # none | full | dots_saveable: rematerialise each residual block (lm.models.layers).
 
     def __post_init__(self):
+        layers.check_remat(self.remat)
         if self.depth not in STAGE_SIZES:
             raise ValueError(
                 f"ResNet depth={self.depth} is not supported; choose one of {sorted(STAGE_SIZES)}."
@@ -227,7 +231,7 @@ class ResNet(nnx.Module):
             self.head = nnx.Linear(
                 features,
                 config.num_classes,
-                dtype=jnp.dtype(config.dtype),
+                dtype=jnp.float32,
                 param_dtype=jnp.float32,
                 kernel_init=nnx.with_partitioning(HEAD_INIT, ("embed", "classes")),
                 bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",)),
@@ -242,8 +246,13 @@ class ResNet(nnx.Module):
         x = layers.constrain_batch(
             self.stem(images.astype(jnp.dtype(self.config.dtype)), deterministic=deterministic)
         )
+
+        def run_block(block, x):
+            return block(x, deterministic=deterministic)
+
+        run_block = layers.remat(run_block, self.config.remat)
         for block in self.blocks:
-            x = layers.constrain_batch(block(x, deterministic=deterministic))
+            x = layers.constrain_batch(run_block(block, x))
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if self.config.projection_dims:
             return self.projection(pooled, deterministic=deterministic).astype(jnp.float32)

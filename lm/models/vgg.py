@@ -11,7 +11,8 @@ Other input sizes: the feature map (input / 32 on a side) is average-pooled to `
 on the image size. At 224x224 the map is already 7x7 and the pool is the identity. `pool_size=1` is
 global average pooling with a 512-wide classifier input, the sensible choice for small images such as
 CIFAR; `classifier_width` shrinks the two hidden layers. Inputs are NHWC images (at least 32x32);
-logits are float32.
+logits are float32. With `dtype=bfloat16` the convolutions and the hidden classifier layers compute in
+bfloat16; BatchNorm statistics, the adaptive pool and the last layer stay float32.
 """
 
 import dataclasses
@@ -46,8 +47,10 @@ class VGGConfig:
     pool_size: int = 7  # Side of the adaptive average pool before the classifier; 1 = global pooling.
     classifier_width: int = 4096
     dtype: str = "float32"
+    remat: str = "none"  # none | full | dots_saveable: rematerialise each convolution block (lm.models.layers).
 
     def __post_init__(self):
+        layers.check_remat(self.remat)
         if self.depth not in STAGES:
             raise ValueError(f"VGG depth={self.depth} is not supported; choose one of {sorted(STAGES)}.")
         if self.pool_size < 1:
@@ -112,16 +115,21 @@ class VGG(nnx.Module):
         self.fc1 = layers.dense(flat, width, ("embed", "mlp"), dtype, rngs, kernel_init=CLASSIFIER_INIT)
         self.fc2 = layers.dense(width, width, ("mlp", "embed"), dtype, rngs, kernel_init=CLASSIFIER_INIT)
         self.head = layers.dense(
-            width, config.num_classes, ("embed", "classes"), dtype, rngs, kernel_init=CLASSIFIER_INIT
+            width, config.num_classes, ("embed", "classes"), jnp.float32, rngs, kernel_init=CLASSIFIER_INIT
         )
         self.dropout = layers.Dropout(config.dropout_rate)
 
     def features(self, images: jax.Array, *, deterministic: bool) -> jax.Array:
         """Convolutional features after the adaptive pool, flattened: [batch, 512 * pool_size**2]."""
         x = images.astype(jnp.dtype(self.config.dtype))
+
+        def run_block(block, x):
+            return block(x, deterministic=deterministic)
+
+        run_block = layers.remat(run_block, self.config.remat)
         for stage in self.stages:
             for block in stage:
-                x = block(x, deterministic=deterministic)
+                x = run_block(block, x)
             x = layers.constrain_batch(max_pool_2x2(x))
         x = adaptive_avg_pool(x, self.config.pool_size).astype(x.dtype)
         return x.reshape(x.shape[0], -1)

@@ -9,7 +9,10 @@ Initialisation follows the reference implementation (big_vision): Xavier-uniform
 biases, position embeddings N(0, 0.02), a zero class token and a zero head. Dropout (`dropout_rate`)
 acts after the embeddings, the attention output and both MLP layers; attention-probability dropout
 (`attention_dropout_rate`, 0 in the paper) takes an explicit softmax path, otherwise attention is
-`jax.nn.dot_product_attention`. Position embeddings are sized for `image_size`; other input sizes
+`jax.nn.dot_product_attention` (`lm.models.layers.attention`: cuDNN on GPU in half precision). With
+`dtype=bfloat16` the blocks compute in bfloat16 while the softmax, LayerNorm statistics and the head stay
+float32; `remat` rematerialises each encoder block; heads and MLP split over the `tensor` mesh axis
+under the default axis rules. Position embeddings are sized for `image_size`; other input sizes
 need them resampled (a weight-loading concern), and are rejected here. Inputs are NHWC images;
 logits are float32.
 """
@@ -46,8 +49,10 @@ class ViTConfig:
     attention_dropout_rate: float = 0.0
     layer_norm_eps: float = 1e-6
     dtype: str = "float32"
+    remat: str = "none"  # none | full | dots_saveable: rematerialise each encoder block (lm.models.layers).
 
     def __post_init__(self):
+        layers.check_remat(self.remat)
         if self.variant not in VIT_SIZES:
             raise ValueError(f"ViT variant={self.variant!r} is not known; choose one of {list(VIT_SIZES)}.")
         if self.pooling not in ("cls", "gap"):
@@ -96,10 +101,7 @@ class SelfAttention(nnx.Module):
         batch, length, hidden = x.shape
         shape = (batch, length, self.config.num_heads, hidden // self.config.num_heads)
         q, k, v = (proj(x).reshape(shape) for proj in (self.query, self.key, self.value))
-        if not deterministic and self.config.attention_dropout_rate > 0:
-            out = layers.attention_with_dropout(q, k, v, True, self.attention_dropout, rngs)
-        else:
-            out = jax.nn.dot_product_attention(q, k, v)
+        out = layers.attention(q, k, v, None, dropout=self.attention_dropout, deterministic=deterministic, rngs=rngs)
         return self.output(out.reshape(batch, length, hidden))
 
 
@@ -177,7 +179,7 @@ class VisionTransformer(nnx.Module):
         self.blocks = nnx.List([EncoderBlock(config, rngs=rngs) for _ in range(config.num_layers)])
         self.norm = layers.layer_norm(h, config.layer_norm_eps, dtype, rngs)
         zeros = nnx.initializers.zeros_init()
-        self.head = layers.dense(h, config.num_classes, ("embed", "classes"), dtype, rngs, kernel_init=zeros)
+        self.head = layers.dense(h, config.num_classes, ("embed", "classes"), jnp.float32, rngs, kernel_init=zeros)
 
     def __call__(
         self, images: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None
@@ -186,8 +188,13 @@ class VisionTransformer(nnx.Module):
         x = layers.constrain_batch(
             self.dropout(self.embedding(images), deterministic=deterministic, rngs=rngs)
         )
+
+        def run_block(block, x, rngs):
+            return block(x, deterministic=deterministic, rngs=rngs)
+
+        run_block = layers.remat(run_block, self.config.remat)
         for block in self.blocks:
-            x = layers.constrain_batch(block(x, deterministic=deterministic, rngs=rngs))
+            x = layers.constrain_batch(run_block(block, x, rngs))
         x = self.norm(x)
         pooled = x[:, 0] if self.config.pooling == "cls" else jnp.mean(x.astype(jnp.float32), axis=1)
         return self.head(pooled).astype(jnp.float32)
