@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
         analysis = contenders[name].step.memory_analysis()
         memory[name] = (analysis.temp_size_in_bytes, analysis.argument_size_in_bytes)
         print(f"  compiled {name}", flush=True)
-    times, _, _ = common.measure(contenders, args.rounds, args.steps)
+    times = common.measure(contenders, args.rounds, args.steps).wall
     print(f"\nBERT-{args.size}, batch {args.batch} x {args.length} tokens, {common.cores()} cores; "
           "ratios: case / float32")
     print("| case | ms/step (median) | time ratio (paired median) | temp MB | temp ratio | arguments MB |")
