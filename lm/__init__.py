@@ -2,7 +2,7 @@
 
 import ml_collections
 
-MODES = ("train", "eval", "export_hf", "build_vocab")
+MODES = ("train", "eval", "export_hf", "build_vocab", "export_savedmodel", "serve")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict:
@@ -31,6 +31,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
         from lm.serving import export_hf
 
         return {"export_dir": export_hf.export(config, workdir)}
+    if mode == "export_savedmodel":
+        from lm.serving import savedmodel
+
+        return savedmodel.run_export(config, workdir)
+    if mode == "serve":
+        from lm.serving import serve
+
+        return serve.run_serve(config, workdir)
     raise ValueError(f"--mode={mode!r} is not known; use one of {MODES}.")
 
 
