@@ -55,14 +55,16 @@ CORPORA = {
 def corpus_data_config() -> ml_collections.ConfigDict:
     """Data keys for masked-LM pretraining from TFDS or the user's .txt/.jsonl files."""
     data = ml_collections.ConfigDict()
-    data.source = "files"  # tfds | files
+    data.source = "files"  # tfds | files | a source registered with input_pipeline.register_source
     data.tfds_name = ""
     data.tfds_data_dir = ""  # "" = TFDS default (~/tensorflow_datasets).
+    data.tfds_manual_dir = ""  # Datasets TFDS cannot download: the folder holding the manually downloaded files.
     data.text_field = "text"  # TFDS feature, or the field of each .jsonl record.
     data.train_split = "train"
     data.validation_split = ""
     data.train_files = ""  # .txt (one document a line) or .jsonl; comma-separated paths or globs.
     data.validation_files = ""
+    data.encoding = "utf-8"  # Of the files; e.g. "latin-1" for older Western European text (a BOM is dropped).
     data.validation_fraction = 0.01  # Without validation_files: this seeded fraction of the documents.
     data.vocab_path = ""  # "" = the init_from directory's vocab.txt.
     data.lowercase = True

@@ -43,9 +43,10 @@ DATASETS = {
 def text_data_config() -> ml_collections.ConfigDict:
     """Data keys for text classification from TFDS or the user's CSV/TSV/JSONL files."""
     data = ml_collections.ConfigDict()
-    data.source = "tfds"  # tfds | files
+    data.source = "tfds"  # tfds | files | a source registered with input_pipeline.register_source
     data.tfds_name = "imdb_reviews"
     data.tfds_data_dir = ""  # "" = TFDS default (~/tensorflow_datasets).
+    data.tfds_manual_dir = ""  # Datasets TFDS cannot download: the folder holding the manually downloaded files.
     data.train_split = "train[:90%]"
     data.validation_split = "train[90%:]"
     data.test_split = "test"
@@ -59,6 +60,7 @@ def text_data_config() -> ml_collections.ConfigDict:
     data.text_field = "text"
     data.label_field = "label"
     data.label_names = ()  # e.g. ("negative", "positive"): labels given as names; else integers.
+    data.encoding = "utf-8"  # Of the files; e.g. "latin-1" for older Western European text (a BOM is dropped).
     # Tokenization (WordPiece in tf.data).
     data.vocab_path = ""  # "" = the init_from directory's vocab.txt.
     data.lowercase = True

@@ -17,7 +17,7 @@ Sources:
   digits  scikit-learn's load_digits, carved by validation_fraction/test_fraction.
   arrays  in-memory arrays: arrays_path is an .npz with x_train, y_train [, x_val, y_val, x_test, y_test,
           class_names]; or arrays_name names arrays given to
-          `input_pipeline.image_classification.register_arrays(name, x_train, y_train, ...)` in the same
+          `input_pipeline.sources.arrays.register_arrays(name, x_train, y_train, ...)` in the same
           process. Images uint8 in [0, 255] or float in [0, 1], [N, H, W] or [N, H, W, C]; labels integers.
           Splits missing from the arrays are carved out of train like the folder's.
 """
@@ -47,7 +47,7 @@ def image_data_config(dataset: str = "digits") -> ml_collections.ConfigDict:
     if dataset not in _PRESETS:
         raise ValueError(f"Unknown image dataset preset {dataset!r}; choose one of {sorted(_PRESETS)}.")
     data = ml_collections.ConfigDict()
-    data.source = "digits"  # tfds | folder | digits | arrays
+    data.source = "digits"  # tfds | folder | digits | arrays | a source registered with register_source
     data.tfds_name = ""
     data.tfds_data_dir = ""  # "" = TFDS default (~/tensorflow_datasets).
     data.tfds_manual_dir = ""  # imagenet2012: the folder holding the ILSVRC2012 .tar files.
@@ -74,5 +74,7 @@ def image_data_config(dataset: str = "digits") -> ml_collections.ConfigDict:
     data.mean = ()  # per-channel normalisation of [0, 1] pixels; () = the dataset's (ImageNet's for photos).
     data.std = ()
     data.shuffle_buffer = 10_000  # tfds only: the others permute the whole training set each epoch.
+    data.views = 1  # 2: two augmented views of each image ('image', 'image_view2'), for SimCLR pretraining.
+    data.color_distortion = 0.0  # > 0: SimCLR colour distortion of this strength (RGB only).
     data.update(_PRESETS[dataset][1])
     return data

@@ -1,25 +1,22 @@
 """tf.data input pipelines: sources, tokenization, augmentation, per-host sharding, batching.
 
-`create_data(config, process_index, process_count)` returns the data object a task trains on. It yields
-numpy batches for this host; the trainer assembles them into global arrays.
+`create_data(config, process_index, process_count, pipeline=NAME)` returns the data object a task trains on,
+built by the pipeline registered under NAME ("text_classification", "text_corpus", "images", or one a user
+registers with `register_pipeline`). Its examples come from the source `config.data.source` names (built-in
+ones in `input_pipeline/sources/`, or one a user registers with `register_source`). The data object yields
+numpy batches for this host (`train_iterator(start_step)`, `eval_batches(split)`); the trainer assembles them
+into global arrays.
 """
 
 import ml_collections
 
+from input_pipeline.registry import register_pipeline, register_source
 
-def create_data(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1):
-    if config.task == "mlm" and config.model.name == "bert":
-        from input_pipeline import text_corpus
+__all__ = ["create_data", "register_pipeline", "register_source"]
 
-        return text_corpus.PretrainingData(config, process_index, process_count)
-    if config.task == "classification" and config.model.name == "bert":
-        from input_pipeline import text_classification
 
-        return text_classification.TextClassificationData(config, process_index, process_count)
-    if config.task in ("classification", "simclr") and config.model.name in ("resnet", "vgg", "vit"):
-        from input_pipeline import image_classification
+def create_data(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1, *,
+                pipeline: str):
+    from input_pipeline import registry
 
-        return image_classification.ImageClassificationData(config, process_index, process_count)
-    raise ValueError(
-        f"No input pipeline for config.task={config.task!r} with config.model.name={config.model.name!r}."
-    )
+    return registry.pipeline(pipeline)(config, process_index, process_count)

@@ -12,8 +12,22 @@ gives each op of one example its own.
   et al. 2018).
 """
 
+import dataclasses
+
 import tensorflow as tf
 
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """What an image source implies when the config leaves it open: channels, normalisation, eval resizing."""
+
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    photos: bool  # Photos of varied sizes: evaluate ImageNet-style (resize 1/0.875, centre crop).
+
+
+PHOTOS = Defaults(3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), photos=True)  # ImageNet's statistics
 INCEPTION_AREA_RANGE = (0.08, 1.0)
 INCEPTION_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 

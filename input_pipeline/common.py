@@ -1,4 +1,4 @@
-"""What every input pipeline shares: split names, per-host slicing, epoch seeds, padding, numpy batches.
+"""What every input pipeline shares: split names, split carving, per-host slicing, epoch seeds, padding, batches.
 
 Host i of n takes examples i, i + n, ... of an evaluation split, and block i of each global batch of a
 training epoch held in memory (`host_share`); every host takes the same number of training steps
@@ -44,11 +44,55 @@ def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, EPOCH_STREAM, epoch])
 
 
+def shuffle_seed(seed: int, epoch: int) -> np.int64:
+    """The tf.data shuffle seed of epoch `epoch` (streamed sources shuffle in a buffer with it)."""
+    return np.int64(epoch_seed(seed, epoch).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def host_epoch_order(seed: int, epoch: int, num_examples: int, process_index: int, process_count: int,
                      host_batch_size: int) -> np.ndarray:
     """Indices (int64) of this host's training examples in epoch `epoch`: a seeded shuffle, then `host_share`."""
     permutation = np.random.default_rng(epoch_seed(seed, epoch)).permutation(num_examples)
     return host_share(permutation, process_index, process_count, host_batch_size).astype(np.int64)
+
+
+def carve_splits(num_examples: int, fractions: dict[str, float], seed: int,
+                 strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Indices (sorted: file order kept) of each split carved out of a training set, and of what stays "train".
+
+    The one rule of every in-memory source: split s (in the order of `fractions`) takes
+    max(1, round(fraction_s * num_examples)) examples, dealt over the strata (the classes, when given) in
+    proportion to their sizes, largest remainders first; each stratum is drawn in an order seeded by
+    (seed, SPLIT_STREAM). Without strata it is one seeded permutation cut into consecutive pieces.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, SPLIT_STREAM]))
+    strata = np.zeros(num_examples, np.int64) if strata is None else np.asarray(strata)
+    groups = [rng.permutation(np.flatnonzero(strata == stratum)) for stratum in np.unique(strata)]
+    sizes = np.array([len(group) for group in groups], np.int64)
+    taken = np.zeros(len(groups), np.int64)
+    carved = {}
+    for split, fraction in fractions.items():
+        quotas = np.minimum(_apportion(max(1, round(fraction * num_examples)), sizes), sizes - taken)
+        carved[split] = _sorted_concat([g[t : t + q] for g, t, q in zip(groups, taken, quotas, strict=True)])
+        taken += quotas
+    carved["train"] = _sorted_concat([group[t:] for group, t in zip(groups, taken, strict=True)])
+    return carved
+
+
+def _apportion(total: int, sizes: np.ndarray) -> np.ndarray:
+    """`total` dealt over groups in proportion to `sizes`: floors, then one more to the largest remainders."""
+    exact = total * sizes / max(int(sizes.sum()), 1)
+    quotas = np.floor(exact).astype(np.int64)
+    quotas[np.argsort(-(exact - quotas), kind="stable")[: total - int(quotas.sum())]] += 1
+    return quotas
+
+
+def _sorted_concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+class BadExample(ValueError):
+    """Raised by a pipeline's check of one example read from the user's data: what is wrong with it."""
 
 
 def check_on_bad_example(value: object) -> None:

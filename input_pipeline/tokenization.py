@@ -10,6 +10,7 @@ Importing this module hides GPUs from TensorFlow: tf.data only feeds numpy to JA
 the accelerator's memory.
 """
 
+import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -112,3 +113,26 @@ def normalize_text(texts: tf.Tensor, lowercase: bool) -> tf.Tensor:
     # Hugging Face lowercases character by character: no word-final sigma.
     texts = tf.strings.lower(tf.strings.regex_replace(texts, "Σ", "σ"), encoding="utf-8")
     return tf.strings.regex_replace(tf_text.normalize_utf8(texts, "NFD"), r"\p{Mn}", "")
+
+
+def resolve_vocab_path(config: ml_collections.ConfigDict) -> str:
+    """config.data.vocab_path, else config.init_from/vocab.txt."""
+    path = config.data.vocab_path
+    if path:
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(
+                f"config.data.vocab_path={path!r} does not exist. Set it to a WordPiece vocab.txt (one token a line)."
+            )
+        return path
+    init_from = config.init_from
+    if init_from and tf.io.gfile.exists(f"{init_from.rstrip('/')}/vocab.txt"):
+        return f"{init_from.rstrip('/')}/vocab.txt"
+    raise ValueError(
+        f"No vocabulary: config.data.vocab_path is '' and config.init_from={init_from!r} holds no vocab.txt. "
+        "Set config.data.vocab_path to a WordPiece vocab.txt or config.init_from to a Hugging Face BERT directory."
+    )
+
+
+def tokenizer_from_config(config: ml_collections.ConfigDict) -> WordPieceTokenizer:
+    """The tokenizer of config.data (max_length, lowercase) with the vocabulary `resolve_vocab_path` finds."""
+    return WordPieceTokenizer(resolve_vocab_path(config), config.data.max_length, config.data.lowercase)

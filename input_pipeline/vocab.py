@@ -1,7 +1,8 @@
 """`--mode=build_vocab`: learns a WordPiece vocabulary from the pretraining corpus and writes `vocab.txt`.
 
-The corpus is the one `config.data` names for pretraining (`input_pipeline.text_corpus`: TFDS or .txt/.jsonl
-files; the training documents, at most `config.vocab.max_documents` of them). Text is normalised as
+The corpus is the one `config.data` names for pretraining (`input_pipeline.text_corpus`: any source that
+serves documents, e.g. TFDS or .txt/.jsonl files; the training documents, at most `config.vocab.max_documents`
+of them). Text is normalised as
 `WordPieceTokenizer` normalises it (cleaning, and with `config.data.lowercase` lowercasing and accent
 stripping), so the vocabulary fits the tokenizer that will read it. tensorflow-text's
 `bert_vocab_from_dataset` then splits words as BERT does and learns the word pieces. The file starts with
@@ -9,30 +10,22 @@ stripping), so the vocabulary fits the tokenizer that will read it. tensorflow-t
 """
 
 import logging
-import os
 
 import ml_collections
 import tensorflow as tf
 
-from input_pipeline import text_corpus
+from input_pipeline import core, text_corpus
 from input_pipeline.tokenization import SPECIAL_TOKENS, normalize_text
 
 log = logging.getLogger(__name__)
 
 
 def corpus_documents(config: ml_collections.ConfigDict) -> tf.data.Dataset:
-    """The training documents of config.data, as strings (at most config.vocab.max_documents)."""
-    data = config.data
-    if data.source == "files":
-        if not data.train_files:
-            raise ValueError("--mode=build_vocab reads config.data.train_files; set it (.txt or .jsonl files).")
-        documents = tf.data.Dataset.from_tensor_slices(
-            tf.constant(text_corpus.read_corpus("train_files", data.train_files, data.text_field), tf.string)
-        )
-    elif data.source == "tfds":
-        documents = text_corpus.TfdsCorpus(config, 0, 1).host_documents("train", 0)
-    else:
-        raise ValueError(f"config.data.source={data.source!r}: use 'tfds' or 'files'.")
+    """The training documents of config.data's source, as strings (at most config.vocab.max_documents)."""
+    fields, splits = text_corpus.PretrainingData.FIELDS, text_corpus.PretrainingData.SPLITS
+    core.check_source(config, fields)
+    examples, _ = core.load_examples(config, fields, splits, 0, 1, text_corpus.parse_document)
+    documents = examples.host_examples("train").map(lambda example: example["text"])
     return documents.take(config.vocab.max_documents) if config.vocab.max_documents > 0 else documents
 
 
@@ -54,7 +47,7 @@ def build_vocab(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes WORKDIR/vocab.txt learned from config.data's corpus; returns its path."""
     vocab = learn_vocab(corpus_documents(config), config.vocab.size, config.data.lowercase, config.vocab.min_count)
     tf.io.gfile.makedirs(workdir)
-    path = os.path.join(workdir, "vocab.txt")
+    path = tf.io.gfile.join(workdir, "vocab.txt")
     with tf.io.gfile.GFile(path, "w") as f:
         f.write("\n".join(vocab) + "\n")
     log.info("Wrote a %d-token WordPiece vocabulary to %s; train with --config.data.vocab_path=%s", len(vocab), path,

@@ -51,7 +51,9 @@ def build(config: ml_collections.ConfigDict, devices=None) -> Experiment:
     """`config` must come from `config_checks.resolved_copy`; `devices` defaults to all devices."""
     mesh = sharding.create_mesh(config.mesh, devices)
     config_checks.check_batch_sizes(config, sharding.data_parallel_size(mesh), jax.process_count())
-    data = input_pipeline.create_data(config, jax.process_index(), jax.process_count())
+    text = "text_classification" if config.model.name == "bert" else "images"
+    pipeline = "text_corpus" if config.task == "mlm" else text
+    data = input_pipeline.create_data(config, jax.process_index(), jax.process_count(), pipeline=pipeline)
     if "vocab_size" in config.model:
         if config.model.vocab_size == -1:
             config.model.vocab_size = data.vocab_size

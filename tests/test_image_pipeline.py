@@ -11,8 +11,9 @@ from PIL import Image
 
 from configs import common, vision_data
 from input_pipeline import augment
-from input_pipeline import image_classification as ic
 from input_pipeline.image_classification import ImageClassificationData
+from input_pipeline.sources import arrays as array_source
+from input_pipeline.sources import tfds as tfds_source
 
 CLASSES = ("cat", "dog", "emu")
 PER_CLASS = 8
@@ -135,8 +136,8 @@ def test_tfds_hosts_read_disjoint_slices_once(tmp_path, monkeypatch):
     # TFDS 4.9.10 imports this undeclared dependency to prepare any dataset (tensorflow/datasets#11212).
     pytest.importorskip("importlib_resources")
     LmTinyImages(data_dir=str(tmp_path)).download_and_prepare()
-    spec = ic.TfdsDataset(3, ("train[:80%]", "train[80%:]", "test"), ic.Defaults(3, (0.0,), (1.0,), False))
-    monkeypatch.setitem(ic.TFDS_DATASETS, "lm_tiny_images", spec)
+    spec = tfds_source.TfdsImages(3, ("train[:80%]", "train[80%:]", "test"), augment.Defaults(3, (0.0,), (1.0,), False))
+    monkeypatch.setitem(tfds_source.IMAGE_DATASETS, "lm_tiny_images", spec)
     config = make_config(3, source="tfds", tfds_name="lm_tiny_images", tfds_data_dir=str(tmp_path))
     config.data.update(image_size=8, augmentation="none", shuffle_buffer=8)
     hosts = [ImageClassificationData(config, i, 2) for i in range(2)]
@@ -269,7 +270,7 @@ def test_arrays_from_npz_and_registry(tmp_path):
     test = next(data.eval_batches("test"))
     expected = (x[:4] / 255 - 0.5) / 0.5
     np.testing.assert_allclose(test["image"], expected, atol=1e-5)
-    ic.register_arrays("floats", rng.random((20, 5, 5)), np.arange(20) % 2)
+    array_source.register_arrays("floats", rng.random((20, 5, 5)), np.arange(20) % 2)
     config = make_config(2, source="arrays", arrays_name="floats", image_size=5, channels=3)
     data = ImageClassificationData(config)
     assert data.num_classes == 2 and next(data.train_iterator())["image"].shape == (4, 5, 5, 3)
@@ -338,7 +339,7 @@ def test_mixup_soft_labels_sum_to_one():
 
 
 def test_presets_agree_with_the_pipeline():
-    for name, spec in ic.TFDS_DATASETS.items():
+    for name, spec in tfds_source.IMAGE_DATASETS.items():
         assert vision_data.DATASET_NUM_CLASSES[name] == spec.num_classes
         assert vision_data.image_data_config(name).tfds_name == name
     with pytest.raises(ValueError, match="Unknown image dataset preset 'svhn'"):
