@@ -86,6 +86,12 @@ DEFAULT_AXIS_RULES = (
 def serving_defaults() -> ml_collections.ConfigDict:
     """--mode=predict, select, export_savedmodel and serve (lm/serving/). The checkpoint is config.eval_checkpoint."""
     serving = ml_collections.ConfigDict()
+    serving.input_files = ""  # predict/select: comma-separated CSV/TSV/JSONL/TXT files or globs (no label needed).
+    serving.output = ""  # predict/select JSONL; "" = WORKDIR/predictions.jsonl or WORKDIR/selection.jsonl.
+    serving.strategy = "least_confidence"  # select: least_confidence | margin | entropy.
+    serving.top_k = 100  # select: how many of the most uncertain inputs to write.
+    serving.exclude_files = ""  # select: files of ids already labelled (JSONL with "id", or one id a line).
+    serving.label_studio = False  # select: also write the selection as Label Studio import tasks.
     serving.model_name = ""  # The name in /v1/models/<name> and in the export; "" = the workdir's folder name.
     serving.export_dir = ""  # --mode=export_savedmodel writes <export_dir>/<step>/; "" = WORKDIR/savedmodel.
     serving.host = "127.0.0.1"  # --mode=serve listens here; "0.0.0.0" for every interface.

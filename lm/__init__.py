@@ -2,7 +2,7 @@
 
 import ml_collections
 
-MODES = ("train", "eval", "export_hf", "build_vocab", "export_savedmodel", "serve")
+MODES = ("train", "eval", "export_hf", "build_vocab", "export_savedmodel", "serve", "predict", "select")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict:
@@ -35,6 +35,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") ->
         from lm.serving import savedmodel
 
         return savedmodel.run_export(config, workdir)
+    if mode in ("predict", "select"):
+        from lm.serving import predict
+
+        return predict.run_predict(config, workdir) if mode == "predict" else predict.run_select(config, workdir)
     if mode == "serve":
         from lm.serving import serve
 

@@ -113,3 +113,57 @@ def test_server_answers_equal_the_model_on_each_requests_own_input(text_run, tmp
     finally:
         model_server.drain_and_stop()
         thread.join(10)
+
+
+def test_predict_accuracy_equals_eval_and_keeps_order_and_ids(text_run, tmp_path):
+    config, workdir = text_run
+    rows = text_data.sentiment_rows(70, seed=5)
+    labelled = text_data.write_csv(tmp_path / "labelled.csv", rows)
+    config.data.test_files = str(labelled)
+    config.eval_split = "test"
+    evaluated = lm.run(config, str(workdir), "eval")
+
+    config.serving.input_files = str(labelled)
+    config.serving.output = str(tmp_path / "predictions.jsonl")
+    result = lm.run(config, str(workdir), "predict")
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert result["count"] == len(records) == 70
+    assert [r["id"] for r in records] == [f"{labelled} line {n}" for n in range(2, 72)]
+    assert [r["input"] for r in records] == [text for text, _ in rows]
+    accuracy = np.mean([r["label"] == label for r, (_, label) in zip(records, rows)])
+    assert accuracy == pytest.approx(evaluated["accuracy"], abs=1e-9)
+    assert all(r["step"] == evaluated["step"] for r in records)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in records)
+
+
+def test_predict_bad_rows_follow_the_policy_and_select_ranks_the_least_sure(text_run, tmp_path):
+    config, workdir = text_run
+    inputs = tmp_path / "unlabelled.jsonl"
+    texts = [text for text, _ in text_data.sentiment_rows(12, seed=9)]
+    lines = [json.dumps({"text": t}) for t in texts[:5]] + [json.dumps({"text": "  "})]
+    lines += [json.dumps({"text": t}) for t in texts[5:]]
+    inputs.write_text("\n".join(lines) + "\n")
+    config.data.text_field = "text"
+    config.serving.input_files = str(inputs)
+    config.serving.output = str(tmp_path / "out.jsonl")
+    with pytest.raises(ValueError, match="line 6: the text is empty"):
+        lm.run(config, str(workdir), "predict")
+    config.on_bad_example = "skip"
+    assert lm.run(config, str(workdir), "predict")["count"] == 12
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    probabilities = np.array([[r["probabilities"][n] for n in ("negative", "positive")] for r in records])
+
+    (tmp_path / "done.txt").write_text(records[0]["id"] + "\n")
+    config.serving.output = str(tmp_path / "selected.jsonl")
+    config.serving.strategy, config.serving.top_k = "margin", 4
+    config.serving.exclude_files, config.serving.label_studio = str(tmp_path / "done.txt"), True
+    result = lm.run(config, str(workdir), "select")
+    chosen = [json.loads(line) for line in (tmp_path / "selected.jsonl").read_text().splitlines()]
+    margin = 1 - np.abs(probabilities[:, 0] - probabilities[:, 1])
+    order = [i for i in np.argsort(-margin, kind="stable") if i != 0][:4]
+    assert [c["id"] for c in chosen] == [records[i]["id"] for i in order]
+    np.testing.assert_allclose([c["score"] for c in chosen], margin[order], rtol=1e-6)
+    assert len(json.loads(pathlib.Path(result["label_studio"]).read_text())) == 4
+    config.serving.strategy = "random"
+    with pytest.raises(ValueError, match="least_confidence"):
+        lm.run(config, str(workdir), "select")
