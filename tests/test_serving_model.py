@@ -167,3 +167,39 @@ def test_predict_bad_rows_follow_the_policy_and_select_ranks_the_least_sure(text
     config.serving.strategy = "random"
     with pytest.raises(ValueError, match="least_confidence"):
         lm.run(config, str(workdir), "select")
+
+
+def test_feedback_round_trip_teaches_the_next_fine_tuning(text_run, tmp_path, small_vocab):
+    """serve -> :feedback lines -> fine-tune from the served workdir with them -> they are predicted as labelled."""
+    config, workdir = text_run
+    config.serving.port = 0
+    config.serving.feedback_path = str(tmp_path / "feedback.jsonl")
+    model_server = serve.build(config, str(workdir))
+    thread = threading.Thread(target=model_server.serve_forever, daemon=True)
+    thread.start()
+    taught = {"fine fine movie": "positive", "fine fine story": "positive", ". . . movie": "negative",
+              ". . . story": "negative"}
+    try:
+        connection = http.client.HTTPConnection(*model_server.address, timeout=60)
+        connection.request("POST", f"/v1/models/{model_server.servable.name}:predict",
+                           body=json.dumps({"instances": list(taught)}), headers={"Content-Type": "application/json"})
+        predicted = json.loads(connection.getresponse().read())["predictions"]
+        instances = [{"prediction_id": p["prediction_id"], "label": label}
+                     for p, label in zip(predicted, taught.values())]
+        connection.request("POST", f"/v1/models/{model_server.servable.name}:feedback",
+                           body=json.dumps({"instances": instances}), headers={"Content-Type": "application/json"})
+        assert connection.getresponse().status == 200
+    finally:
+        model_server.drain_and_stop()
+        thread.join(10)
+    lines = [json.loads(line) for line in (tmp_path / "feedback.jsonl").read_text().splitlines()]
+    assert lines == [{"review": text, "sentiment": label} for text, label in taught.items()]
+
+    old = config.data.train_files
+    fine_tune = files_config(small_vocab, old, num_train_steps=40, eval_every=40, checkpoint_every=40, log_every=20,
+                             **{"optimizer.learning_rate": 2e-3, "optimizer.warmup_steps": 4,
+                                "data.train_files": ",".join([old] + [str(tmp_path / "feedback.jsonl")] * 8)})
+    fine_tune.init_from = str(workdir)
+    lm.run(fine_tune, str(tmp_path / "tuned"), "train")
+    probabilities = jax_probabilities(tmp_path / "tuned", list(taught))
+    assert [("negative", "positive")[i] for i in probabilities.argmax(1)] == list(taught.values())
