@@ -87,6 +87,30 @@ DEFAULT_AXIS_RULES = (
 )
 
 
+def serving_defaults() -> ml_collections.ConfigDict:
+    """--mode=predict, select, export_savedmodel and serve (lm/serving/). The checkpoint is config.eval_checkpoint."""
+    serving = ml_collections.ConfigDict()
+    serving.input_files = ""  # predict/select: comma-separated CSV/TSV/JSONL/TXT files or globs (no label needed).
+    serving.output = ""  # predict/select JSONL; "" = WORKDIR/predictions.jsonl or WORKDIR/selection.jsonl.
+    serving.strategy = "least_confidence"  # select: least_confidence | margin | entropy.
+    serving.top_k = 100  # select: how many of the most uncertain inputs to write.
+    serving.exclude_files = ""  # select: files of ids already labelled (JSONL with "id", or one id a line).
+    serving.label_studio = False  # select: also write the selection as Label Studio import tasks.
+    serving.model_name = ""  # The name in /v1/models/<name> and in the export; "" = the workdir's folder name.
+    serving.export_dir = ""  # --mode=export_savedmodel writes <export_dir>/<step>/; "" = WORKDIR/savedmodel.
+    serving.host = "127.0.0.1"  # --mode=serve listens here; "0.0.0.0" for every interface.
+    serving.port = 8501  # TF Serving's REST port.
+    serving.max_batch_size = 32  # Instances per model batch; batches are padded to powers of two up to it.
+    serving.max_wait_ms = 5.0  # A batch closes when full or when its first instance has waited this long.
+    serving.max_queue = 1024  # Instances waiting at most; a request that does not fit gets 503.
+    serving.max_body_bytes = 10 * 2**20  # Larger request bodies get 413.
+    serving.max_instances = 256  # Instances per request at most; more get 413.
+    serving.feedback_path = ""  # JSONL file that :feedback appends labelled examples to; "" turns feedback off.
+    serving.drift_window = 1000  # Live predictions compared with the validation reference.
+    serving.drift_threshold = 0.25  # PSI above this logs a warning.
+    return serving
+
+
 def training_defaults() -> ml_collections.ConfigDict:
     """Keys every experiment has: seed, steps, logging, checkpoints, optimizer, mesh."""
     config = ml_collections.ConfigDict()
@@ -177,6 +201,7 @@ def training_defaults() -> ml_collections.ConfigDict:
     # (BERT pooler and classifier, ViT final norm and head) at lr. Weight decay scales with it.
     config.optimizer.layer_decay = 1.0
 
+    config.serving = serving_defaults()
     config.mesh = mesh_config()
     config.axis_rules = DEFAULT_AXIS_RULES
     return config

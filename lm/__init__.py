@@ -7,7 +7,8 @@ from collections.abc import Collection
 
 import ml_collections
 
-MODES = ("train", "eval", "export_hf", "build_vocab", "inspect_data")
+MODES = ("train", "eval", "export_hf", "build_vocab", "inspect_data", "export_savedmodel", "serve", "predict",
+         "select")
 
 
 TF_LOGS_ENV = "LM_TF_LOGS"  # LM_TF_LOGS=1 shows TensorFlow's start-up and C++ log messages again.
@@ -74,6 +75,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train", ov
         from lm import inspect_data
 
         return inspect_data.run(config, workdir)
+    if mode == "export_savedmodel":
+        from lm.serving import savedmodel
+
+        return savedmodel.run_export(config, workdir)
+    if mode in ("predict", "select"):
+        from lm.serving import predict
+
+        return predict.run_predict(config, workdir) if mode == "predict" else predict.run_select(config, workdir)
+    if mode == "serve":
+        from lm.serving import serve
+
+        return serve.run_serve(config, workdir)
     raise ValueError(f"--mode={mode!r} is not known; use one of {MODES}.")
 
 

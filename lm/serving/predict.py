@@ -1,0 +1,157 @@
+"""Probabilities of a trained model over data: the validation reference of an export, predict and select."""
+
+import json
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from lm.serving import monitor
+from lm.serving.trained import TrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def validation_reference(config: ml_collections.ConfigDict, model: TrainedModel) -> dict:
+    """The drift reference: predicted-class distribution and confidence histogram on the validation split,
+    read by the training pipeline from `config.data` (the run's own config)."""
+    import input_pipeline
+    from lm import config_checks
+
+    config = config_checks.resolved_copy(config)
+    data = input_pipeline.create_data(config, jax.process_index(), jax.process_count(), pipeline="text_classification")
+    forward = jax.jit(model.probabilities)
+    variables = jax.device_put(model.variables)
+    rows = []
+    for batch in data.eval_batches("validation"):
+        probabilities = np.asarray(forward(variables, {key: batch[key] for key in model.input_keys}))
+        rows.append(probabilities[batch["weight"] > 0])
+    if not rows:
+        raise ValueError("The validation split is empty: the export needs it for the drift reference.")
+    return monitor.reference_profile(np.concatenate(rows))
+
+
+# Unlabelled text for predict and select: the labelled formats plus one-document-a-line .txt.
+TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
+
+
+def read_inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """(id, text) of every row of config.serving.input_files, in file and row order; the id is "FILE line N".
+
+    The text column is config.data.text_field; no label column is needed. An empty text or a row without
+    the column follows config.on_bad_example: it stops the run, naming file and line, or is skipped and counted.
+    """
+    from input_pipeline.common import BadExamples
+    from input_pipeline.sources import files
+
+    if not config.serving.input_files:
+        raise ValueError("--mode=predict and --mode=select need config.serving.input_files (comma-separated CSV, "
+                         "TSV, JSONL or TXT files or globs; the text column is config.data.text_field).")
+    reading = ml_collections.ConfigDict({"text_field": config.data.text_field, "encoding": config.data.encoding})
+    bad = BadExamples(config.on_bad_example)
+    rows = []
+    for path in files.expand_files("serving.input_files", config.serving.input_files, TEXT_FORMATS):
+        for where, record, problem in files.read_records(path, ("text",), reading, TEXT_FORMATS):
+            text = None if record is None else record["text"]
+            if not problem and (text is None or not str(text).strip()):
+                problem = "the text is empty."
+            if problem:
+                bad.report("serving.input_files", path, f"{where}: {problem}")
+                continue
+            rows.append((where, str(text).strip()))
+    bad.log_summary()
+    if not rows:
+        raise ValueError(f"config.serving.input_files={config.serving.input_files!r} holds no text to predict.")
+    return rows
+
+
+def probabilities_over(model: TrainedModel, texts: list[str], batch_size: int, mesh: jax.sharding.Mesh
+                       ) -> np.ndarray:
+    """Class probabilities of `texts` [n, classes], in order: batches of `batch_size` sharded over the mesh's
+    data axes (the last one padded), the parameters replicated; a progress line with the throughput."""
+    from lm import sharding
+
+    forward = jax.jit(model.probabilities, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+                      out_shardings=sharding.replicated(mesh))
+    variables = jax.device_put(model.variables, sharding.replicated(mesh))
+    rows, start, done = [], time.perf_counter(), 0
+    for first in range(0, len(texts), batch_size):
+        chunk = texts[first:first + batch_size]
+        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
+        with jax.set_mesh(mesh):
+            inputs = sharding.global_batch(model.preprocess.encode(padded), mesh)
+            rows.append(np.asarray(forward(variables, inputs))[: len(chunk)])
+        done += len(chunk)
+        elapsed = time.perf_counter() - start
+        log.info("predict %d/%d examples, %.1f examples/s", done, len(texts), done / max(elapsed, 1e-9))
+    return np.concatenate(rows)
+
+
+def predictions(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainedModel, list[dict], np.ndarray]:
+    """Predict's records (id, input, label, probabilities by class name, step) and the probability matrix."""
+    from lm import config_checks, sharding
+    from lm.serving import trained
+
+    config_checks.check_static(config)
+    model = trained.load(workdir, str(config.eval_checkpoint))
+    rows = read_inputs(config)
+    mesh = sharding.create_mesh(config.mesh)
+    if config.eval_batch_size % sharding.data_parallel_size(mesh):
+        raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of the data-parallel "
+                         f"size {sharding.data_parallel_size(mesh)} of the mesh.")
+    probabilities = probabilities_over(model, [text for _, text in rows], config.eval_batch_size, mesh)
+    records = [{"id": row_id, "input": text, "label": model.label_names[int(p.argmax())],
+                "probabilities": {name: float(x) for name, x in zip(model.label_names, p)}, "step": model.step}
+               for (row_id, text), p in zip(rows, probabilities)]
+    return model, records, probabilities
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    import tensorflow as tf
+
+    if jax.process_index() != 0:
+        return
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+
+
+def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """--mode=predict: one JSONL line per input row, in input order -> config.serving.output."""
+    model, records, _ = predictions(config, workdir)
+    path = config.serving.output or os.path.join(workdir, "predictions.jsonl")
+    write_jsonl(path, records)
+    log.info("Wrote %d predictions of step %d to %s.", len(records), model.step, path)
+    return {"predictions": path, "count": len(records), "step": model.step}
+
+
+def run_select(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """--mode=select: the config.serving.top_k most uncertain inputs, ranked, as JSONL (and Label Studio tasks)."""
+    from lm.serving import select
+
+    if config.serving.strategy not in select.STRATEGIES:
+        raise ValueError(f"config.serving.strategy={config.serving.strategy!r}: use one of {select.STRATEGIES}.")
+    if config.serving.top_k <= 0:
+        raise ValueError(f"config.serving.top_k={config.serving.top_k} must be positive.")
+    exclude = select.read_labelled_ids([p.strip() for p in config.serving.exclude_files.split(",") if p.strip()])
+    model, records, probabilities = predictions(config, workdir)
+    chosen = select.selection_records(records, probabilities, config.serving.strategy, config.serving.top_k, exclude)
+    path = config.serving.output or os.path.join(workdir, "selection.jsonl")
+    write_jsonl(path, chosen)
+    result = {"selection": path, "count": len(chosen), "step": model.step}
+    if config.serving.label_studio:
+        tasks = [select.label_studio_task(r, model.label_names, "text") for r in chosen]
+        result["label_studio"] = os.path.splitext(path)[0] + "_label_studio.json"
+        if jax.process_index() == 0:
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(result["label_studio"], "w") as f:
+                json.dump(tasks, f, ensure_ascii=False, indent=1)
+    log.info("Selected the %d most uncertain of %d inputs by %s -> %s", len(chosen), len(records),
+             config.serving.strategy, path)
+    return result

@@ -1,0 +1,118 @@
+"""A JAX classifier -> a TensorFlow SavedModel that TF Serving loads, raw inputs in, probabilities out.
+
+The model's forward pass goes through `jax2tf` native serialization (StableHLO inside an XlaCallModule op,
+lowered for CPU and CUDA) with a polymorphic batch dimension; its parameters are `tf.Variable`s of the
+SavedModel, not constants folded into the graph. Two signatures:
+- `serving_default`: raw inputs (`texts`: strings, or `images`: encoded JPEG/PNG bytes), preprocessed in the
+  graph by the same TensorFlow functions that the training pipeline uses;
+- `serve_inputs`: the model's own inputs (token ids and masks, or normalised pixels).
+Both return `probabilities` [batch, classes] and `label` (the name of the most probable class).
+`assets.extra/tf_serving_warmup_requests` holds one request, so TF Serving compiles before its first client.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import tensorflow as tf
+from jax.experimental import jax2tf
+
+log = logging.getLogger(__name__)
+
+PLATFORMS = ("cpu", "cuda")
+
+
+class _Exported(tf.Module):
+    def __init__(self, leaves: list[np.ndarray], label_names: tuple[str, ...]):
+        super().__init__()
+        self.weights = [tf.Variable(leaf, trainable=False) for leaf in leaves]
+        self.label_names = tf.constant(label_names)
+
+
+def export(
+    probabilities: Callable[[object, dict], jax.Array],
+    variables: object,
+    input_specs: dict[str, tf.TensorSpec],
+    raw_name: str,
+    preprocess: Callable[[tf.Tensor], dict[str, tf.Tensor]],
+    label_names: tuple[str, ...],
+    directory: str,
+    version: int,
+    warmup_raw: list,
+    metadata: dict,
+) -> str:
+    """Writes `<directory>/<version>/`; returns that path.
+
+    `probabilities(variables, inputs)` is the JAX forward pass on host arrays; `variables` a pytree of host
+    arrays (parameters and batch statistics); `input_specs` the model inputs with a None batch dimension;
+    `preprocess` maps a [batch] tensor of raw inputs (`raw_name`: strings or bytes) to those inputs.
+    """
+    leaves, treedef = jax.tree.flatten(jax.device_get(variables))
+    leaves = [np.asarray(leaf) for leaf in leaves]
+
+    def forward(flat: list, inputs: dict) -> jax.Array:
+        return probabilities(jax.tree.unflatten(treedef, flat), inputs)
+
+    batch_polymorphic = {name: "(b, " + ", ".join(str(d) for d in spec.shape[1:]) + ")" if spec.shape.rank > 1
+                         else "(b,)" for name, spec in input_specs.items()}
+    tf_forward = jax2tf.convert(forward, polymorphic_shapes=[None, batch_polymorphic], with_gradient=False,
+                                native_serialization_platforms=PLATFORMS)
+    module = _Exported(leaves, label_names)
+
+    def outputs(inputs: dict) -> dict:
+        probs = tf_forward(module.weights, inputs)
+        return {"probabilities": probs, "label": tf.gather(module.label_names, tf.argmax(probs, axis=-1))}
+
+    module.serve_inputs = tf.function(outputs, input_signature=[input_specs], autograph=False)
+    raw_spec = tf.TensorSpec([None], tf.string, name=raw_name)
+    module.serve_raw = tf.function(lambda raw: outputs(preprocess(raw)), input_signature=[raw_spec],
+                                   autograph=False)
+    path = os.path.join(directory, str(version))
+    if tf.io.gfile.exists(path):
+        raise FileExistsError(f"{path} exists already; export to a new version (config.export_version) or remove it.")
+    signatures = {"serving_default": module.serve_raw.get_concrete_function(),
+                  "serve_inputs": module.serve_inputs.get_concrete_function()}
+    tf.saved_model.save(module, path, signatures=signatures)
+    _write_warmup(path, raw_name, warmup_raw, metadata.get("model_name", "model"))
+    with tf.io.gfile.GFile(os.path.join(path, "assets.extra", "lm_export.json"), "w") as f:
+        json.dump(metadata, f, indent=2)
+    log.info("SavedModel with signatures %s -> %s", sorted(signatures), path)
+    return path
+
+
+def _write_warmup(path: str, raw_name: str, raw: list, model_name: str) -> None:
+    """One PredictionLog record in TF Serving's warm-up file, on `serving_default`."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"),
+        inputs={raw_name: tf.make_tensor_proto(raw, dtype=tf.string)},
+    )
+    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    tf.io.gfile.makedirs(os.path.join(path, "assets.extra"))
+    with tf.io.TFRecordWriter(os.path.join(path, "assets.extra", "tf_serving_warmup_requests")) as writer:
+        writer.write(record.SerializeToString())
+
+
+def run_export(config, workdir: str) -> dict:
+    """--mode=export_savedmodel: checkpoint `config.eval_checkpoint` of `workdir` -> `<export dir>/<step>/`.
+
+    Also records the validation set's predicted-class distribution and confidence histogram (the drift
+    reference of `--mode=serve`) in the export and in WORKDIR/serving_reference.json.
+    """
+    from lm.serving import predict, serve, trained
+
+    model = trained.load(workdir, str(config.eval_checkpoint))
+    reference = predict.validation_reference(config, model)
+    directory = config.serving.export_dir or os.path.join(workdir, "savedmodel")
+    name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
+    metadata = {"model_name": name, "step": model.step, "label_names": list(model.label_names),
+                "raw_input": model.raw_name, "reference": reference}
+    path = export(model.probabilities, model.variables, model.input_specs, model.raw_name, model.preprocess,
+                  model.label_names, directory, model.step, ["warm-up request"], metadata)
+    with tf.io.gfile.GFile(os.path.join(workdir, serve.REFERENCE_FILE), "w") as f:
+        json.dump(reference, f, indent=2)
+    return {"export_dir": path}

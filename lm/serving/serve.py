@@ -1,0 +1,53 @@
+"""`--mode=serve`: a trained workdir behind the HTTP server (lm.serving.server), with drift monitoring.
+
+The drift reference is the validation profile that `--mode=export_savedmodel` records in the workdir
+(`serving_reference.json`); without it the server runs and reports no drift score.
+"""
+
+import json
+import logging
+import os
+
+import ml_collections
+import tensorflow as tf
+
+from lm.serving import monitor, servable, server, trained
+
+log = logging.getLogger(__name__)
+
+REFERENCE_FILE = "serving_reference.json"
+
+
+def read_reference(workdir: str) -> dict | None:
+    path = os.path.join(workdir, REFERENCE_FILE)
+    if not tf.io.gfile.exists(path):
+        log.warning("No %s: drift is not measured. --mode=export_savedmodel records it from the validation set.",
+                    path)
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def options(config: ml_collections.ConfigDict) -> server.ServeOptions:
+    s = config.serving
+    return server.ServeOptions(host=s.host, port=s.port, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
+                               max_queue=s.max_queue, max_body_bytes=s.max_body_bytes, max_instances=s.max_instances,
+                               feedback_path=s.feedback_path)
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer:
+    """The server, its model loaded and every batch shape compiled; not yet serving."""
+    model = trained.load(workdir, str(config.eval_checkpoint))
+    name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
+    text = servable.TextServable(model, name, config.serving.max_batch_size)
+    text.warm_up()
+    metrics = monitor.ServingMetrics(model.label_names, config.serving.max_batch_size, read_reference(workdir),
+                                     config.serving.drift_window, config.serving.drift_threshold)
+    return server.ModelServer(text, options(config), metrics)
+
+
+def run_serve(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    model_server = build(config, workdir)
+    model_server.install_sigterm()
+    model_server.serve_forever()
+    return {"served": model_server.servable.name}

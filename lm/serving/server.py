@@ -1,0 +1,315 @@
+"""`--mode=serve`: an HTTP server in TF Serving's REST shape, with dynamic batching, metrics and feedback.
+
+- `POST /v1/models/<name>:predict` with `{"instances": [...]}` -> `{"predictions": [{"label", "probabilities",
+  "prediction_id"}, ...]}`, in request order.
+- `POST /v1/models/<name>:feedback` with `{"instances": [{<input>, "label": ...}]}` or
+  `{"instances": [{"prediction_id": ..., "label": ...}]}` -> appended to the feedback file (training data).
+- `GET /v1/models/<name>`: status; `GET /metrics`: Prometheus text (lm.serving.monitor).
+Errors are JSON `{"error": message}`: 400 malformed JSON or instance, 404 unknown path or model, 405 wrong
+method, 411 no Content-Length, 413 body or instance count over the limit, 415 not JSON, 503 queue full or not
+serving, 500 model failure. Each instance is checked before it joins a batch, so one bad request never fails
+another. SIGTERM (`install_sigterm`) refuses new requests, lets the ones in flight finish, then stops.
+
+The standard library's ThreadingHTTPServer is enough here: each request thread only parses, queues and waits;
+the model work happens in the one batching thread (lm.serving.batcher), so no extra dependency is needed.
+"""
+
+import collections
+import dataclasses
+import json
+import logging
+import re
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import TimeoutError as FutureTimeout
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
+
+import numpy as np
+
+from lm.serving import batcher as batcher_lib
+from lm.serving import monitor
+from lm.serving.feedback import FeedbackLog
+
+log = logging.getLogger(__name__)
+
+_MODEL_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?::(?P<verb>[a-z]+))?$")
+
+
+class BadInstance(ValueError):
+    """An instance that cannot be served: the message says what is wrong (HTTP 400)."""
+
+
+class Servable(Protocol):
+    """What the server needs of a model; `lm.serving.predict` builds one from a workdir."""
+
+    name: str
+    version: int
+    label_names: tuple[str, ...]
+
+    def parse(self, instance: object) -> object:
+        """Checks and converts one request instance (raises BadInstance)."""
+
+    def predict(self, examples: list) -> np.ndarray:
+        """Class probabilities [len(examples), classes] for parsed examples."""
+
+    def feedback_record(self, instance: object, label: str, feedback: FeedbackLog) -> dict:
+        """The training-data line for `instance` labelled `label` (raises BadInstance)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8501
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    max_body_bytes: int = 10 * 2**20
+    max_instances: int = 256
+    request_timeout_s: float = 60.0
+    feedback_path: str = ""
+    remembered_predictions: int = 10000  # Prediction ids kept for feedback by id.
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ModelServer:
+    """Owns the HTTP server, the batcher, the metrics and the feedback log of one servable."""
+
+    def __init__(self, servable: Servable, options: ServeOptions, metrics: monitor.ServingMetrics):
+        self.servable = servable
+        self.options = options
+        self.metrics = metrics
+        self.feedback = FeedbackLog(options.feedback_path) if options.feedback_path else None
+        self.batcher = batcher_lib.DynamicBatcher(
+            servable.predict, options.max_batch_size, options.max_wait_ms, options.max_queue,
+            on_batch=metrics.observe_batch, on_queue_depth=metrics.set_queue_depth)
+        self._recent: collections.OrderedDict[str, object] = collections.OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._in_flight = 0
+        self._in_flight_cond = threading.Condition()
+        self._draining = False
+        self.httpd = ThreadingHTTPServer((options.host, options.port), _handler_class(self))
+        self.httpd.daemon_threads = True
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.httpd.server_address[:2]
+
+    def serve_forever(self) -> None:
+        self.batcher.start()
+        log.info("Serving %r (step %d) on http://%s:%d/v1/models/%s", self.servable.name, self.servable.version,
+                 *self.address, self.servable.name)
+        self.httpd.serve_forever()
+        self.httpd.server_close()
+
+    def drain_and_stop(self) -> None:
+        """Refuses new requests, waits for those in flight, then stops the batcher and the server."""
+        with self._in_flight_cond:
+            self._draining = True
+            while self._in_flight:
+                self._in_flight_cond.wait()
+        self.batcher.stop()
+        self.httpd.shutdown()
+        log.info("Drained and stopped.")
+
+    def install_sigterm(self) -> None:
+        """SIGTERM drains in a helper thread (the signal handler itself must return at once)."""
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=self.drain_and_stop).start())
+
+    # Request handling, called from the handler threads.
+
+    def handle(self, method: str, path: str, headers, read_body) -> tuple[int, dict | str]:
+        if path == "/metrics":
+            if method != "GET":
+                raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "Use GET for /metrics.")
+            return HTTPStatus.OK, self.metrics.render()
+        match = _MODEL_PATH.match(path)
+        if not match:
+            raise _HttpError(HTTPStatus.NOT_FOUND, f"No such path {path!r}; use /v1/models/{self.servable.name}"
+                             f"[:predict|:feedback] or /metrics.")
+        if match["name"] != self.servable.name:
+            raise _HttpError(HTTPStatus.NOT_FOUND, f"Model {match['name']!r} is not served here; this server serves "
+                             f"{self.servable.name!r}.")
+        if match["version"] is not None and int(match["version"]) != self.servable.version:
+            raise _HttpError(HTTPStatus.NOT_FOUND, f"Version {match['version']} is not served; the served version "
+                             f"is {self.servable.version}.")
+        verb = match["verb"]
+        if verb is None:
+            if method != "GET":
+                raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "Use GET for the model status.")
+            return HTTPStatus.OK, self._status()
+        if verb not in ("predict", "feedback"):
+            raise _HttpError(HTTPStatus.NOT_FOUND, f"Unknown verb {verb!r}; use :predict or :feedback.")
+        if method != "POST":
+            raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"Use POST for :{verb}.")
+        if self._draining:
+            raise _HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "The server is shutting down.")
+        instances = self._instances(headers, read_body)
+        return HTTPStatus.OK, self._predict(instances) if verb == "predict" else self._feedback(instances)
+
+    def enter(self) -> bool:
+        with self._in_flight_cond:
+            if self._draining:
+                return False
+            self._in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._in_flight_cond:
+            self._in_flight -= 1
+            self._in_flight_cond.notify_all()
+
+    def _status(self) -> dict:
+        state = "UNLOADING" if self._draining else "AVAILABLE"
+        return {"model_version_status": [{"version": str(self.servable.version), "state": state,
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+
+    def _instances(self, headers, read_body) -> list:
+        content_type = headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise _HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                             f"Content-Type {content_type!r} is not supported; send application/json.")
+        if headers.get("Content-Length") is None:
+            raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "A Content-Length header is required.")
+        try:
+            length = int(headers["Content-Length"])
+        except ValueError:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number.") from None
+        if length > self.options.max_body_bytes:
+            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                             f"The body has {length} bytes; the limit is {self.options.max_body_bytes}.")
+        try:
+            body = json.loads(read_body(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"The body is not valid JSON: {e}.") from None
+        if not isinstance(body, dict) or "instances" not in body:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, 'The body must be a JSON object with an "instances" list.')
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, '"instances" must be a non-empty list.')
+        if len(instances) > self.options.max_instances:
+            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                             f"{len(instances)} instances; the limit is {self.options.max_instances} a request.")
+        return instances
+
+    def _parse_all(self, instances: list) -> list:
+        parsed = []
+        for index, instance in enumerate(instances):
+            try:
+                parsed.append(self.servable.parse(instance))
+            except BadInstance as e:
+                raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: {e}") from None
+        return parsed
+
+    def _predict(self, instances: list) -> dict:
+        examples = self._parse_all(instances)
+        try:
+            futures = self.batcher.submit(examples)
+        except (batcher_lib.QueueFull, batcher_lib.NotServing) as e:
+            raise _HttpError(HTTPStatus.SERVICE_UNAVAILABLE, str(e)) from None
+        try:
+            probabilities = np.stack([f.result(timeout=self.options.request_timeout_s) for f in futures])
+        except FutureTimeout:
+            raise _HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "The model did not answer in time.") from None
+        except Exception as e:
+            raise _HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, f"Model failure: {e}") from None
+        self.metrics.observe_predictions(probabilities)
+        predictions = []
+        for instance, p in zip(instances, probabilities):
+            prediction_id = uuid.uuid4().hex
+            self._remember(prediction_id, instance)
+            predictions.append({"label": self.servable.label_names[int(p.argmax())],
+                                "probabilities": [float(x) for x in p], "prediction_id": prediction_id})
+        return {"predictions": predictions}
+
+    def _remember(self, prediction_id: str, instance: object) -> None:
+        with self._recent_lock:
+            self._recent[prediction_id] = instance
+            while len(self._recent) > self.options.remembered_predictions:
+                self._recent.popitem(last=False)
+
+    def _feedback(self, instances: list) -> dict:
+        if self.feedback is None:
+            raise _HttpError(HTTPStatus.NOT_FOUND, "Feedback is off; start the server with config.serve.feedback_path.")
+        records = []
+        for index, item in enumerate(instances):
+            if not isinstance(item, dict) or "label" not in item:
+                raise _HttpError(HTTPStatus.BAD_REQUEST, f'instances[{index}] must be an object with a "label".')
+            label = item["label"]
+            if label not in self.servable.label_names:
+                raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: label {label!r} is not one of "
+                                 f"{list(self.servable.label_names)}.")
+            if "prediction_id" in item:
+                with self._recent_lock:
+                    instance = self._recent.get(str(item["prediction_id"]))
+                if instance is None:
+                    raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: prediction_id "
+                                     f"{item['prediction_id']!r} is unknown or too old; send the input instead.")
+            else:
+                instance = {k: v for k, v in item.items() if k != "label"}
+            try:
+                self.servable.parse(instance)
+                records.append(self.servable.feedback_record(instance, label, self.feedback))
+            except BadInstance as e:
+                raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: {e}") from None
+        self.feedback.append(records)
+        return {"recorded": len(records), "path": self.feedback.path}
+
+
+def _handler_class(server: ModelServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # Headers and body are separate writes: no 40 ms delayed-ACK stall.
+
+        def log_message(self, format, *args):
+            log.debug("%s " + format, self.address_string(), *args)
+
+        def _serve(self, method: str) -> None:
+            start = time.perf_counter()
+            if not server.enter():
+                status, payload = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "The server is shutting down."}
+            else:
+                try:
+                    status, payload = server.handle(method, self.path, self.headers,
+                                                    lambda n: self.rfile.read(n))
+                except _HttpError as e:
+                    status, payload = e.status, {"error": str(e)}
+                    if e.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.LENGTH_REQUIRED):
+                        self.close_connection = True  # The unread body must not be taken for the next request.
+                except Exception as e:
+                    log.exception("Unexpected server error.")
+                    status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"Internal error: {e}"}
+                finally:
+                    server.leave()
+            text = payload if isinstance(payload, str) else json.dumps(payload)
+            body = text.encode()
+            # Counted before the answer leaves, so a client's next request already sees this one in /metrics.
+            server.metrics.observe_request(int(status), time.perf_counter() - start)
+            self.send_response(status)
+            content_type = "text/plain; version=0.0.4" if isinstance(payload, str) else "application/json"
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # http.server calls do_<METHOD>.
+            self._serve("GET")
+
+        def do_POST(self):
+            self._serve("POST")
+
+        def do_PUT(self):
+            self._serve("PUT")
+
+        def do_DELETE(self):
+            self._serve("DELETE")
+
+    return Handler

@@ -1,0 +1,91 @@
+"""A trained workdir as a function from raw inputs to class probabilities: what predict, export and serve share.
+
+`load(workdir, which)` reads one checkpoint onto the host (any mesh it was trained on), the model's shape from
+the checkpoint, and the data keys (vocabulary, `max_length`, label names) from the run's WORKDIR/config.json,
+so a workdir alone is enough: the training data need not be present. Raw text goes through the training
+pipeline's own tokenizer (`input_pipeline.tokenization`), so served and trained inputs cannot drift apart.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from flax import nnx
+
+from lm import checkpointing, evaluate, models
+from lm import state as state_lib
+from lm.tasks import classification
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    workdir: str
+    step: int
+    model: ml_collections.ConfigDict  # The model section the weights were trained with.
+    data: ml_collections.ConfigDict  # The run's data section (config.json).
+    label_names: tuple[str, ...]
+    variables: tuple[dict, dict]  # (params, batch_stats) as host arrays.
+    input_keys: tuple[str, ...]
+    probabilities: Callable[[tuple[dict, dict], dict], jax.Array]  # Pure: jit it, or hand it to jax2tf.
+    preprocess: Callable[[tf.Tensor], dict[str, tf.Tensor]]  # [batch] raw inputs -> model inputs (TF).
+    input_specs: dict[str, tf.TensorSpec]  # The model inputs, batch dimension None.
+    raw_name: str  # "texts"
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config the run in `workdir` wrote at its start."""
+    path = os.path.join(workdir, "config.json")
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"--workdir={workdir!r} has no config.json: it is not a training workdir of ours.")
+    with tf.io.gfile.GFile(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load(workdir: str, which: str = "best") -> TrainedModel:
+    """Checkpoint `which` (best | latest | a step number) of a classification run in `workdir`."""
+    run = run_config(workdir)
+    if run.task != "classification":
+        raise ValueError(f"--workdir={workdir!r} holds a {run.task!r} run; predict, export and serve need a "
+                         "classifier. Fine-tune one from it (--config.init_from=WORKDIR) and serve that.")
+    ckpt_dir = checkpointing.checkpoint_dir(workdir)
+    if not tf.io.gfile.isdir(ckpt_dir):
+        raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
+    checkpointer = checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=run.best_metric,
+                                              best_mode=run.best_mode)
+    try:
+        step = evaluate.select_step(checkpointer, which)
+        state, meta = checkpointer.restore_raw(step)
+    finally:
+        checkpointer.close()
+    model = ml_collections.ConfigDict(meta["model"])
+    with nnx.use_eager_sharding(False):
+        graphdef = nnx.split(nnx.eval_shape(lambda: models.create_model(model, rngs=nnx.Rngs(0))),
+                             nnx.Param, nnx.BatchStat)[0]
+    label_names = tuple(run.data.label_names) or tuple(str(i) for i in range(model.num_classes))
+    if "vocab_size" not in model:
+        raise ValueError(f"--workdir={workdir!r}: serving image models is not supported yet; text models only.")
+    input_keys = classification.TEXT_INPUTS
+    task = classification.ClassificationTask(num_classes=model.num_classes, input_keys=input_keys)
+
+    def probabilities(variables: tuple[dict, dict], inputs: dict) -> jax.Array:
+        network = state_lib.merge_model(graphdef, *variables)
+        logits = task.logits(network, inputs, deterministic=True)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    from input_pipeline import tokenization
+
+    tokenizer = tokenization.WordPieceTokenizer(run.data.vocab_path, run.data.max_length, run.data.lowercase)
+    specs = {key: tf.TensorSpec([None, run.data.max_length], tf.int32, name=key) for key in input_keys}
+    variables = jax.tree.map(np.asarray, jax.device_get((state["params"], state["batch_stats"])))
+    log.info("Loaded step %d of %s (%s, %d classes).", step, workdir, model.name, model.num_classes)
+    return TrainedModel(workdir, step, model, run.data, label_names, variables, input_keys, probabilities,
+                        tokenizer, specs, "texts")

@@ -1,0 +1,76 @@
+"""Active-learning selection scores and ranking, and the drift statistics, against hand-computed numpy."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lm.serving import monitor, select
+
+P = np.array([
+    [0.50, 0.30, 0.20],
+    [0.90, 0.05, 0.05],
+    [0.40, 0.40, 0.20],
+    [0.34, 0.33, 0.33],
+    [0.50, 0.30, 0.20],  # Same as row 0: a tie.
+    [1.00, 0.00, 0.00],
+])
+
+
+def test_scores_equal_hand_computed_values():
+    np.testing.assert_allclose(select.scores(P, "least_confidence"), [0.5, 0.1, 0.6, 0.66, 0.5, 0.0])
+    np.testing.assert_allclose(select.scores(P, "margin"), [0.8, 0.15, 1.0, 0.99, 0.8, 0.0])
+    entropy = [-sum(p * np.log(p) for p in row if p > 0) for row in P]
+    np.testing.assert_allclose(select.scores(P, "entropy"), entropy)
+    assert select.scores(P, "entropy")[5] == 0.0  # 0 log 0 = 0, not NaN.
+
+
+def test_ranking_is_most_uncertain_first_with_stable_ties_and_exclusions():
+    assert select.rank(P, "least_confidence", 6).tolist() == [3, 2, 0, 4, 1, 5]
+    assert select.rank(P, "margin", 3).tolist() == [2, 3, 0]
+    exclude = np.array([False, False, True, False, False, False])
+    assert select.rank(P, "least_confidence", 3, exclude).tolist() == [3, 0, 4]
+
+
+def test_selection_records_carry_score_strategy_rank_and_skip_labelled_ids(tmp_path):
+    predictions = [{"id": f"f.csv:{i + 2}", "input": f"text {i}", "label": "a", "step": 10} for i in range(len(P))]
+    (tmp_path / "done.jsonl").write_text(json.dumps({"id": "f.csv:5"}) + "\n")
+    (tmp_path / "done.txt").write_text("f.csv:4\n\n")
+    labelled = select.read_labelled_ids([str(tmp_path / "done.jsonl"), str(tmp_path / "done.txt")])
+    assert labelled == {"f.csv:5", "f.csv:4"}
+    records = select.selection_records(predictions, P, "entropy", 10, labelled)
+    assert [r["id"] for r in records] == ["f.csv:2", "f.csv:6", "f.csv:3", "f.csv:7"]
+    assert [r["rank"] for r in records] == [1, 2, 3, 4]
+    assert records[0]["strategy"] == "entropy" and records[0]["score"] == pytest.approx(select.scores(P, "entropy")[0])
+    task = select.label_studio_task(records[0], ("a", "b", "c"), "text")
+    assert task["data"] == {"text": "text 0", "id": "f.csv:2"}
+    assert task["predictions"][0]["result"][0]["value"] == {"choices": ["a"]}
+
+
+def test_unknown_strategy_and_bad_shapes_are_clear_errors():
+    with pytest.raises(ValueError, match="least_confidence"):
+        select.scores(P, "random")
+    with pytest.raises(ValueError, match="shape"):
+        select.scores(np.ones(3), "entropy")
+    with pytest.raises(ValueError, match="positive"):
+        select.rank(P, "margin", 0)
+
+
+def test_psi_equals_the_formula_and_is_zero_for_equal_distributions():
+    q = np.array([0.5, 0.3, 0.2])
+    p = np.array([0.2, 0.3, 0.5])
+    assert monitor.psi(q, p) == pytest.approx(np.sum((p - q) * np.log(p / q)))
+    assert monitor.psi(q, q * 10) == pytest.approx(0.0)
+    assert np.isfinite(monitor.psi(q, np.array([1.0, 0.0, 0.0])))
+
+
+def test_drift_rises_when_live_predictions_move_away_from_the_reference(caplog):
+    reference = monitor.reference_profile(np.array([[0.9, 0.1], [0.2, 0.8]] * 50))
+    assert reference["class_distribution"] == [0.5, 0.5]
+    metrics = monitor.ServingMetrics(("x", "y"), 8, reference=reference, drift_window=100, drift_threshold=0.25)
+    metrics.observe_predictions(np.array([[0.9, 0.1], [0.2, 0.8]] * 10))
+    assert metrics.drift()["class"] == pytest.approx(0.0)
+    with caplog.at_level("WARNING"):
+        metrics.observe_predictions(np.array([[0.6, 0.4]] * 100))
+    assert metrics.drift()["class"] > 1.0 and metrics.drift()["confidence"] > 1.0
+    assert "drift" in caplog.text.lower()

@@ -1,0 +1,174 @@
+"""The HTTP server with a model-free servable: REST shape, every error status, batching, SIGTERM drain."""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from lm.serving import monitor, server
+from tests.serving_fakes import FakeTextServable, probabilities_of
+
+
+@pytest.fixture
+def running(tmp_path):
+    """A server on a free port; yields (server, servable); stops it afterwards."""
+    servable = FakeTextServable()
+    options = server.ServeOptions(port=0, max_batch_size=8, max_wait_ms=20, max_queue=64, max_body_bytes=4096,
+                                  max_instances=16, feedback_path=str(tmp_path / "feedback.jsonl"))
+    metrics = monitor.ServingMetrics(servable.label_names, options.max_batch_size,
+                                     reference=monitor.reference_profile(np.eye(3)[[0, 1, 2, 2]]))
+    model_server = server.ModelServer(servable, options, metrics)
+    thread = threading.Thread(target=model_server.serve_forever, daemon=True)
+    thread.start()
+    yield model_server, servable
+    model_server.drain_and_stop()
+    thread.join(10)
+
+
+def request(model_server, method, path, body=None, headers=None, raw=None):
+    connection = http.client.HTTPConnection(*model_server.address, timeout=30)
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    connection.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    payload = response.read().decode()
+    connection.close()
+    is_json = response.getheader("Content-Type", "").startswith("application/json")
+    return response.status, json.loads(payload) if is_json else payload
+
+
+PREDICT = "/v1/models/fake:predict"
+
+
+def test_predict_answers_in_request_order_with_the_models_probabilities(running):
+    model_server, _ = running
+    texts = ["good film", {"text": "a bad one"}, "so-so"]
+    status, body = request(model_server, "POST", PREDICT, {"instances": texts})
+    assert status == 200
+    for text, prediction in zip(["good film", "a bad one", "so-so"], body["predictions"]):
+        np.testing.assert_allclose(prediction["probabilities"], probabilities_of(text), rtol=1e-12)
+        assert prediction["label"] == FakeTextServable.label_names[int(np.argmax(probabilities_of(text)))]
+        assert len(prediction["prediction_id"]) == 32
+
+
+def test_status_and_versioned_path(running):
+    model_server, _ = running
+    status, body = request(model_server, "GET", "/v1/models/fake")
+    assert status == 200 and body["model_version_status"][0] == {
+        "version": "7", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    assert request(model_server, "POST", "/v1/models/fake/versions/7:predict", {"instances": ["x"]})[0] == 200
+    assert request(model_server, "POST", "/v1/models/fake/versions/3:predict", {"instances": ["x"]})[0] == 404
+
+
+@pytest.mark.parametrize("kwargs, status, words", [
+    ({"raw": b"{not json"}, 400, "not valid JSON"),
+    ({"body": {"inputs": ["x"]}}, 400, '"instances"'),
+    ({"body": {"instances": []}}, 400, "non-empty"),
+    ({"body": {"instances": ["fine", 3]}}, 400, "instances[1]"),
+    ({"body": {"instances": ["   "]}}, 400, "empty"),
+    ({"body": {"instances": ["x"] * 17}}, 413, "limit is 16"),
+    ({"raw": b'{"instances": ["' + b"y" * 5000 + b'"]}'}, 413, "limit is 4096"),
+    ({"body": {"instances": ["x"]}, "headers": {"Content-Type": "text/plain"}}, 415, "application/json"),
+])
+def test_bad_requests_get_json_errors(running, kwargs, status, words):
+    model_server, _ = running
+    got, body = request(model_server, "POST", PREDICT, **kwargs)
+    assert got == status and words in body["error"]
+
+
+def test_unknown_paths_models_and_methods(running):
+    model_server, _ = running
+    assert request(model_server, "GET", "/v2/nothing")[0] == 404
+    assert request(model_server, "POST", "/v1/models/other:predict", {"instances": ["x"]})[0] == 404
+    assert request(model_server, "POST", "/v1/models/fake:classify", {"instances": ["x"]})[0] == 404
+    assert request(model_server, "GET", PREDICT)[0] == 405
+    assert request(model_server, "DELETE", "/v1/models/fake")[0] == 405
+    assert request(model_server, "POST", "/metrics", {})[0] == 405
+
+
+def test_queue_full_is_503(running):
+    model_server, servable = running
+    servable.delay_s = 0.5  # The queue holds 64 instances; ten requests of 16 arrive while a batch runs.
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda _: request(model_server, "POST", PREDICT, {"instances": ["c"] * 16}),
+                                range(10)))
+    statuses = [status for status, _ in results]
+    assert 503 in statuses and 200 in statuses
+    assert "queue is full" in next(body for status, body in results if status == 503)["error"]
+
+
+def test_concurrent_clients_form_batches_and_each_gets_its_own_answer(running):
+    model_server, servable = running
+    texts = [f"review number {i} " + "a" * (i % 4) for i in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda t: request(model_server, "POST", PREDICT, {"instances": [t]}), texts))
+    for text, (status, body) in zip(texts, results):
+        assert status == 200
+        np.testing.assert_allclose(body["predictions"][0]["probabilities"], probabilities_of(text), rtol=1e-12)
+    assert max(servable.batch_sizes) > 1
+    assert max(servable.batch_sizes) <= 8
+
+
+def test_a_bad_request_in_a_busy_batch_fails_alone(running):
+    model_server, _ = running
+    bodies = [{"instances": [f"text {i}"]} for i in range(6)] + [{"instances": [""]}, {"instances": ["explode"]}]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: request(model_server, "POST", PREDICT, b), bodies))
+    assert [status for status, _ in results[:6]] == [200] * 6
+    assert results[6][0] == 400  # Refused before batching.
+    assert results[7][0] == 500 and "cannot take" in results[7][1]["error"]  # Failed in the model, alone.
+
+
+def test_metrics_in_prometheus_text(running):
+    model_server, _ = running
+    request(model_server, "POST", PREDICT, {"instances": ["one", "two"]})
+    request(model_server, "POST", PREDICT, {"instances": [""]})
+    status, text = request(model_server, "GET", "/metrics")
+    assert status == 200
+    assert 'lm_requests_total{code="200"} 1' in text and 'lm_requests_total{code="400"} 1' in text
+    assert 'lm_request_latency_seconds_bucket{le="+Inf"} 2' in text
+    assert "lm_batch_size_count 1" in text and "lm_queue_depth 0" in text
+    predicted = sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("lm_predictions_total{"))
+    assert predicted == 2
+    assert 'lm_drift_psi{view="class"}' in text and "lm_mean_confidence" in text
+
+
+def test_feedback_by_input_and_by_prediction_id_writes_training_lines(running, tmp_path):
+    model_server, _ = running
+    _, body = request(model_server, "POST", PREDICT, {"instances": ["remember me"]})
+    prediction_id = body["predictions"][0]["prediction_id"]
+    feedback = {"instances": [{"text": "new words", "label": "pos"}, {"prediction_id": prediction_id, "label": "neg"}]}
+    status, answer = request(model_server, "POST", "/v1/models/fake:feedback", feedback)
+    assert status == 200 and answer["recorded"] == 2
+    lines = [json.loads(line) for line in (tmp_path / "feedback.jsonl").read_text().splitlines()]
+    assert lines == [{"text": "new words", "label": "pos"}, {"text": "remember me", "label": "neg"}]
+    bad = {"instances": [{"text": "x", "label": "maybe"}]}
+    assert request(model_server, "POST", "/v1/models/fake:feedback", bad)[0] == 400
+    unknown = {"instances": [{"prediction_id": "nope", "label": "pos"}]}
+    assert request(model_server, "POST", "/v1/models/fake:feedback", unknown)[0] == 400
+
+
+def test_sigterm_drains_in_flight_requests_and_exits(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, "-m", "tests.serving_fakes", "1.0"], cwd=root,
+                               stdout=subprocess.PIPE, text=True)
+    port = int(process.stdout.readline())
+    address = type("Address", (), {"address": ("127.0.0.1", port)})()
+    result = {}
+    slow = threading.Thread(target=lambda: result.update(r=request(address, "POST", PREDICT, {"instances": ["x"]})))
+    slow.start()
+    for _ in range(200):  # Wait until the request is in flight (the batch takes 1 s).
+        if "lm_batch_size_count 1" in request(address, "GET", "/metrics")[1]:
+            break
+    process.send_signal(signal.SIGTERM)
+    slow.join(30)
+    assert result["r"][0] == 200
+    assert process.wait(30) == 0
+    assert process.stdout.read().strip() == "stopped"
