@@ -80,6 +80,7 @@ def check_static(config: ml_collections.ConfigDict) -> None:
                 "max_consecutive_nonfinite", "grad_accum_steps"):
         _positive(config, key)
     _check_debug(config.debug)
+    _check_serving(config.serving)
     compiler.ynn_kinds(config)
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError(
@@ -104,6 +105,23 @@ def check_static(config: ml_collections.ConfigDict) -> None:
     for split in config.eval_splits_at_end:
         if split not in ("train", "validation", "test"):
             raise ValueError(f"config.eval_splits_at_end has {split!r}; use 'train', 'validation' or 'test'.")
+
+
+def _check_serving(serving: ml_collections.ConfigDict) -> None:
+    """config.serving: predict, select, export and serve (lm/serving/)."""
+    from lm.serving.select import STRATEGIES
+
+    if serving.strategy not in STRATEGIES:
+        raise ValueError(f"config.serving.strategy={serving.strategy!r}: use one of {STRATEGIES}.")
+    for key in ("top_k", "max_batch_size", "max_queue", "max_body_bytes", "max_instances", "drift_window"):
+        if not isinstance(serving[key], int) or serving[key] <= 0:
+            raise ValueError(f"config.serving.{key}={serving[key]!r} must be a positive integer.")
+    if serving.max_queue < serving.max_batch_size:
+        raise ValueError(f"config.serving.max_queue={serving.max_queue} must be at least config.serving.max_batch_size="
+                         f"{serving.max_batch_size}: a full batch must fit in the queue.")
+    if serving.max_wait_ms < 0 or not 0 <= serving.port <= 65535:
+        raise ValueError(f"config.serving.max_wait_ms={serving.max_wait_ms} must be >= 0 and config.serving.port="
+                         f"{serving.port} in 0..65535 (0: any free port).")
 
 
 def _check_debug(debug: ml_collections.ConfigDict) -> None:

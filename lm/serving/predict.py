@@ -19,10 +19,11 @@ def validation_reference(config: ml_collections.ConfigDict, model: TrainedModel)
     """The drift reference: predicted-class distribution and confidence histogram on the validation split,
     read by the training pipeline from `config.data` (the run's own config)."""
     import input_pipeline
-    from lm import config_checks
+    from lm import config_checks, models, tasks
 
     config = config_checks.resolved_copy(config)
-    data = input_pipeline.create_data(config, jax.process_index(), jax.process_count(), pipeline="text_classification")
+    pipeline = tasks.task_spec(config.task).pipeline(models.model_family(config.model))
+    data = input_pipeline.create_data(config, jax.process_index(), jax.process_count(), pipeline=pipeline)
     forward = jax.jit(model.probabilities)
     variables = jax.device_put(model.variables)
     rows = []
@@ -134,10 +135,6 @@ def run_select(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=select: the config.serving.top_k most uncertain inputs, ranked, as JSONL (and Label Studio tasks)."""
     from lm.serving import select
 
-    if config.serving.strategy not in select.STRATEGIES:
-        raise ValueError(f"config.serving.strategy={config.serving.strategy!r}: use one of {select.STRATEGIES}.")
-    if config.serving.top_k <= 0:
-        raise ValueError(f"config.serving.top_k={config.serving.top_k} must be positive.")
     exclude = select.read_labelled_ids([p.strip() for p in config.serving.exclude_files.split(",") if p.strip()])
     model, records, probabilities = predictions(config, workdir)
     chosen = select.selection_records(records, probabilities, config.serving.strategy, config.serving.top_k, exclude)

@@ -11,6 +11,7 @@ import os
 import ml_collections
 import tensorflow as tf
 
+from lm import config_checks
 from lm.serving import monitor, servable, server, trained
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def options(config: ml_collections.ConfigDict) -> server.ServeOptions:
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer:
     """The server, its model loaded and every batch shape compiled; not yet serving."""
+    config_checks.check_static(config)
     model = trained.load(workdir, str(config.eval_checkpoint))
     name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
     text = servable.TextServable(model, name, config.serving.max_batch_size)

@@ -71,9 +71,11 @@ def load(workdir: str, which: str = "best") -> TrainedModel:
         graphdef = nnx.split(nnx.eval_shape(lambda: models.create_model(model, rngs=nnx.Rngs(0))),
                              nnx.Param, nnx.BatchStat)[0]
     label_names = tuple(run.data.label_names) or tuple(str(i) for i in range(model.num_classes))
-    if "vocab_size" not in model:
-        raise ValueError(f"--workdir={workdir!r}: serving image models is not supported yet; text models only.")
-    input_keys = classification.TEXT_INPUTS
+    family = models.model_family(model)
+    if family.modality != "text":
+        raise ValueError(f"--workdir={workdir!r} holds a {family.display_name} ({family.modality}) model: predict, "
+                         "export_savedmodel and serve take text classifiers for now.")
+    input_keys = family.input_keys
     task = classification.ClassificationTask(num_classes=model.num_classes, input_keys=input_keys)
 
     def probabilities(variables: tuple[dict, dict], inputs: dict) -> jax.Array:
