@@ -48,8 +48,4 @@ def step_options(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     kinds = ynn_kinds(config)
     if kinds is not None:
         options[CPU_OPTION] = ",".join(f"LIBRARY_FUSION_TYPE_{kind.upper()}" for kind in kinds)
-    if config.model.remat != "none":
-        # XLA:CPU's default scheduler favours concurrency and runs the rematerialised forward ops early, which
-        # keeps their activations alive as if nothing were rematerialised; the memory-minimising one does not.
-        options["xla_cpu_enable_concurrency_optimized_scheduler"] = False
     return options or None

@@ -11,8 +11,9 @@ import tensorflow_datasets as tfds
 import lm
 from configs import baselines
 
-# Baselines whose smoke programs another case (or tests/test_vision_train.py) already builds run in `make test-all`.
-SAME_PROGRAMS = ("bert_base_imdb", "bert_mini_sst2", "vit_b16_imagenet", "vgg16_cifar10")
+# Baselines whose smoke programs another case (or tests/test_vision_train.py) already builds, and ViT-S/16 (a 224-pixel
+# ViT: minutes of compiling on 2 cores), run with the slow tests (`make test-slow`, CI's second stage).
+SAME_PROGRAMS = ("bert_base_imdb", "bert_mini_sst2", "vit_b16_imagenet", "vgg16_cifar10", "vit_s16_imagenet")
 TFDS_BASELINES = [
     pytest.param(name, marks=pytest.mark.slow) if name in SAME_PROGRAMS else name
     for name in baselines.NAMES if name not in ("minilm_sst2", "resnet_small_mnist")

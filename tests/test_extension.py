@@ -74,7 +74,7 @@ BRIER = tasks.register_task(tasks.TaskSpec(
 ))
 
 @input_pipeline.register_source("test_blobs", fields=[("image", "label")])
-def test_blobs(request: source.Request) -> source.InMemory:
+def _blobs(request: source.Request) -> source.InMemory:
     """A data source of this test: 8x8 RGB noise with one bright quadrant, the class (4 of the 10 used)."""
     rng = np.random.default_rng(request.config.seed)
     labels = rng.integers(0, 4, size=400)

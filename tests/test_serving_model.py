@@ -59,6 +59,7 @@ print(json.dumps(out))
 
 def test_savedmodel_matches_jax_in_a_fresh_process(text_run, tmp_path):
     config, workdir = text_run
+    config = config.copy_and_resolve_references()  # The fixture's config is shared: change a copy.
     config.serving.export_dir = str(tmp_path / "export")
     path = lm.run(config, str(workdir), "export_savedmodel")["export_dir"]
     step = trained.load(str(workdir), "best").step
@@ -84,6 +85,7 @@ def test_savedmodel_matches_jax_in_a_fresh_process(text_run, tmp_path):
 
 def test_server_answers_equal_the_model_on_each_requests_own_input(text_run, tmp_path):
     config, workdir = text_run
+    config = config.copy_and_resolve_references()  # The fixture's config is shared: change a copy.
     config.serving.port = 0
     config.serving.max_batch_size = 4
     config.serving.feedback_path = str(tmp_path / "feedback.jsonl")
@@ -117,6 +119,7 @@ def test_server_answers_equal_the_model_on_each_requests_own_input(text_run, tmp
 
 def test_predict_accuracy_equals_eval_and_keeps_order_and_ids(text_run, tmp_path):
     config, workdir = text_run
+    config = config.copy_and_resolve_references()  # The fixture's config is shared: change a copy.
     rows = text_data.sentiment_rows(70, seed=5)
     labelled = text_data.write_csv(tmp_path / "labelled.csv", rows)
     config.data.test_files = str(labelled)
@@ -138,6 +141,7 @@ def test_predict_accuracy_equals_eval_and_keeps_order_and_ids(text_run, tmp_path
 
 def test_predict_bad_rows_follow_the_policy_and_select_ranks_the_least_sure(text_run, tmp_path):
     config, workdir = text_run
+    config = config.copy_and_resolve_references()  # The fixture's config is shared: change a copy.
     inputs = tmp_path / "unlabelled.jsonl"
     texts = [text for text, _ in text_data.sentiment_rows(12, seed=9)]
     lines = [json.dumps({"text": t}) for t in texts[:5]] + [json.dumps({"text": "  "})]
@@ -172,6 +176,7 @@ def test_predict_bad_rows_follow_the_policy_and_select_ranks_the_least_sure(text
 def test_feedback_round_trip_teaches_the_next_fine_tuning(text_run, tmp_path, small_vocab):
     """serve -> :feedback lines -> fine-tune from the served workdir with them -> they are predicted as labelled."""
     config, workdir = text_run
+    config = config.copy_and_resolve_references()  # The fixture's config is shared: change a copy.
     config.serving.port = 0
     config.serving.feedback_path = str(tmp_path / "feedback.jsonl")
     model_server = serve.build(config, str(workdir))
