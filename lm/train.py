@@ -189,7 +189,8 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     )
     peak_flops = config.peak_flops_per_device or metrics.matmul_peak_flops(size=1024, repeats=5)
     meta = {"model": config.model.to_dict(), "task": config.task}
-    train_step, flops_per_step = jit_train_step(exp), 0.0
+    # One compiled step per batch shape (text length buckets): compiled ahead of time when a shape first comes.
+    jitted_step, compiled_steps, window_flops = jit_train_step(exp), {}, 0.0
     if start_step == 0 and config.get("eval_at_start", False):  # The starting point, e.g. of continued pretraining.
         eval_metrics = evaluate.evaluate_split(eval_step, state, data, "validation", mesh, exp.task)
         evaluate.write_eval_scalars(writer, 0, "validation", eval_metrics)
@@ -200,10 +201,14 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     for step in range(start_step + 1, exp.total_steps + 1):
         host_batch = next(train_iter)
         batch = sharding.global_batch(host_batch, mesh)
-        if step == start_step + 1:  # Compile ahead of time once, to read the step's FLOPs.
-            train_step = train_step.lower(state, batch).compile()
-            flops_per_step = step_flops(train_step)
-        state, step_metrics = train_step(state, batch)
+        shapes = tuple((key, value.shape) for key, value in sorted(batch.items()))
+        if shapes not in compiled_steps:  # Compiled ahead of time, to read the step's FLOPs.
+            compiled = jitted_step.lower(state, batch).compile()
+            compiled_steps[shapes] = (compiled, step_flops(compiled))
+            log.info("compiled the train step for batch shapes %s (%d so far)", dict(shapes), len(compiled_steps))
+        compiled, flops = compiled_steps[shapes]
+        window_flops += flops
+        state, step_metrics = compiled(state, batch)
         history.append(step_metrics)  # Device arrays: read only at logging steps (no host sync per step).
         guard.add(step, step_metrics["nonfinite"])
         if debug_log is not None:
@@ -213,8 +218,9 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         if step % config.log_every == 0 or last:
             jax.block_until_ready(step_metrics)  # Steps run asynchronously: time them once they are done.
             seconds = time.perf_counter() - last_time
-            _log_train(writer, exp, step, history, (step - last_step) / max(seconds, 1e-9), flops_per_step, peak_flops)
-            history, last_time, last_step = [], time.perf_counter(), step
+            _log_train(writer, exp, step, history, (step - last_step) / max(seconds, 1e-9),
+                       window_flops / (step - last_step), peak_flops)
+            history, last_time, last_step, window_flops = [], time.perf_counter(), step, 0.0
             guard.check()
         preempted = watch.reached(step)
         eval_metrics = None
