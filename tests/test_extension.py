@@ -1,11 +1,11 @@
-"""Extending `lm` from outside it: a new model family and a new task, defined and registered in this file only
-(nothing under lm/, input_pipeline/ or configs/ names them), train through `lm.run` with a checkpoint, a resume
-and a final evaluation; a weight format registered here loads into a family that lists it.
+"""Extending `lm` from outside it: a new model family, a new task and a new data source, defined and registered in
+this file only (nothing under lm/, input_pipeline/ or configs/ names them), train through `lm.run` with a
+checkpoint, a resume and a final evaluation; a weight format registered here loads into a family that lists it.
 
 The family is a two-layer perceptron over images; the task is classification trained with the Brier score (the
 squared error between the predicted distribution and the one-hot label) instead of cross-entropy. Data sources
-are in `SOURCES`: each gives the `config.data` overrides of one existing source, so a new source registered in
-this file adds one entry there.
+are in `SOURCES`: each gives the `config.data` overrides of one source: scikit-learn's digits (built in) and
+`test_blobs`, registered below (8x8 RGB images whose class is the bright quadrant).
 """
 
 import dataclasses
@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import input_pipeline
 import lm
 from configs import common, vision_data
+from input_pipeline import source
 from lm import models, step_log, tasks, weights
 from lm.paths import param_name
 from lm.tasks.classification import ClassificationTask
@@ -71,8 +73,22 @@ BRIER = tasks.register_task(tasks.TaskSpec(
     best_metric="accuracy",
 ))
 
+@input_pipeline.register_source("test_blobs", fields=[("image", "label")])
+def test_blobs(request: source.Request) -> source.InMemory:
+    """A data source of this test: 8x8 RGB noise with one bright quadrant, the class (4 of the 10 used)."""
+    rng = np.random.default_rng(request.config.seed)
+    labels = rng.integers(0, 4, size=400)
+    images = rng.integers(0, 64, size=(400, 8, 8, 3)).astype(np.uint8)
+    for image, label in zip(images, labels):
+        row, col = divmod(int(label), 2)
+        image[4 * row:4 * row + 4, 4 * col:4 * col + 4] += 160
+    examples = [{"image": image, "label": int(label)} for image, label in zip(images, labels)]
+    return source.InMemory(description="test blobs", class_names=[str(i) for i in range(10)],
+                           splits={"train": source.columns(examples, request.fields)})
+
+
 # Data source -> config.data overrides. Digits are scikit-learn's (offline, 1797 images of 8x8, 10 classes).
-SOURCES = {"digits": {"source": "digits"}}
+SOURCES = {"digits": {"source": "digits"}, "test_blobs": {"source": "test_blobs"}}
 
 
 def _config(source: str) -> ml_collections.ConfigDict:
