@@ -65,6 +65,10 @@ def text_data_config() -> ml_collections.ConfigDict:
     data.vocab_path = ""  # "" = the init_from directory's vocab.txt.
     data.lowercase = True
     data.max_length = 128
+    # Each batch is padded to the smallest of these lengths (or max_length) that holds its longest example: one
+    # compiled step per length used (input_pipeline/bucketing.py); neighbours at most 1.5x apart bound the padding.
+    # () = every batch padded to max_length.
+    data.bucket_lengths = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
     data.shuffle_buffer = 10_000
     return data
 
@@ -97,6 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if variant.smoke:
         config.data.max_length = 32
+        config.data.bucket_lengths = ()  # One batch shape: one compiled step per test run.
         config.data.shuffle_buffer = 64
         config.global_batch_size = 16
         config.eval_batch_size = 16

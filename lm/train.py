@@ -12,6 +12,7 @@ them in a row halt the run before any checkpoint could hold a bad value.
 
 import logging
 import math
+import time
 from collections.abc import Collection
 
 import jax
@@ -211,7 +212,8 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     log.info("MFU (train/%s) is quoted against %.4g FLOP/s per device: %s.", metrics.mfu_name(peak),
              peak.flops_per_second, peak.label)
     meta = {"model": config.model.to_dict(), "task": config.task}
-    train_step, flops_per_step = jit_train_step(exp), 0.0
+    # One compiled step per batch shape (text length buckets): compiled ahead of time when a shape first comes.
+    jitted_step, compiled_steps, window_flops = jit_train_step(exp), {}, 0.0
     if start_step == 0 and config.eval_at_start:  # The starting point, e.g. of continued pretraining.
         eval_metrics = evaluate.evaluate_split(eval_step, state, data, "validation", mesh, exp.task)
         evaluate.write_eval_scalars(writer, 0, "validation", eval_metrics)
@@ -223,10 +225,16 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         with timer.waiting_for_input():
             host_batch = next(train_iter)
             batch = sharding.global_batch(host_batch, mesh)
-        if step == start_step + 1:  # Compile ahead of time once, for the pre-flight report, before any step runs.
-            train_step, flops_per_step = _compile(exp, train_step, state, batch)
-            hosts.wait_for_all("train_step_compiled", config.distributed.initialization_timeout_s)
-            timer.reset()
+        shapes = tuple((key, value.shape) for key, value in sorted(batch.items()))
+        if shapes not in compiled_steps:  # Ahead of time, once per batch shape, with the pre-flight report.
+            compile_start = time.perf_counter()
+            compiled_steps[shapes] = _compile(exp, jitted_step, state, batch)
+            log.info("compiled the train step for batch shapes %s (%d so far)", dict(shapes), len(compiled_steps))
+            if len(compiled_steps) == 1:
+                hosts.wait_for_all("train_step_compiled", config.distributed.initialization_timeout_s)
+            timer.start += time.perf_counter() - compile_start  # Compiling is not step time.
+        train_step, flops = compiled_steps[shapes]
+        window_flops += flops
         last = step == exp.total_steps
         window_end = step % config.log_every == 0 or last
         if window_end:  # The logging window's last step runs alone on the device: its device time.
@@ -239,8 +247,9 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
             debug_log.write(step, step_metrics["loss"], host_batch)
         report_progress.update(step, step_metrics["loss"])  # Counts the step once it has run, not dispatched.
         if window_end:  # The step was timed to completion: the window is done.
-            _log_train(writer, exp, step, history, timer.scalars(step - last_step), flops_per_step, peak)
-            history, last_step = [], step
+            _log_train(writer, exp, step, history, timer.scalars(step - last_step), window_flops / (step - last_step),
+                       peak)
+            history, last_step, window_flops = [], step, 0.0
             guard.check()
         preempted = watch.reached(step)
         eval_metrics = None
