@@ -225,7 +225,8 @@ def run_dataset(name: str, rows, args, model_dir: str, workdir: pathlib.Path) ->
         print(f"  {which}: built, compiled and warmed up in {time.perf_counter() - start:.0f}s; "
               f"{contenders[which].note}", flush=True)
     steps = len(next(iter(contenders.values())).batches)
-    times, cpu_times, _ = common.measure(contenders, args.rounds, steps)
+    timing = common.measure(contenders, args.rounds, steps)
+    times, cpu_times = timing.wall, timing.cpu
     result = {"steps_timed": steps, "steps_per_epoch": epoch_steps, "load_after": os.getloadavg()[0]}
     for which in contenders:
         seconds = statistics.median(times[which])

@@ -153,9 +153,9 @@ def training_defaults() -> ml_collections.ConfigDict:
     # A step whose loss or gradients are not finite is skipped (no update; counted in train/nonfinite_skips); this
     # many skipped steps in a row halt the run with an error.
     config.max_consecutive_nonfinite = 5
-    # Test hooks, off by default (lm/debug.py). debug.step_log appends "step loss sha256-of-batch" per step to
-    # WORKDIR/debug_steps.txt (reads the loss every step: a host sync). debug.nan_steps makes the gradients NaN
-    # at these steps (1-based, as logged), to exercise the non-finite handling.
+    # Test hooks, off by default (lm/step_log.py, lm/train.make_train_step). debug.step_log appends
+    # "step loss sha256-of-batch" per step to WORKDIR/debug_steps.txt (reads the loss every step: a host sync).
+    # debug.nan_steps makes the gradients NaN at these steps (1-based, as logged), to exercise the non-finite handling.
     config.debug = ml_collections.ConfigDict()
     config.debug.step_log = False
     config.debug.nan_steps = ()
