@@ -44,10 +44,10 @@ def resolved_copy(config: ml_collections.ConfigDict, overrides: Collection[str] 
 def _keep_overridden_model_keys(config: ml_collections.ConfigDict, before: dict, overrides: Collection[str]) -> None:
     """Puts back the overridden model hyperparameters that `init_from` replaced; logs where each model key came from.
 
-    Architecture keys (`pretrained.MODEL_SHAPE_KEYS` and the vision families' `VISION_ARCH_KEYS`) must match the
-    weights, so the checkpoint's value stays and an override that differs is a warning.
+    Architecture keys (the model family's `arch_keys`) must match the weights, so the checkpoint's value stays and
+    an override that differs is a warning.
     """
-    architecture = set(pretrained.MODEL_SHAPE_KEYS) | set(pretrained.VISION_ARCH_KEYS.get(config.model.name, ()))
+    architecture = set(models.model_family(config.model).arch_keys)
     sources = {}
     for key, value in config.model.items():
         overridden = f"model.{key}" in overrides

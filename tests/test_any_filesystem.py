@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import lm
 from lm import checkpointing, config_checks, files, step_log
-from lm.weights import hf_bert, pretrained
+from lm.weights import hf_bert, reader
 from tests import text_data
 from tests.test_train import files_config
 
@@ -77,7 +77,7 @@ def test_train_eval_export_with_a_ram_workdir(ram_workdir, tmp_path, small_vocab
     fine_tune.model.num_layers = 99
     resolved = config_checks.resolved_copy(fine_tune)
     assert resolved.model.num_layers == config.model.num_layers
-    assert pretrained.is_hf_directory(f"{workdir}/hf")
+    assert reader.is_hf_directory(f"{workdir}/hf")
     weights = hf_bert.read_state_dict(f"{workdir}/hf")
     local_copy = tmp_path / "hf_local"
     local_copy.mkdir()

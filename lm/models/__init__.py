@@ -1,7 +1,8 @@
 """Models: `create_model(config.model, rngs=...)` builds the model a config names.
 
-Each family's file registers itself (`lm.models.registry.register_model`); importing this package imports
-the built-in families. A new family is one file plus its line in the import below, or a
+Each family's file registers itself (`lm.models.registry.register_model`): its builder, head, layer stack, and
+for `init_from` the weight formats it loads and the config keys a checkpoint decides (`ModelFamily`). Importing
+this package imports the built-in families. A new family is one file plus its line in the import below, or a
 `register_model(...)` call from outside `lm`.
 """
 

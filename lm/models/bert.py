@@ -180,6 +180,11 @@ class BertForMaskedLM(nnx.Module):
 
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The keys of config.model that a checkpoint decides (config.init_from); dropout, the head and the classes stay.
+ARCH_KEYS = (
+    "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+    "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+)
 
 
 def bert_config(model: ml_collections.ConfigDict) -> BertConfig:
@@ -219,6 +224,8 @@ register_model(ModelFamily(
     classifier_head="classifier",
     layer_stack=lambda model: ("encoder/embeddings", "encoder/layers", model.num_layers),
     importers=("hf_bert", "workdir"),
+    arch_keys=ARCH_KEYS,
+    config_class=BertConfig,
     exporter="bert",
     check=_check,
     display_name="BERT",

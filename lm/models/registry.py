@@ -8,6 +8,7 @@ read the family's entry.
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 from flax import nnx
@@ -31,6 +32,9 @@ class ModelFamily:
     layer_stack  (config.model) -> (embeddings path, layer-list path, number of layers) for layer-wise
                  learning-rate decay, or None when the family has no layer stack
     importers    names of the `lm.weights` importers whose checkpoints load into this family
+    arch_keys    the keys of `config.model` that a checkpoint decides (`config.init_from`): its shape; the rest
+                 (the number of classes, dropout, the image size) are the experiment's
+    config_class the dataclass `build` makes from `config.model`; `defaults()` gives its field defaults
     exporter     `lm.serving.export_hf` writer name, or "" when the family does not export
     check        (config) -> None: the family's own config checks (raise ValueError), run before compiling
     display_name the family's name in messages ("BERT", "ViT")
@@ -44,6 +48,8 @@ class ModelFamily:
     classifier_head: str | None = None
     layer_stack: Callable[[ml_collections.ConfigDict], tuple[str, str, int]] | None = None
     importers: tuple[str, ...] = ()
+    arch_keys: tuple[str, ...] = ()
+    config_class: type | None = None
     exporter: str = ""
     check: Callable[[ml_collections.ConfigDict], None] | None = None
     display_name: str = ""
@@ -53,6 +59,12 @@ class ModelFamily:
             raise ValueError(f"model family {self.name!r}: modality={self.modality!r}; use one of {MODALITIES}.")
         if not self.display_name:
             object.__setattr__(self, "display_name", self.name)
+
+    def defaults(self) -> dict[str, Any]:
+        """The model's values for the keys `config.model` leaves out: `config_class`'s field defaults."""
+        if self.config_class is None:
+            return {}
+        return {field.name: field.default for field in dataclasses.fields(self.config_class)}
 
 
 _FAMILIES: Registry[ModelFamily] = Registry("model family", "config.model.name")

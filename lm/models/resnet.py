@@ -296,5 +296,7 @@ register_model(ModelFamily(
     head_name=lambda model: "projection" if model.projection_dims else "head",
     classifier_head="head",
     importers=("hf_resnet", "keras", "workdir"),
+    arch_keys=("depth", "variant", "width", "stride_in_1x1", "conv_bias", "norm_epsilon"),
+    config_class=ResNetConfig,
     display_name="ResNet",
 ))

@@ -156,5 +156,7 @@ register_model(ModelFamily(
     head_name=lambda model: "head",
     classifier_head="head",
     importers=("keras", "workdir"),
+    arch_keys=("depth", "batch_norm"),  # pool_size, classifier_width: the experiment's (a new shape starts fresh).
+    config_class=VGGConfig,
     display_name="VGG",
 ))

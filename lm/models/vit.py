@@ -214,6 +214,8 @@ register_model(ModelFamily(
     classifier_head="head",
     layer_stack=lambda model: ("embedding", "blocks", VIT_SIZES[model.variant][1]),
     importers=("hf_vit", "workdir"),
+    arch_keys=("variant", "patch_size", "pooling", "layer_norm_eps"),  # image_size: positions are resampled.
+    config_class=ViTConfig,
     exporter="vit",
     display_name="ViT",
 ))

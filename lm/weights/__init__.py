@@ -4,8 +4,12 @@ An importer is an object (usually a module) with
   detect(source) -> bool                         whether `source` (a path) is in its format
   load(source, params, batch_stats) -> (params, batch_stats or None, ImportReport)
                                                  our pure dicts with the source's weights where they fit
-Importers are tried in registration order; the first whose `detect` says yes loads. A model family lists the
-importers it supports (`lm.models.ModelFamily.importers`). `register_importer` adds one from outside `lm`.
+  configure(config, source) -> None              optional: writes the checkpoint's architecture into config.model
+                                                 (the family's `arch_keys`), and its vocabulary or its input
+                                                 normalisation into config.data (`lm.weights.configuring` helps)
+Importers are tried in registration order; the first whose `detect` says yes reads the source. A model family
+lists the importers it supports (`lm.models.ModelFamily.importers`); `lm.weights.pretrained` checks it and calls
+`configure` and `load`. `register_importer` adds an importer from outside `lm`.
 """
 
 import importlib

@@ -1,16 +1,18 @@
 """Hugging Face BERT directories (config.json, model.safetensors or pytorch_model.bin, vocab.txt) -> our BERT.
 
-`read_config` gives `lm.models.bert.BertConfig` field values; `load(path, params, batch_stats)` fills our
-BERT's parameters (the encoder, and the masked-LM head where the directory has one; a classifier stays fresh);
-`load_encoder_params` fills the `params['encoder']` subtree alone. HF `nn.Linear`
-weights are [out, in] and ours [in, out], so kernels are transposed. Checkpoints of `BertModel` (no
-prefix) and of the task models (`bert.` prefix, e.g. `BertForSequenceClassification`) both load; TF-era
-LayerNorm names `gamma`/`beta` are accepted. The pooler is optional: without it ours keeps its fresh init.
+`read_config` gives `lm.models.bert.BertConfig` field values, which `configure` writes into a config (with the
+vocabulary); `load(path, params, batch_stats)` fills our BERT's parameters (the encoder, and the masked-LM head
+where the directory has one; a classifier stays fresh); `load_encoder_params` fills the `params['encoder']`
+subtree alone. HF `nn.Linear` weights are [out, in] and ours [in, out], so kernels are transposed. Checkpoints
+of `BertModel` (no prefix) and of the task models (`bert.` prefix, e.g. `BertForSequenceClassification`) both
+load; TF-era LayerNorm names `gamma`/`beta` are accepted. The pooler is optional: without it ours keeps its
+fresh init.
 """
 
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from etils import epath
 
@@ -72,6 +74,15 @@ def vocab_path(path: str) -> str:
     if not file.is_file():
         raise FileNotFoundError(f"no vocab.txt in {path}")
     return str(file)
+
+
+def configure(config: ml_collections.ConfigDict, path: str) -> None:
+    """The directory's BERT shape (and dropout rates) into config.model; its vocabulary where config.data has none."""
+    for key, value in read_config(path).items():
+        if key in config.model:
+            config.model[key] = type(config.model[key])(value)
+    if not config.data.vocab_path:
+        config.data.vocab_path = vocab_path(path)
 
 
 def _dense(ours: _Path, hf: str) -> dict[_Path, tuple[str, bool]]:

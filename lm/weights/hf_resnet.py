@@ -9,13 +9,15 @@ BatchNorm where the shape changes; global average pooling and a linear classifie
 as ours) unless `downsample_in_bottleneck` is true, which strides the first 1x1 (v1): that maps onto our
 `stride_in_1x1` option. `downsample_in_first_stage` (a strided first stage) has no counterpart here.
 
-`load` returns our parameters and our BatchNorm statistics (running mean and variance).
+`configure` writes the architecture (and the preprocessor's normalisation) into a config; `load` returns our
+parameters and our BatchNorm statistics (running mean and variance).
 """
 
+import ml_collections
 import numpy as np
 
 from lm.models import resnet
-from lm.weights import assign
+from lm.weights import assign, configuring
 from lm.weights.reader import is_hf_directory, read_hf_config, read_state_dict
 from lm.weights.report import ImportReport
 
@@ -126,6 +128,11 @@ def convert(state_dict: dict[str, np.ndarray], depth: int) -> tuple[assign.Table
 def detect(path: str) -> bool:
     """A Hugging Face directory whose config.json says model_type 'resnet'."""
     return is_hf_directory(path) and read_hf_config(path)[1].get("model_type") == "resnet"
+
+
+def configure(config: ml_collections.ConfigDict, path: str) -> None:
+    """The directory's ResNet architecture into config.model, its preprocessor's normalisation into config.data."""
+    configuring.hf_vision(config, path, "resnet", read_config(path))
 
 
 def load(path: str, params: dict, batch_stats: dict) -> tuple[dict, dict, ImportReport]:

@@ -1,6 +1,7 @@
 """Hugging Face ViT directories (`ViTModel`, `ViTForImageClassification`) -> our `lm.models.vit` ViT.
 
-`read_config` gives our vit model-config values (the variant from hidden size, layers and heads);
+`read_config` gives our vit model-config values (the variant from hidden size, layers and heads), which
+`configure` writes into a config;
 `load` fills our parameters from config.json + model.safetensors or pytorch_model.bin (read
 without torch). Both are pre-LN encoders with a class token, exact GELU and a head on the final
 LayerNorm of the class token, so the weights map one-to-one: Linear kernels are transposed, the patch
@@ -25,10 +26,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from lm.models import vit
-from lm.weights import assign
+from lm.weights import assign, configuring
 from lm.weights.reader import is_hf_directory, read_hf_config, read_state_dict
 from lm.weights.report import ImportReport
 
@@ -216,6 +218,11 @@ def convert(state_dict: dict[str, np.ndarray], template: dict, checkpoint_grid: 
 def detect(path: str) -> bool:
     """A Hugging Face directory whose config.json says model_type 'vit'."""
     return is_hf_directory(path) and read_hf_config(path)[1].get("model_type") == "vit"
+
+
+def configure(config: ml_collections.ConfigDict, path: str) -> None:
+    """The directory's ViT architecture into config.model, its preprocessor's normalisation into config.data."""
+    configuring.hf_vision(config, path, "vit", read_config(path))
 
 
 def load(path: str, params: dict, batch_stats: dict | None = None) -> tuple[dict, None, ImportReport]:

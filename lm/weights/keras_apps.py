@@ -22,8 +22,8 @@ ResNet represents it exactly with `stride_in_1x1=True, conv_bias=True, norm_epsi
 Input: keras.applications' ImageNet weights expect `preprocess_input`'s "caffe" inputs: BGR, 0-255,
 minus the per-channel mean. By default (`input_order="rgb"`) the first convolution's input channels are
 reversed so that our model takes RGB, as the rest of lm does; then `CAFFE_MEAN`/`CAFFE_STD` (for
-`config.data.mean/std` on [0, 1] RGB pixels) reproduce the preprocessing. `input_order="bgr"` keeps
-the kernels as stored (the same inputs as the Keras model).
+`config.data.mean/std` on [0, 1] RGB pixels, which `configure` sets) reproduce the preprocessing.
+`input_order="bgr"` keeps the kernels as stored (the same inputs as the Keras model).
 """
 
 import dataclasses
@@ -34,12 +34,13 @@ import zipfile
 from collections.abc import Callable
 
 import h5py
+import ml_collections
 import numpy as np
 
 from lm import files
 from lm.models import resnet, vgg
 from lm.paths import param_name
-from lm.weights import assign
+from lm.weights import assign, configuring
 from lm.weights.report import ImportReport
 
 # "caffe" preprocessing as normalisation of [0, 1] RGB pixels: (x - mean) / std = 255 x - mean_255.
@@ -167,6 +168,13 @@ def read_config(path: str) -> dict:
     layers = read_layers(path)
     name, depth = _architecture(layers, path)
     return {"name": name, **_ARCHITECTURES[name].config(layers, path, depth)}
+
+
+def configure(config: ml_collections.ConfigDict, path: str) -> None:
+    """The file's architecture into config.model, the caffe preprocessing into config.data where it is open."""
+    values = read_config(path)
+    configuring.architecture(config, values["name"], values, "Keras application")
+    configuring.normalization(config, CAFFE_MEAN, CAFFE_STD, "keras.applications (caffe)")
 
 
 def _vgg_config(layers: Layers, path: str, depth: int) -> dict:

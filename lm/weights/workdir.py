@@ -3,18 +3,40 @@
 A leaf of ours takes the checkpoint's value where the checkpoint has the same path with the same shape (in
 our dtype); the others stay fresh ('new'), and the checkpoint's leaves that fed nothing are 'unused' (the
 masked-LM head of a pretraining run that a classifier now fine-tunes, a head for another class count).
+`configure` takes the run's architecture and vocabulary from its config.json.
 """
 
 import jax
+import ml_collections
 import numpy as np
 
-from lm import files, paths
+from lm import files, models, paths
 from lm.weights.report import ImportReport
 
 
 def detect(path: str) -> bool:
     """A directory with checkpoints/."""
     return files.is_dir(files.join(path, "checkpoints"))
+
+
+def configure(config: ml_collections.ConfigDict, path: str) -> None:
+    """The run's architecture (`ModelFamily.arch_keys`, when it trained our family) and its vocabulary."""
+    source = _run_config(path)
+    model = source.get("model", {})
+    keys = models.model_family(config.model).arch_keys if model.get("name") == config.model.name else ()
+    for key in keys:
+        if key in model and key in config.model:
+            config.model[key] = model[key]
+    vocab = source.get("data", {}).get("vocab_path", "")
+    if "data" in config and "vocab_path" in config.data and not config.data.vocab_path and vocab:
+        config.data.vocab_path = vocab
+
+
+def _run_config(workdir: str) -> dict:
+    path = files.join(workdir, "config.json")
+    if not files.is_file(path):
+        raise FileNotFoundError(f"config.init_from={workdir!r} has no config.json; is it a workdir of ours?")
+    return files.read_json(path)
 
 
 def _merge(ours, source, report: ImportReport, prefix: str = ""):
