@@ -40,6 +40,12 @@ def jax_probabilities(workdir, texts):
     return np.asarray(jax.jit(model.probabilities)(model.variables, inputs))
 
 
+def test_a_run_whose_task_predicts_no_classes_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"task": "mlm"}))  # Asked of the task registry.
+    with pytest.raises(ValueError, match="holds a 'mlm' run; predict, export and serve need a classifier"):
+        trained.load(str(tmp_path))
+
+
 LOAD_IN_FRESH_PROCESS = """
 import json, sys
 import numpy as np

@@ -19,9 +19,8 @@ import numpy as np
 import tensorflow as tf
 from flax import nnx
 
-from lm import checkpointing, evaluate, models
+from lm import checkpointing, evaluate, models, tasks
 from lm import state as state_lib
-from lm.tasks import classification
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,13 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load(workdir: str, which: str = "best") -> TrainedModel:
-    """Checkpoint `which` (best | latest | a step number) of a classification run in `workdir`."""
+    """Checkpoint `which` (best | latest | a step number) of a classification run in `workdir`.
+
+    The run's task must predict classes (`lm.tasks.TaskSpec.predicts_classes`): its logits become probabilities.
+    """
     run = run_config(workdir)
-    if run.task != "classification":
+    spec = tasks.task_spec(run.task)
+    if not spec.predicts_classes:
         raise ValueError(f"--workdir={workdir!r} holds a {run.task!r} run; predict, export and serve need a "
                          "classifier. Fine-tune one from it (--config.init_from=WORKDIR) and serve that.")
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
@@ -76,7 +79,7 @@ def load(workdir: str, which: str = "best") -> TrainedModel:
         raise ValueError(f"--workdir={workdir!r} holds a {family.display_name} ({family.modality}) model: predict, "
                          "export_savedmodel and serve take text classifiers for now.")
     input_keys = family.input_keys
-    task = classification.ClassificationTask(num_classes=model.num_classes, input_keys=input_keys)
+    task = spec.create(ml_collections.ConfigDict({**run.to_dict(), "model": meta["model"]}), family)  # As trained.
 
     def probabilities(variables: tuple[dict, dict], inputs: dict) -> jax.Array:
         network = state_lib.merge_model(graphdef, *variables)

@@ -87,4 +87,5 @@ register_task(TaskSpec(
     metrics=("accuracy", "loss", "f1_macro", "precision_macro", "recall_macro", "top5_accuracy"),
     best_metric="accuracy",
     check=_check,
+    predicts_classes=True,
 ))

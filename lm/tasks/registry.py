@@ -26,6 +26,8 @@ class TaskSpec:
     metrics      the evaluation metrics `finalize` reports (candidates for `config.best_metric`)
     best_metric  the metric that picks the best checkpoint by default, with `best_mode`
     check        (config, model family) -> None: the task's config checks (raise ValueError), before compiling
+    predicts_classes  the task object's `logits` are scores over `config.model.num_classes` classes, so that
+                 predict, select, export_savedmodel and serve (`lm.serving.trained`) take its runs
     """
 
     name: str
@@ -36,6 +38,7 @@ class TaskSpec:
     best_metric: str
     best_mode: str = "max"
     check: Callable[[ml_collections.ConfigDict, ModelFamily], None] | None = None
+    predicts_classes: bool = False
 
     def pipeline(self, family: ModelFamily) -> str:
         """The input pipeline for this task on `family`'s modality; a pair without one is an error."""
