@@ -1,7 +1,8 @@
-"""The trainer's jitted step on synthetic batches, without an input pipeline: for model-level tests.
+"""The trainer's jitted step on synthetic batches, without an input pipeline: for tests of models and of the step.
 
-`experiment_for(config)` builds what `lm.experiment.build` builds except the data (mesh, task, optimizer,
-state layout), so `lm.train.jit_train_step` compiles the step exactly as training does.
+`experiment_for(config)` builds what `lm.experiment.build` builds except the data (mesh, batch-size checks, task,
+optimizer, state layout), so `lm.train.jit_train_step` compiles the step exactly as training does;
+`experiment.initial_state(exp)` gives its fresh state and `train_losses` runs it over random batches.
 """
 
 import jax
@@ -48,6 +49,7 @@ def vision_config(name: str, learning_rate: float = 1e-3, **model) -> ml_collect
 def experiment_for(config: ml_collections.ConfigDict, devices=None) -> experiment.Experiment:
     config = config_checks.resolved_copy(config)
     mesh = sharding.create_mesh(config.mesh, devices)
+    config_checks.check_batch_sizes(config, sharding.data_parallel_size(mesh), jax.process_count())
     steps = config.num_train_steps
     tx, schedule = optimizers.create_optimizer(config.optimizer, steps, config.model)
     spec = state_lib.state_spec(config.model, tx, mesh, config.axis_rules, config.seed,

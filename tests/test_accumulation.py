@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from configs import bert_sentiment, vision_classification
-from lm import config_checks, sharding, train
-from tests import step_setup
+from lm import config_checks, experiment, sharding, train
+from tests import model_steps
 
 
 def _bert_config(accum: int):
@@ -22,7 +22,8 @@ def _bert_config(accum: int):
 
 
 def _run(config, batches, devices):
-    exp, state = step_setup.build(config, devices)
+    exp = model_steps.experiment_for(config, devices)
+    state = experiment.initial_state(exp)
     step = train.jit_train_step(exp)
     losses = []
     with jax.set_mesh(exp.mesh):
@@ -35,7 +36,7 @@ def _run(config, batches, devices):
 
 
 def test_four_micro_batches_equal_one_four_times_batch():
-    batches = [step_setup.text_batch(16, 16, 64, seed=seed) for seed in range(2)]
+    batches = [model_steps.text_batch(seed, batch_size=16, length=16, vocab=64) for seed in range(2)]
     whole_losses, whole, whole_loops = _run(_bert_config(1), batches, jax.devices()[:2])
     micro_losses, micro, micro_loops = _run(_bert_config(4), batches, jax.devices()[:2])
     assert micro_loops == whole_loops + 1  # The micro-batch loop.
@@ -51,7 +52,7 @@ def test_batch_norm_statistics_update_per_micro_batch():
     config.global_batch_size = 8
     config.mesh.data = 1
     config.optimizer.update(name="sgd", learning_rate=0.0, weight_decay=0.0, clip_norm=0.0)
-    batch = step_setup.image_batch(8, 16, config.model.num_classes)
+    batch = model_steps.image_batch(0, batch_size=8, size=16)
     micro_batches = [{key: value[index::2] for key, value in batch.items()} for index in range(2)]
     single = config.copy_and_resolve_references()
     single.global_batch_size = 4
