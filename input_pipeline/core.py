@@ -19,6 +19,7 @@ hosts, padded with weight-0 examples so that every host yields the same number o
 which fields it reads (`FIELDS`), how it checks one record (`parse`), and how examples become batches.
 """
 
+import abc
 from collections.abc import Iterator
 
 import ml_collections
@@ -177,7 +178,7 @@ def check_fractions(data: ml_collections.ConfigDict, splits: tuple[str, ...]) ->
         )
 
 
-class Pipeline:
+class Pipeline(abc.ABC):
     """Per-host batches of one kind of example; see the module docstring. Subclasses fill in the hooks."""
 
     FIELDS: tuple[str, ...] = ()
@@ -214,9 +215,11 @@ class Pipeline:
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         """The pipeline's own config keys, before any data is read."""
+        del config  # None by default.
 
     def prepare(self, config: ml_collections.ConfigDict) -> None:
         """What the pipeline needs before reading data (a tokenizer)."""
+        del config  # Nothing by default.
 
     def parse(self, record: dict) -> dict | None:
         """One record read from the user's files -> the example; raise common.BadExample for a bad one."""
@@ -224,6 +227,7 @@ class Pipeline:
 
     def loaded(self, config: ml_collections.ConfigDict, loaded: InMemory | Streamed) -> None:
         """What the pipeline takes from the source's metadata (class names, image defaults)."""
+        del config, loaded  # Nothing by default.
 
     def order_unit(self) -> int:
         return self.train_batch_size
@@ -241,13 +245,13 @@ class Pipeline:
         """Per-batch preprocessing of training batches."""
         return ds
 
+    @abc.abstractmethod
     def eval_examples(self, split: str) -> tf.data.Dataset:
         """This host's examples of the split, preprocessed, with "weight" 1.0."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def eval_padding(self) -> dict[str, tf.Tensor]:
         """One padding example in the form `eval_examples` yields, with "weight" 0.0."""
-        raise NotImplementedError
 
     def eval_counts(self, split: str) -> list[int]:
         """What each host's `eval_examples(split)` yields."""
