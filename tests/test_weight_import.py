@@ -445,6 +445,9 @@ def test_init_from_dispatch(hf_vit_classifier, keras_resnet50, tmp_path):
     config = _vision_config("vgg", str(keras_path / "resnet50.weights.h5"))
     with pytest.raises(ValueError, match="is a Keras application resnet checkpoint but config.model.name='vgg'"):
         pretrained.apply_to_config(config)
+    config = _vision_config("resnet", str(vit_path))  # A format the family does not load: the family's entry says.
+    with pytest.raises(ValueError, match=r"is a hf_vit checkpoint; .* Families that load hf_vit: \['vit'\]"):
+        pretrained.apply_to_config(config)
 
 
 def test_init_from_workdir_brings_batch_stats(tmp_path):
