@@ -8,13 +8,13 @@ Data (written by `make-data`, seeded):
   sst2   stsa.binary.train (6,920 sentences) and stsa.binary.test (1,821), as JSONL.
 Contenders, the same recipe (from all-MiniLM-L6-v2, batch 32, one epoch, AdamW 5e-5, 6% warm-up then linear
 decay, weight decay 0.01 except biases and LayerNorms, clip 1.0, dropout 0.1 from the checkpoint):
-  ours   `python main.py --config=configs/bert_sentiment.py:files` with init_from the MiniLM directory. The test
-         file is also the validation file, so that all training examples train (by default 10% of train_files
-         would be carved out for validation); there is one validation pass, after the last step, so the best
-         checkpoint is the last one and the test set chooses nothing.
-  torch  transformers.BertForSequenceClassification, BertTokenizerFast (truncation to the length), a shuffled
-         DataLoader (the last partial batch kept, as the Trainer does), torch.optim.AdamW,
-         get_linear_schedule_with_warmup with ceil(6% of the steps), clip_grad_norm_.
+  ours   `python main.py --config=configs/bert_sentiment.py:files` with init_from the MiniLM directory. The
+         validation file is given (else 10% of train_files would be carved out for validation and not train):
+         the first 64 training rows, written next to the training file. There is one validation pass, after
+         the last step, so the best checkpoint is the last one and neither it nor the test set chooses anything.
+  torch  transformers.BertForSequenceClassification, BertTokenizerFast (truncation to the length, each batch
+         padded to its longest row), a shuffled DataLoader (the last partial batch kept, as the Trainer does),
+         torch.optim.AdamW, get_linear_schedule_with_warmup with ceil(6% of the steps), clip_grad_norm_.
 Each result is appended as one JSON line to --results.
 
 Usage (CPU):
@@ -40,6 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SST2 = os.path.join(ROOT, "data", "sst2")
 RECIPE = {"batch": 32, "epochs": 1, "learning_rate": 5e-5, "warmup_fraction": 0.06, "weight_decay": 0.01,
           "clip_norm": 1.0}
+VALIDATION_ROWS = 64  # ours: the validation file, the first rows of the training file.
 
 
 def read_sst2(name: str) -> list[tuple[str, int]]:
@@ -92,10 +93,17 @@ def minilm_dir() -> str:
 
 
 def run_ours(train: str, test: str, length: int, seed: int, workdir: str) -> tuple[float, list[str]]:
+    if os.path.exists(workdir):
+        # main.py resumes from a workdir's newest checkpoint: a finished run would only be evaluated again.
+        raise SystemExit(f"{workdir} exists (a run there would resume, not train); remove it or pass other --workdirs")
+    # The one validation pass (after the last step) chooses nothing; a small file of training rows keeps it short
+    # (with the test file it would evaluate the test set twice) and leaves the test set out of it.
+    validation = os.path.splitext(train)[0] + f"_head{VALIDATION_ROWS}.jsonl"
+    write_jsonl(validation, read_jsonl(train)[:VALIDATION_ROWS])
     command = [
         sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/bert_sentiment.py:files",
         f"--workdir={workdir}", f"--config.init_from={minilm_dir()}",
-        f"--config.data.train_files={train}", f"--config.data.validation_files={test}",
+        f"--config.data.train_files={train}", f"--config.data.validation_files={validation}",
         f"--config.data.test_files={test}", f"--config.data.max_length={length}", f"--config.seed={seed}",
         f"--config.global_batch_size={RECIPE['batch']}", f"--config.num_epochs={RECIPE['epochs']}",
         f"--config.optimizer.learning_rate={RECIPE['learning_rate']}",
@@ -117,8 +125,10 @@ def run_torch(train: str, test: str, length: int, seed: int) -> float:
     model = transformers.BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
 
     def encode(rows):
+        # Each batch padded to its longest row (as the Trainer's DataCollatorWithPadding does): the attention mask
+        # keeps the padding out, so only the time differs from padding to `length`.
         tokens = tokenizer([row["text"] for row in rows], truncation=True, max_length=length,
-                           padding="max_length", return_tensors="pt")
+                           padding="longest", return_tensors="pt")
         return tokens, torch.tensor([row["label"] for row in rows])
 
     train_rows, test_rows = read_jsonl(train), read_jsonl(test)
