@@ -225,6 +225,10 @@ class Pipeline:
     def loaded(self, config: ml_collections.ConfigDict, loaded: InMemory | Streamed) -> None:
         """What the pipeline takes from the source's metadata (class names, image defaults)."""
 
+    def serving_facts(self) -> dict:
+        """What a served model needs from the data besides the config (JSON): e.g. class names, image preprocessing."""
+        return {}
+
     def order_unit(self) -> int:
         return self.train_batch_size
 
