@@ -88,23 +88,27 @@ def load(workdir: str, which: str = "best") -> TrainedModel:
         logits = task.logits(network, inputs, deterministic=True)
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-    label_names, preprocess, specs, warmup_raw = _RAW_INPUTS[family.modality](workdir, run, input_keys)
+    label_names, preprocess, specs, warmup_raw = _RAW_INPUTS[family.modality](workdir, run, model, input_keys)
     variables = jax.tree.map(np.asarray, jax.device_get((state["params"], state["batch_stats"])))
     log.info("Loaded step %d of %s (%s, %d classes).", step, workdir, model.name, model.num_classes)
     return TrainedModel(workdir, step, model, run.data, label_names, variables, input_keys, probabilities,
                         preprocess, specs, _RAW_NAMES[family.modality], family.modality, warmup_raw)
 
 
-def _text_inputs(workdir: str, run: ml_collections.ConfigDict, input_keys: tuple[str, ...]):
+def _text_inputs(workdir: str, run: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
+                 input_keys: tuple[str, ...]):
+    """Label names, the tokenizer, the token-id specs and a warm-up text of a text model."""
     from input_pipeline import tokenization
 
-    label_names = tuple(run.data.label_names) or tuple(str(i) for i in range(run.model.num_classes))
+    label_names = tuple(run.data.label_names) or tuple(str(i) for i in range(model.num_classes))
     tokenizer = tokenization.WordPieceTokenizer(run.data.vocab_path, run.data.max_length, run.data.lowercase)
     specs = {key: tf.TensorSpec([None, run.data.max_length], tf.int32, name=key) for key in input_keys}
     return label_names, tokenizer, specs, "warm-up request"
 
 
-def _image_inputs(workdir: str, run: ml_collections.ConfigDict, input_keys: tuple[str, ...]):
+def _image_inputs(workdir: str, run: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
+                  input_keys: tuple[str, ...]):
+    """Class names, evaluation's preprocessing of encoded images, the pixel specs and a warm-up PNG."""
     from input_pipeline.image_eval import EvalImages
     from lm.serving.images import ImagePreprocess
 
