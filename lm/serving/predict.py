@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -69,25 +70,28 @@ def read_inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
     return rows
 
 
-def probabilities_over(model: TrainedModel, texts: list[str], batch_size: int, mesh: jax.sharding.Mesh
-                       ) -> np.ndarray:
-    """Class probabilities of `texts` [n, classes], in order: batches of `batch_size` sharded over the mesh's
-    data axes (the last one padded), the parameters replicated; a progress line with the throughput."""
+def probabilities_over(model: TrainedModel, inputs: list, batch_size: int, mesh: jax.sharding.Mesh,
+                       read: Callable[[object], object] = lambda x: x) -> np.ndarray:
+    """Class probabilities of `inputs` [n, classes], in order: batches of `batch_size` sharded over the mesh's
+    data axes (the last one padded), the parameters replicated; a progress line with the throughput.
+
+    `read` turns an input into the model's raw input when its batch is built (an image path into its bytes).
+    """
     from lm import sharding
 
     forward = jax.jit(model.probabilities, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                       out_shardings=sharding.replicated(mesh))
     variables = jax.device_put(model.variables, sharding.replicated(mesh))
     rows, start, done = [], time.perf_counter(), 0
-    for first in range(0, len(texts), batch_size):
-        chunk = texts[first:first + batch_size]
+    for first in range(0, len(inputs), batch_size):
+        chunk = [read(x) for x in inputs[first:first + batch_size]]
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
         with jax.set_mesh(mesh):
-            inputs = sharding.global_batch(model.preprocess.encode(padded), mesh)
-            rows.append(np.asarray(forward(variables, inputs))[: len(chunk)])
+            batch = sharding.global_batch(model.preprocess.encode(padded), mesh)
+            rows.append(np.asarray(forward(variables, batch))[: len(chunk)])
         done += len(chunk)
         elapsed = time.perf_counter() - start
-        log.info("predict %d/%d examples, %.1f examples/s", done, len(texts), done / max(elapsed, 1e-9))
+        log.info("predict %d/%d examples, %.1f examples/s", done, len(inputs), done / max(elapsed, 1e-9))
     return np.concatenate(rows)
 
 
@@ -97,16 +101,19 @@ def predictions(config: ml_collections.ConfigDict, workdir: str) -> tuple[Traine
     from lm.serving import trained
 
     config_checks.check_static(config)
+    from lm.serving import images
+
     model = trained.load(workdir, str(config.eval_checkpoint))
-    rows = read_inputs(config)
+    rows = images.read_inputs(config) if model.modality == "image" else read_inputs(config)
     mesh = sharding.create_mesh(config.mesh)
     if config.eval_batch_size % sharding.data_parallel_size(mesh):
         raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of the data-parallel "
                          f"size {sharding.data_parallel_size(mesh)} of the mesh.")
-    probabilities = probabilities_over(model, [text for _, text in rows], config.eval_batch_size, mesh)
-    records = [{"id": row_id, "input": text, "label": model.label_names[int(p.argmax())],
-                "probabilities": {name: float(x) for name, x in zip(model.label_names, p)}, "step": model.step}
-               for (row_id, text), p in zip(rows, probabilities)]
+    read = images.read_bytes if model.modality == "image" else (lambda text: text)
+    probabilities = probabilities_over(model, [x for _, x in rows], config.eval_batch_size, mesh, read)
+    records = [{"id": row_id, "input": x, "label": model.label_names[int(p.argmax())],
+                "probabilities": {name: float(v) for name, v in zip(model.label_names, p)}, "step": model.step}
+               for (row_id, x), p in zip(rows, probabilities)]
     return model, records, probabilities
 
 
@@ -142,7 +149,7 @@ def run_select(config: ml_collections.ConfigDict, workdir: str) -> dict:
     write_jsonl(path, chosen)
     result = {"selection": path, "count": len(chosen), "step": model.step}
     if config.serving.label_studio:
-        tasks = [select.label_studio_task(r, model.label_names, "text") for r in chosen]
+        tasks = [select.label_studio_task(r, model.label_names, model.modality) for r in chosen]
         result["label_studio"] = os.path.splitext(path)[0] + "_label_studio.json"
         if jax.process_index() == 0:
             import tensorflow as tf

@@ -3,9 +3,10 @@
 The model's forward pass goes through `jax2tf` native serialization (StableHLO inside an XlaCallModule op,
 lowered for CPU and CUDA) with a polymorphic batch dimension; its parameters are `tf.Variable`s of the
 SavedModel, not constants folded into the graph. Two signatures:
-- `serving_default`: raw inputs (`texts`: strings, or `images`: encoded JPEG/PNG bytes), preprocessed in the
-  graph by the same TensorFlow functions that the training pipeline uses;
-- `serve_inputs`: the model's own inputs (token ids and masks, or normalised pixels).
+- `serving_default`: raw inputs (`texts`: strings, or `image_bytes`: encoded JPEG/PNG images), preprocessed in
+  the graph by the same TensorFlow functions that the training pipeline uses (tokenization; decoding, resizing
+  and normalisation as in evaluation);
+- `serve_inputs`: the model's own inputs (token ids and masks, or normalised pixels `image` [batch, S, S, C]).
 Both return `probabilities` [batch, classes] and `label` (the name of the most probable class).
 `assets.extra/tf_serving_warmup_requests` holds one request, so TF Serving compiles before its first client.
 """
@@ -112,7 +113,7 @@ def run_export(config, workdir: str) -> dict:
     metadata = {"model_name": name, "step": model.step, "label_names": list(model.label_names),
                 "raw_input": model.raw_name, "reference": reference}
     path = export(model.probabilities, model.variables, model.input_specs, model.raw_name, model.preprocess,
-                  model.label_names, directory, model.step, ["warm-up request"], metadata)
+                  model.label_names, directory, model.step, [model.warmup_raw], metadata)
     with tf.io.gfile.GFile(os.path.join(workdir, serve.REFERENCE_FILE), "w") as f:
         json.dump(reference, f, indent=2)
     return {"export_dir": path}

@@ -1,13 +1,18 @@
-"""A trained text classifier behind the server's Servable protocol: padded batch shapes, compiled at start.
+"""Trained classifiers behind the server's Servable protocol: padded batch shapes, compiled at start.
 
 Each model batch is padded up to the smallest size in `batch_sizes` (powers of two up to the server's
 `max_batch_size`) that holds it; every size is compiled and run once in `warm_up()`, before the server
-takes its first request, so no request waits for a compile.
+takes its first request, so no request waits for a compile. `PaddedServable` does that for any modality;
+`TextServable` and `ImageServable` say what an instance is, how parsed instances become model inputs, and
+what feedback writes.
 """
+
+import base64
 
 import jax
 import numpy as np
 
+from lm.serving import images
 from lm.serving.feedback import FeedbackLog
 from lm.serving.server import BadInstance
 from lm.serving.trained import TrainedModel
@@ -21,8 +26,14 @@ def padded_sizes(max_batch_size: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-class TextServable:
-    """Instances: a string, or an object with a "text" string (the data's text field is accepted too)."""
+class PaddedServable:
+    """The shared part: the jitted model on device, batches padded to `batch_sizes`, the warm-up.
+
+    A subclass gives `parse(instance)` (the Servable protocol's), `model_inputs(examples)` (parsed examples,
+    already padded to a batch size -> the model's inputs), `feedback_record` and `warmup_instance`.
+    """
+
+    warmup_instance: object  # One valid request instance, run at every batch size by warm_up().
 
     def __init__(self, trained: TrainedModel, name: str, max_batch_size: int):
         self.trained = trained
@@ -30,9 +41,28 @@ class TextServable:
         self.version = trained.step
         self.label_names = trained.label_names
         self.batch_sizes = padded_sizes(max_batch_size)
-        self.text_keys = tuple(dict.fromkeys(("text", trained.data.text_field)))
         self._probabilities = jax.jit(trained.probabilities)
         self._variables = jax.device_put(trained.variables)  # Once: not a host-to-device copy per batch.
+
+    def predict(self, examples: list) -> np.ndarray:
+        size = next(s for s in self.batch_sizes if s >= len(examples))
+        padded = list(examples) + [examples[-1]] * (size - len(examples))
+        return np.asarray(self._probabilities(self._variables, self.model_inputs(padded)))[: len(examples)]
+
+    def warm_up(self) -> None:
+        example = self.parse(self.warmup_instance)
+        for size in self.batch_sizes:
+            self.predict([example] * size)
+
+
+class TextServable(PaddedServable):
+    """Instances: a string, or an object with a "text" string (the data's text field is accepted too)."""
+
+    warmup_instance = "warm up"
+
+    def __init__(self, trained: TrainedModel, name: str, max_batch_size: int):
+        super().__init__(trained, name, max_batch_size)
+        self.text_keys = tuple(dict.fromkeys(("text", trained.data.text_field)))
 
     def parse(self, instance: object) -> str:
         if isinstance(instance, dict):
@@ -46,15 +76,36 @@ class TextServable:
             raise BadInstance("the text is empty.")
         return instance
 
-    def predict(self, examples: list[str]) -> np.ndarray:
-        size = next(s for s in self.batch_sizes if s >= len(examples))
-        texts = list(examples) + [examples[-1]] * (size - len(examples))
-        inputs = self.trained.preprocess.encode(texts)
-        return np.asarray(self._probabilities(self._variables, inputs))[: len(examples)]
-
-    def warm_up(self) -> None:
-        for size in self.batch_sizes:
-            self.predict(["warm up"] * size)
+    def model_inputs(self, examples: list[str]) -> dict[str, np.ndarray]:
+        return self.trained.preprocess.encode(examples)
 
     def feedback_record(self, instance: object, label: str, feedback: FeedbackLog) -> dict:
         return {self.trained.data.text_field: self.parse(instance), self.trained.data.label_field: label}
+
+
+class ImageServable(PaddedServable):
+    """Instances: `{"b64": "<base64 JPEG or PNG>"}` or `{"image": {"b64": ...}}`. Each image is decoded and
+    preprocessed when its request is parsed (in the request's thread): one that does not decode fails its own
+    request with 400 and never reaches a batch."""
+
+    def __init__(self, trained: TrainedModel, name: str, max_batch_size: int):
+        super().__init__(trained, name, max_batch_size)
+        self.warmup_instance = {"b64": base64.b64encode(trained.warmup_raw).decode()}
+
+    def parse(self, instance: object) -> np.ndarray:
+        return self.trained.preprocess.one(images.instance_bytes(instance))
+
+    def model_inputs(self, examples: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return {self.trained.input_keys[0]: np.stack(examples)}
+
+    def feedback_record(self, instance: object, label: str, feedback: FeedbackLog) -> dict:
+        """Saves the image under the feedback folder's `<label>/` (a `config.data.train_dir` for training)."""
+        contents = images.instance_bytes(instance)
+        return {"image": feedback.save_image(contents, label, images.extension(contents)), "label": label}
+
+
+SERVABLES = {"text": TextServable, "image": ImageServable}
+
+
+def for_model(trained: TrainedModel, name: str, max_batch_size: int) -> PaddedServable:
+    return SERVABLES[trained.modality](trained, name, max_batch_size)

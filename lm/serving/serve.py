@@ -41,11 +41,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer
     config_checks.check_static(config)
     model = trained.load(workdir, str(config.eval_checkpoint))
     name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
-    text = servable.TextServable(model, name, config.serving.max_batch_size)
-    text.warm_up()
+    served = servable.for_model(model, name, config.serving.max_batch_size)
+    served.warm_up()
     metrics = monitor.ServingMetrics(model.label_names, config.serving.max_batch_size, read_reference(workdir),
                                      config.serving.drift_window, config.serving.drift_threshold)
-    return server.ModelServer(text, options(config), metrics)
+    return server.ModelServer(served, options(config), metrics)
 
 
 def run_serve(config: ml_collections.ConfigDict, workdir: str) -> dict:

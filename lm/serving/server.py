@@ -239,7 +239,7 @@ class ModelServer:
     def _feedback(self, instances: list) -> dict:
         if self.feedback is None:
             raise _HttpError(HTTPStatus.NOT_FOUND, "Feedback is off; start the server with config.serve.feedback_path.")
-        records = []
+        checked = []
         for index, item in enumerate(instances):
             if not isinstance(item, dict) or "label" not in item:
                 raise _HttpError(HTTPStatus.BAD_REQUEST, f'instances[{index}] must be an object with a "label".')
@@ -257,9 +257,11 @@ class ModelServer:
                 instance = {k: v for k, v in item.items() if k != "label"}
             try:
                 self.servable.parse(instance)
-                records.append(self.servable.feedback_record(instance, label, self.feedback))
             except BadInstance as e:
                 raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: {e}") from None
+            checked.append((instance, label))
+        # Only once every instance is valid: a request with a bad instance writes nothing (no image, no line).
+        records = [self.servable.feedback_record(instance, label, self.feedback) for instance, label in checked]
         self.feedback.append(records)
         return {"recorded": len(records), "path": self.feedback.path}
 

@@ -1,9 +1,12 @@
 """A trained workdir as a function from raw inputs to class probabilities: what predict, export and serve share.
 
 `load(workdir, which)` reads one checkpoint onto the host (any mesh it was trained on), the model's shape from
-the checkpoint, and the data keys (vocabulary, `max_length`, label names) from the run's WORKDIR/config.json,
-so a workdir alone is enough: the training data need not be present. Raw text goes through the training
-pipeline's own tokenizer (`input_pipeline.tokenization`), so served and trained inputs cannot drift apart.
+the checkpoint, and the data keys (vocabulary, `max_length`, label names) from the run's WORKDIR/config.json;
+for an image model, the class names and evaluation's resolved preprocessing (size, channels, resize, mean and
+std, which may come from the source's defaults) from WORKDIR/serving_facts.json, which training writes. So a
+workdir alone is enough: the training data need not be present. Raw text goes through the training pipeline's
+own tokenizer (`input_pipeline.tokenization`), encoded images through evaluation's own preprocessing
+(`input_pipeline.image_eval`), so served and trained inputs cannot drift apart.
 """
 
 import dataclasses
@@ -35,9 +38,12 @@ class TrainedModel:
     variables: tuple[dict, dict]  # (params, batch_stats) as host arrays.
     input_keys: tuple[str, ...]
     probabilities: Callable[[tuple[dict, dict], dict], jax.Array]  # Pure: jit it, or hand it to jax2tf.
-    preprocess: Callable[[tf.Tensor], dict[str, tf.Tensor]]  # [batch] raw inputs -> model inputs (TF).
+    # [batch] raw inputs (TF strings) -> model inputs (TF); `.encode(list)` gives numpy model inputs.
+    preprocess: Callable[[tf.Tensor], dict[str, tf.Tensor]]
     input_specs: dict[str, tf.TensorSpec]  # The model inputs, batch dimension None.
-    raw_name: str  # "texts"
+    raw_name: str  # The raw input's name in the SavedModel: "texts" or "image_bytes".
+    modality: str  # "text" or "image"
+    warmup_raw: str | bytes  # One valid raw input: the warm-up request.
 
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -73,11 +79,10 @@ def load(workdir: str, which: str = "best") -> TrainedModel:
     with nnx.use_eager_sharding(False):
         graphdef = nnx.split(nnx.eval_shape(lambda: models.create_model(model, rngs=nnx.Rngs(0))),
                              nnx.Param, nnx.BatchStat)[0]
-    label_names = tuple(run.data.label_names) or tuple(str(i) for i in range(model.num_classes))
     family = models.model_family(model)
-    if family.modality != "text":
+    if family.modality not in _RAW_INPUTS:
         raise ValueError(f"--workdir={workdir!r} holds a {family.display_name} ({family.modality}) model: predict, "
-                         "export_savedmodel and serve take text classifiers for now.")
+                         f"export_savedmodel and serve take {' or '.join(_RAW_INPUTS)} classifiers.")
     input_keys = family.input_keys
     task = spec.create(ml_collections.ConfigDict({**run.to_dict(), "model": meta["model"]}), family)  # As trained.
 
@@ -86,11 +91,52 @@ def load(workdir: str, which: str = "best") -> TrainedModel:
         logits = task.logits(network, inputs, deterministic=True)
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-    from input_pipeline import tokenization
-
-    tokenizer = tokenization.WordPieceTokenizer(run.data.vocab_path, run.data.max_length, run.data.lowercase)
-    specs = {key: tf.TensorSpec([None, run.data.max_length], tf.int32, name=key) for key in input_keys}
+    label_names, preprocess, specs, warmup_raw = _RAW_INPUTS[family.modality](workdir, run, model, input_keys)
     variables = jax.tree.map(np.asarray, jax.device_get((state["params"], state["batch_stats"])))
     log.info("Loaded step %d of %s (%s, %d classes).", step, workdir, model.name, model.num_classes)
     return TrainedModel(workdir, step, model, run.data, label_names, variables, input_keys, probabilities,
-                        tokenizer, specs, "texts")
+                        preprocess, specs, _RAW_NAMES[family.modality], family.modality, warmup_raw)
+
+
+def _text_inputs(workdir: str, run: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
+                 input_keys: tuple[str, ...]):
+    """Label names, the tokenizer, the token-id specs and a warm-up text of a text model."""
+    from input_pipeline import tokenization
+
+    label_names = tuple(run.data.label_names) or tuple(str(i) for i in range(model.num_classes))
+    tokenizer = tokenization.WordPieceTokenizer(run.data.vocab_path, run.data.max_length, run.data.lowercase)
+    specs = {key: tf.TensorSpec([None, run.data.max_length], tf.int32, name=key) for key in input_keys}
+    return label_names, tokenizer, specs, "warm-up request"
+
+
+def _image_inputs(workdir: str, run: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
+                  input_keys: tuple[str, ...]):
+    """Class names, evaluation's preprocessing of encoded images, the pixel specs and a warm-up PNG."""
+    from input_pipeline.image_eval import EvalImages
+    from lm.serving.images import ImagePreprocess
+
+    facts = serving_facts(workdir, run)
+    preprocess = ImagePreprocess(EvalImages.from_json(facts["eval_images"]))
+    specs = {key: tf.TensorSpec([None, *preprocess.eval_images.shape], tf.float32, name=key) for key in input_keys}
+    return tuple(facts["label_names"]), preprocess, specs, preprocess.blank_png()
+
+
+_RAW_INPUTS = {"text": _text_inputs, "image": _image_inputs}
+# "_bytes": the input-name suffix that Google Cloud's prediction service expects of base64-encoded inputs.
+_RAW_NAMES = {"text": "texts", "image": "image_bytes"}
+
+
+def serving_facts(workdir: str, run: ml_collections.ConfigDict) -> dict:
+    """WORKDIR/serving_facts.json; for a run trained before training recorded it, the same facts from its data."""
+    import input_pipeline
+    from lm import tasks
+    from lm.train import SERVING_FACTS
+
+    path = os.path.join(workdir, SERVING_FACTS)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    log.warning("%s does not exist (the run predates it): reading the run's data (config.json) for its class names "
+                "and preprocessing.", path)
+    pipeline = tasks.task_spec(run.task).pipeline(models.model_family(run.model))
+    return input_pipeline.create_data(run, 0, 1, pipeline=pipeline).serving_facts()
