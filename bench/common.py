@@ -16,6 +16,7 @@ ratios (each round times every contender back to back, so this one cancels slow 
 Imported by the bench scripts, which put the repository root and bench/ on sys.path first.
 """
 
+import abc
 import dataclasses
 import os
 import platform
@@ -45,7 +46,7 @@ def matmul_peak() -> float:
     return metrics.matmul_peak_flops(size=2048, repeats=3)
 
 
-class Contender:
+class Contender(abc.ABC):
     """A train step with its state; `run(n)` takes n steps and returns when they have finished.
 
     `flops` is FLOPs per step (0 if unknown: the rows then credit the contender with ours), `note` a short
@@ -56,11 +57,13 @@ class Contender:
     flops = 0.0
     note = ""
 
+    @abc.abstractmethod
     def run(self, steps: int) -> None:
-        raise NotImplementedError
+        """Takes `steps` steps and returns when they have finished."""
 
+    @abc.abstractmethod
     def loss(self) -> float:
-        raise NotImplementedError
+        """The last step's loss."""
 
 
 class Ours(Contender):
