@@ -180,7 +180,8 @@ class BertForMaskedLM(nnx.Module):
 
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# The keys of config.model that a checkpoint decides (config.init_from); dropout, the head and the classes stay.
+# The keys of config.model that a checkpoint decides (config.init_from); dropout, the head and the
+# classes are the experiment's (hf_bert.configure writes the checkpoint's dropout unless the command line sets it).
 ARCH_KEYS = (
     "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
     "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
