@@ -55,6 +55,10 @@ def write_json(location: str | os.PathLike, value: Any) -> None:
     write_text(location, json.dumps(value, indent=2))
 
 
+def read_bytes(location: str | os.PathLike) -> bytes:
+    return epath.Path(location).read_bytes()
+
+
 def write_bytes(location: str | os.PathLike, data: bytes) -> None:
     epath.Path(location).write_bytes(data)
 

@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline.image_eval import EvalImages
+from input_pipeline.sources.folder import IMAGE_EXTENSIONS  # What training reads: fed-back images must be these.
 from lm.serving.server import BadInstance
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # What the folder source trains on: fed-back images must be these.
 _MAGIC = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg"}
 
 
@@ -77,11 +77,6 @@ def extension(contents: bytes) -> str:
         if contents.startswith(magic):
             return suffix
     raise BadInstance("the image is neither JPEG nor PNG.")
-
-
-def read_bytes(path: str) -> bytes:
-    with tf.io.gfile.GFile(path, "rb") as f:
-        return f.read()
 
 
 def list_images(value: str) -> list[str]:

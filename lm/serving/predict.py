@@ -97,11 +97,10 @@ def probabilities_over(model: TrainedModel, inputs: list, batch_size: int, mesh:
 
 def predictions(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainedModel, list[dict], np.ndarray]:
     """Predict's records (id, input, label, probabilities by class name, step) and the probability matrix."""
-    from lm import config_checks, sharding
-    from lm.serving import trained
+    from lm import config_checks, files, sharding
+    from lm.serving import images, trained
 
     config_checks.check_static(config)
-    from lm.serving import images
 
     model = trained.load(workdir, str(config.eval_checkpoint))
     rows = images.read_inputs(config) if model.modality == "image" else read_inputs(config)
@@ -109,7 +108,7 @@ def predictions(config: ml_collections.ConfigDict, workdir: str) -> tuple[Traine
     if config.eval_batch_size % sharding.data_parallel_size(mesh):
         raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of the data-parallel "
                          f"size {sharding.data_parallel_size(mesh)} of the mesh.")
-    read = images.read_bytes if model.modality == "image" else (lambda text: text)
+    read = files.read_bytes if model.modality == "image" else (lambda text: text)
     probabilities = probabilities_over(model, [x for _, x in rows], config.eval_batch_size, mesh, read)
     records = [{"id": row_id, "input": x, "label": model.label_names[int(p.argmax())],
                 "probabilities": {name: float(v) for name, v in zip(model.label_names, p)}, "step": model.step}

@@ -238,7 +238,8 @@ class ModelServer:
 
     def _feedback(self, instances: list) -> dict:
         if self.feedback is None:
-            raise _HttpError(HTTPStatus.NOT_FOUND, "Feedback is off; start the server with config.serving.feedback_path.")
+            raise _HttpError(HTTPStatus.NOT_FOUND,
+                             "Feedback is off; start the server with config.serving.feedback_path.")
         checked = []
         for index, item in enumerate(instances):
             if not isinstance(item, dict) or "label" not in item:
