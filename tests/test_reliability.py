@@ -152,16 +152,27 @@ def test_random_kills(data, tmp_path):
         if kills < 10:  # Once this process has trained a step, at a random moment.
             starts = len(expected_starts)
             wait_for(lambda p=process, n=starts: p.poll() is not None or _training(workdir, n))
-            time.sleep(rng.uniform(0.0, 10.0))  # A process's first save takes seconds here, later ones < 1 s.
+            # A random moment, but before the run passes `last`: three steps are left for each later kill, so
+            # a fast machine cannot finish the run before the tenth kill. A first save takes seconds here,
+            # later ones < 1 s.
+            deadline, last = time.monotonic() + rng.uniform(0.0, 10.0), steps - 3 * (10 - kills)
+            wait_for(lambda p=process, t=deadline, n=last: p.poll() is not None or time.monotonic() > t
+                     or _last_step(workdir) >= n)
             process.kill()
         if finish(process, workdir) == 0:
             break
         kills += 1
         committed = committed_steps(workdir)
         expected_starts.append(committed[-1] if committed else 0)
-    assert kills == 10 and max(expected_starts) > 0, expected_starts
+    assert kills == 10 and max(expected_starts) > 0, f"{kills} kills before the run ended; starts {expected_starts}"
     assert check_replay(workdir, logged_steps(straight), steps) == expected_starts
     assert state_digests(workdir) == state_digests(straight)
+
+
+def _last_step(workdir) -> int:
+    """The newest step the run has logged (0 before any)."""
+    steps = [int(line[0]) for line in logged_steps(workdir) if line[0] != "start"]
+    return steps[-1] if steps else 0
 
 
 def _training(workdir, starts: int) -> bool:
