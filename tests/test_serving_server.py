@@ -155,6 +155,42 @@ def test_feedback_by_input_and_by_prediction_id_writes_training_lines(running, t
     assert request(model_server, "POST", "/v1/models/fake:feedback", unknown)[0] == 400
 
 
+def test_remembered_predictions_stay_within_the_byte_limit(tmp_path):
+    """Inputs kept for feedback by prediction id are dropped oldest first once they pass `remembered_bytes`."""
+    servable = FakeTextServable()
+    options = server.ServeOptions(port=0, remembered_bytes=250, feedback_path=str(tmp_path / "feedback.jsonl"))
+    model_server = server.ModelServer(servable, options, monitor.ServingMetrics(servable.label_names, 32))
+    try:
+        for i in range(5):
+            model_server._remember(f"id{i}", "x" * 100)  # Each about 100 bytes: two fit, three do not.
+        assert list(model_server._recent) == ["id3", "id4"] and model_server._recent_bytes == 200
+    finally:
+        model_server.httpd.server_close()
+
+
+def test_a_burst_of_connections_waits_for_accept_instead_of_being_refused():
+    """Sixty clients connect before the server accepts any (the standard library's backlog is 5): every
+    connection is held by the kernel and answered once the server runs."""
+    servable = FakeTextServable()
+    model_server = server.ModelServer(servable, server.ServeOptions(port=0),
+                                      monitor.ServingMetrics(servable.label_names, 32))
+    connections = []
+    for _ in range(60):
+        connection = http.client.HTTPConnection(*model_server.address, timeout=2)
+        connection.connect()  # Times out once the backlog is full (the kernel drops further SYNs).
+        connections.append(connection)
+    thread = threading.Thread(target=model_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for connection in connections:
+            connection.request("GET", "/v1/models/fake")
+            assert connection.getresponse().status == 200
+            connection.close()
+    finally:
+        model_server.drain_and_stop()
+        thread.join(10)
+
+
 def test_sigterm_drains_in_flight_requests_and_exits(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     process = subprocess.Popen([sys.executable, "-m", "tests.serving_fakes", "1.0"], cwd=root,

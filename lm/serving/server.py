@@ -71,7 +71,8 @@ class ServeOptions:
     max_instances: int = 256
     request_timeout_s: float = 60.0
     feedback_path: str = ""
-    remembered_predictions: int = 10000  # Prediction ids kept for feedback by id.
+    remembered_predictions: int = 10000  # Prediction ids kept for feedback by id...
+    remembered_bytes: int = 256 * 2**20  # ... and the most their inputs may hold (a base64 image is large).
 
 
 class _HttpError(Exception):
@@ -91,13 +92,13 @@ class ModelServer:
         self.batcher = batcher_lib.DynamicBatcher(
             servable.predict, options.max_batch_size, options.max_wait_ms, options.max_queue,
             on_batch=metrics.observe_batch, on_queue_depth=metrics.set_queue_depth)
-        self._recent: collections.OrderedDict[str, object] = collections.OrderedDict()
+        self._recent: collections.OrderedDict[str, tuple[object, int]] = collections.OrderedDict()
+        self._recent_bytes = 0
         self._recent_lock = threading.Lock()
         self._in_flight = 0
         self._in_flight_cond = threading.Condition()
         self._draining = False
-        self.httpd = ThreadingHTTPServer((options.host, options.port), _handler_class(self))
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer((options.host, options.port), _handler_class(self))
 
     @property
     def address(self) -> tuple[str, int]:
@@ -231,10 +232,14 @@ class ModelServer:
         return {"predictions": predictions}
 
     def _remember(self, prediction_id: str, instance: object) -> None:
+        """Keeps the newest inputs by prediction id, within both the count and the byte limit."""
+        size = _size(instance)
         with self._recent_lock:
-            self._recent[prediction_id] = instance
-            while len(self._recent) > self.options.remembered_predictions:
-                self._recent.popitem(last=False)
+            self._recent[prediction_id] = (instance, size)
+            self._recent_bytes += size
+            while self._recent and (len(self._recent) > self.options.remembered_predictions
+                                    or self._recent_bytes > self.options.remembered_bytes):
+                self._recent_bytes -= self._recent.popitem(last=False)[1][1]
 
     def _feedback(self, instances: list) -> dict:
         if self.feedback is None:
@@ -250,7 +255,7 @@ class ModelServer:
                                  f"{list(self.servable.label_names)}.")
             if "prediction_id" in item:
                 with self._recent_lock:
-                    instance = self._recent.get(str(item["prediction_id"]))
+                    instance = self._recent.get(str(item["prediction_id"]), (None, 0))[0]
                 if instance is None:
                     raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: prediction_id "
                                      f"{item['prediction_id']!r} is unknown or too old; send the input instead.")
@@ -265,6 +270,22 @@ class ModelServer:
         records = [self.servable.feedback_record(instance, label, self.feedback) for instance, label in checked]
         self.feedback.append(records)
         return {"recorded": len(records), "path": self.feedback.path}
+
+
+def _size(value: object) -> int:
+    """About how many bytes a parsed JSON value holds (its strings' lengths; 8 for anything else)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_size(k) + _size(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_size(v) for v in value)
+    return 8
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # Connections the kernel holds before accept; the default 5 resets clients under load.
 
 
 def _handler_class(server: ModelServer):
