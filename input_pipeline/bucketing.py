@@ -55,6 +55,12 @@ def cut_to_own_longest(batch: dict[str, tf.Tensor], buckets: tuple[int, ...]) ->
     return cut(batch, tf.gather(table, tf.searchsorted(table, longest[tf.newaxis]))[0])
 
 
+def cut_host_batch(batch: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Numpy arrays (serving, predict): the batch's token arrays cut to the bucket of its longest example."""
+    length = int(smallest_bucket(np.asarray([batch["attention_mask"].sum(axis=1).max()]), buckets)[0])
+    return {key: value[:, :length] if key in TOKEN_KEYS else value for key, value in batch.items()}
+
+
 class GlobalLengths:
     """Several hosts, data in memory: the padded length of each global batch, the same on every host."""
 

@@ -1,7 +1,9 @@
 """Serving a trained tiny BERT: SavedModel export loaded in a fresh process, and the server's answers."""
 
+import dataclasses
 import http.client
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 import lm
-from lm.serving import serve, trained
+from lm.serving import servable, serve, trained
 from tests import text_data
 from tests.test_train import files_config
 
@@ -123,6 +125,26 @@ def test_server_answers_equal_the_model_on_each_requests_own_input(text_run, tmp
         thread.join(10)
 
 
+def test_text_batches_are_cut_to_length_buckets_all_compiled_at_warm_up(text_run):
+    """A batch is cut to the smallest length bucket that holds its longest text; every (batch size, length) is
+    compiled at warm-up, so requests compile nothing; the answers equal the model at the full length."""
+    _, workdir = text_run
+    model = trained.load(str(workdir), "best")
+    assert model.length_buckets == (32,)  # The run trained with data.bucket_lengths=(): one length, no cut.
+    bucketed = dataclasses.replace(model, length_buckets=(8, 16, 32))
+    assert bucketed.encode(["the story"])["input_ids"].shape == (1, 8)
+    assert bucketed.encode(["the story", " ".join(["great"] * 12)])["input_ids"].shape == (2, 16)
+    served = servable.TextServable(bucketed, "m", max_batch_size=4)
+    assert served.warm_up() == 3 * 3  # Batch sizes 1, 2, 4 times lengths 8, 16, 32.
+    compiled = served._probabilities._cache_size()
+    assert compiled == 3 * 3
+    texts = [*TEXTS, " ".join(["great"] * 12), " ".join(["awful"] * 40)]
+    for first, count in ((0, 1), (1, 3), (4, 4), (7, 2)):
+        np.testing.assert_allclose(served.predict(texts[first:first + count]),
+                                   jax_probabilities(workdir, texts[first:first + count]), atol=1e-5)
+    assert served._probabilities._cache_size() == compiled
+
+
 def test_predict_accuracy_equals_eval_and_keeps_order_and_ids(text_run, tmp_path):
     config, workdir = text_run
     config = config.copy_and_resolve_references()  # The fixture's config is shared: change a copy.
@@ -145,7 +167,7 @@ def test_predict_accuracy_equals_eval_and_keeps_order_and_ids(text_run, tmp_path
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in records)
 
 
-def test_predict_bad_rows_follow_the_policy_and_select_ranks_the_least_sure(text_run, tmp_path):
+def test_predict_bad_rows_follow_the_policy_and_select_ranks_the_least_sure(text_run, tmp_path, caplog):
     config, workdir = text_run
     config = config.copy_and_resolve_references()  # The fixture's config is shared: change a copy.
     inputs = tmp_path / "unlabelled.jsonl"
@@ -159,7 +181,9 @@ def test_predict_bad_rows_follow_the_policy_and_select_ranks_the_least_sure(text
     with pytest.raises(ValueError, match="line 6: the text is empty"):
         lm.run(config, str(workdir), "predict")
     config.on_bad_example = "skip"
-    assert lm.run(config, str(workdir), "predict")["count"] == 12
+    with caplog.at_level(logging.WARNING):
+        assert lm.run(config, str(workdir), "predict")["count"] == 12
+    assert "skipped 1 bad example(s) of config.serving.input_files" in caplog.text
     records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     probabilities = np.array([[r["probabilities"][n] for n in ("negative", "positive")] for r in records])
 

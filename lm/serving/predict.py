@@ -73,7 +73,9 @@ def read_inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
 def probabilities_over(model: TrainedModel, inputs: list, batch_size: int, mesh: jax.sharding.Mesh,
                        read: Callable[[object], object] = lambda x: x) -> np.ndarray:
     """Class probabilities of `inputs` [n, classes], in order: batches of `batch_size` sharded over the mesh's
-    data axes (the last one padded), the parameters replicated; a progress line with the throughput.
+    data axes (the last one padded; text cut to its length bucket, as evaluation does), the parameters
+    replicated; a progress line with the throughput. Batch k + 1 is read and preprocessed while the device
+    computes batch k (jax dispatches asynchronously).
 
     `read` turns an input into the model's raw input when its batch is built (an image path into its bytes).
     """
@@ -82,16 +84,25 @@ def probabilities_over(model: TrainedModel, inputs: list, batch_size: int, mesh:
     forward = jax.jit(model.probabilities, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                       out_shardings=sharding.replicated(mesh))
     variables = jax.device_put(model.variables, sharding.replicated(mesh))
-    rows, start, done = [], time.perf_counter(), 0
+    rows, start, done, pending = [], time.perf_counter(), 0, None
+
+    def collect(result: jax.Array, count: int) -> None:
+        nonlocal done
+        rows.append(np.asarray(result)[:count])
+        done += count
+        log.info("predict %d/%d examples, %.1f examples/s", done, len(inputs),
+                 done / max(time.perf_counter() - start, 1e-9))
+
     for first in range(0, len(inputs), batch_size):
         chunk = [read(x) for x in inputs[first:first + batch_size]]
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
         with jax.set_mesh(mesh):
-            batch = sharding.global_batch(model.preprocess.encode(padded), mesh)
-            rows.append(np.asarray(forward(variables, batch))[: len(chunk)])
-        done += len(chunk)
-        elapsed = time.perf_counter() - start
-        log.info("predict %d/%d examples, %.1f examples/s", done, len(inputs), done / max(elapsed, 1e-9))
+            result = forward(variables, sharding.global_batch(model.encode(padded), mesh))
+        if pending is not None:
+            collect(*pending)
+        pending = (result, len(chunk))
+    if pending is not None:
+        collect(*pending)
     return np.concatenate(rows)
 
 

@@ -1,7 +1,8 @@
 """Trained classifiers behind the server's Servable protocol: padded batch shapes, compiled at start.
 
 Each model batch is padded up to the smallest size in `batch_sizes` (powers of two up to the server's
-`max_batch_size`) that holds it; every size is compiled and run once in `warm_up()`, before the server
+`max_batch_size`) that holds it, and a text batch is cut to the smallest of the training run's length buckets
+that holds its longest text; every (size, length) is compiled and run once in `warm_up()`, before the server
 takes its first request, so no request waits for a compile. `PaddedServable` does that for any modality;
 `TextServable` and `ImageServable` say what an instance is, how parsed instances become model inputs, and
 what feedback writes.
@@ -49,10 +50,18 @@ class PaddedServable:
         padded = list(examples) + [examples[-1]] * (size - len(examples))
         return np.asarray(self._probabilities(self._variables, self.model_inputs(padded)))[: len(examples)]
 
-    def warm_up(self) -> None:
-        example = self.parse(self.warmup_instance)
+    def warm_up(self) -> int:
+        """Compiles and runs every input shape a request can meet; returns how many there are."""
+        example, shapes = self.parse(self.warmup_instance), 0
         for size in self.batch_sizes:
-            self.predict([example] * size)
+            for inputs in self.warmup_inputs([example] * size):
+                jax.block_until_ready(self._probabilities(self._variables, inputs))
+                shapes += 1
+        return shapes
+
+    def warmup_inputs(self, examples: list) -> list[dict[str, np.ndarray]]:
+        """Model inputs of `examples` in every shape a batch of that size can take."""
+        return [self.model_inputs(examples)]
 
 
 class TextServable(PaddedServable):
@@ -77,7 +86,14 @@ class TextServable(PaddedServable):
         return instance
 
     def model_inputs(self, examples: list[str]) -> dict[str, np.ndarray]:
-        return self.trained.preprocess.encode(examples)
+        """Token ids cut to the length bucket of the batch's longest text (the training run's buckets)."""
+        return self.trained.encode(examples)
+
+    def warmup_inputs(self, examples: list[str]) -> list[dict[str, np.ndarray]]:
+        """One input per length bucket: a short warm-up text fits each, padding makes up the length."""
+        full = self.trained.preprocess.encode(examples)
+        return [{key: value[:, :length] for key, value in full.items()}
+                for length in self.trained.length_buckets or (self.trained.data.max_length,)]
 
     def feedback_record(self, instance: object, label: str, feedback: FeedbackLog) -> dict:
         return {self.trained.data.text_field: self.parse(instance), self.trained.data.label_field: label}

@@ -7,6 +7,7 @@ The drift reference is the validation profile that `--mode=export_savedmodel` re
 import json
 import logging
 import os
+import time
 
 import ml_collections
 import tensorflow as tf
@@ -42,7 +43,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer
     model = trained.load(workdir, str(config.eval_checkpoint))
     name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
     served = servable.for_model(model, name, config.serving.max_batch_size)
-    served.warm_up()
+    start = time.perf_counter()
+    shapes = served.warm_up()
+    log.info("Compiled and ran %d input shapes in %.1f s (batch sizes %s%s): no request waits for a compile.",
+             shapes, time.perf_counter() - start, list(served.batch_sizes),
+             f", lengths {list(model.length_buckets)}" if model.length_buckets else "")
     metrics = monitor.ServingMetrics(model.label_names, config.serving.max_batch_size, read_reference(workdir),
                                      config.serving.drift_window, config.serving.drift_threshold)
     return server.ModelServer(served, options(config), metrics)

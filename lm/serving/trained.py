@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from flax import nnx
 
+from input_pipeline import bucketing
 from lm import checkpointing, evaluate, models, tasks
 from lm import state as state_lib
 
@@ -44,6 +45,14 @@ class TrainedModel:
     raw_name: str  # The raw input's name in the SavedModel: "texts" or "image_bytes".
     modality: str  # "text" or "image"
     warmup_raw: str | bytes  # One valid raw input: the warm-up request.
+    # Text: the token lengths a batch is cut to, as in training's evaluation (the smallest that holds its longest
+    # example; input_pipeline/bucketing.py); (max_length,) when the run did not bucket. Images: ().
+    length_buckets: tuple[int, ...] = ()
+
+    def encode(self, raw: list) -> dict[str, np.ndarray]:
+        """Raw inputs -> numpy model inputs; text is cut to the bucket of its longest example."""
+        batch = self.preprocess.encode(raw)
+        return bucketing.cut_host_batch(batch, self.length_buckets) if len(self.length_buckets) > 1 else batch
 
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -94,8 +103,9 @@ def load(workdir: str, which: str = "best") -> TrainedModel:
     label_names, preprocess, specs, warmup_raw = _RAW_INPUTS[family.modality](workdir, run, model, input_keys)
     variables = jax.tree.map(np.asarray, jax.device_get((state["params"], state["batch_stats"])))
     log.info("Loaded step %d of %s (%s, %d classes).", step, workdir, model.name, model.num_classes)
+    buckets = bucketing.bucket_lengths(run) if family.modality == "text" and "bucket_lengths" in run.data else ()
     return TrainedModel(workdir, step, model, run.data, label_names, variables, input_keys, probabilities,
-                        preprocess, specs, _RAW_NAMES[family.modality], family.modality, warmup_raw)
+                        preprocess, specs, _RAW_NAMES[family.modality], family.modality, warmup_raw, buckets)
 
 
 def _text_inputs(workdir: str, run: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
@@ -116,7 +126,7 @@ def _image_inputs(workdir: str, run: ml_collections.ConfigDict, model: ml_collec
     from lm.serving.images import ImagePreprocess
 
     facts = serving_facts(workdir, run)
-    preprocess = ImagePreprocess(EvalImages.from_json(facts["eval_images"]))
+    preprocess = ImagePreprocess(EvalImages.from_json(facts["eval_images"]), input_keys[0])
     specs = {key: tf.TensorSpec([None, *preprocess.eval_images.shape], tf.float32, name=key) for key in input_keys}
     return tuple(facts["label_names"]), preprocess, specs, preprocess.blank_png()
 
