@@ -107,7 +107,8 @@ class BadExamples:
     """Bad examples met while reading: raised at once (policy 'error') or recorded and skipped ('skip').
 
     `skipped[name]` lists (file, "FILE line N: what is wrong") for each example left out of the data read
-    under `name` (a config key such as "train_files"); `counts()` gives how many per name.
+    under `name` (a key of config.data such as "train_files", or a whole key such as "serving.input_files");
+    `counts()` gives how many per name.
     """
 
     def __init__(self, policy: str):
@@ -133,8 +134,8 @@ class BadExamples:
             files = dict.fromkeys(path for path, _ in found)
             per_file = ", ".join(f"{path} ({sum(p == path for p, _ in found)})" for path in files)
             log.warning(
-                "config.on_bad_example='skip': skipped %d bad example(s) of config.data.%s: %s. First: %s",
-                len(found), name, per_file, found[0][1],
+                "config.on_bad_example='skip': skipped %d bad example(s) of config.%s: %s. First: %s",
+                len(found), name if "." in name else f"data.{name}", per_file, found[0][1],
             )
 
 

@@ -26,20 +26,23 @@ _MAGIC = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg"}
 
 
 class ImagePreprocess:
-    """Encoded images -> {"image": normalised pixels}: the same TensorFlow ops as the run's evaluation."""
+    """Encoded images -> {input_key: normalised pixels}: the same TensorFlow ops as the run's evaluation.
 
-    def __init__(self, eval_images: EvalImages):
+    `input_key` is the model family's image input (`ModelFamily.input_keys[0]`)."""
+
+    def __init__(self, eval_images: EvalImages, input_key: str):
         self.eval_images = eval_images
+        self.input_key = input_key
         self._batch = tf.function(eval_images.batch_from_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
         self._one = tf.function(eval_images.from_bytes, input_signature=[tf.TensorSpec([], tf.string)])
 
     def __call__(self, contents: tf.Tensor) -> dict[str, tf.Tensor]:
-        """[batch] encoded images (a tf.string tensor) -> {"image": [batch, S, S, C]}; traceable into a SavedModel."""
-        return {"image": self.eval_images.batch_from_bytes(contents)}
+        """[batch] encoded images (a tf.string tensor) -> {key: [batch, S, S, C]}; traceable into a SavedModel."""
+        return {self.input_key: self.eval_images.batch_from_bytes(contents)}
 
     def encode(self, contents: list[bytes]) -> dict[str, np.ndarray]:
-        """A list of encoded images -> {"image": numpy [n, S, S, C]}."""
-        return {"image": self._batch(tf.constant(contents, tf.string, shape=[len(contents)])).numpy()}
+        """A list of encoded images -> {key: numpy [n, S, S, C]}."""
+        return {self.input_key: self._batch(tf.constant(contents, tf.string, shape=[len(contents)])).numpy()}
 
     def one(self, contents: bytes) -> np.ndarray:
         """One encoded image -> [S, S, C]; raises BadInstance when it does not decode."""
