@@ -143,6 +143,26 @@ def load(address, name: str, clients: int, seconds: float, max_requests: int, in
             "p99_ms": float(np.percentile(ms, 99))}
 
 
+def model_ceiling(config, workdir: str, args) -> dict[int, dict]:
+    """What batching can gain at most on this machine: the model alone (preprocessing of the batch included, as
+    in the batching thread), no HTTP, at each padded batch size; median of `--ceiling-reps` runs."""
+    config.serving.max_batch_size = args.max_batch_size
+    model_server = serve.build(config, workdir)
+    model_server.httpd.server_close()
+    servable, rng = model_server.servable, np.random.default_rng(0)
+    results = {}
+    for size in servable.batch_sizes:
+        examples = [servable.parse(WORKLOADS[args.model][1](rng)) for _ in range(size)]
+        times = []
+        for _ in range(args.ceiling_reps):
+            start = time.perf_counter()
+            servable.predict(examples)
+            times.append(time.perf_counter() - start)
+        seconds = float(np.median(times))
+        results[size] = {"ms_per_batch": seconds * 1e3, "examples_per_s": size / seconds}
+    return results
+
+
 def serve_and_load(config, workdir: str, max_batch_size: int, max_wait_ms: float, args) -> dict[int, dict]:
     config.serving.port = 0
     config.serving.max_batch_size = max_batch_size
@@ -172,13 +192,24 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=5000)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--ceiling-reps", type=int, default=20, help="runs of the model alone per batch size")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     args.size = args.size or {"bert": "mini", "resnet": "resnet_small"}[args.model]
     with tempfile.TemporaryDirectory() as tmp:
         config, workdir = WORKLOADS[args.model][0](pathlib.Path(tmp), args)
+        start = time.perf_counter()
+        ceiling = model_ceiling(config, workdir, args)
+        startup = time.perf_counter() - start
         results = {"dynamic": serve_and_load(config, workdir, args.max_batch_size, args.max_wait_ms, args),
-                   "batch1": serve_and_load(config, workdir, 1, 0.0, args)}
+                   "batch1": serve_and_load(config, workdir, 1, 0.0, args), "model_alone": ceiling}
+    print(f"\nThe model alone (no HTTP), preprocessing included; server start-up with every shape compiled and "
+          f"warmed: {startup:.1f} s")
+    print("| batch size | ms per batch | examples/s | examples/s over batch 1 |")
+    print("|---|---|---|---|")
+    for size, row in ceiling.items():
+        print(f"| {size} | {row['ms_per_batch']:.1f} | {row['examples_per_s']:.1f} "
+              f"| {row['examples_per_s'] / ceiling[1]['examples_per_s']:.2f} |")
     single = results["batch1"][min(args.clients)]["p50_ms"]
     model = f"BERT-{args.size}, length {args.length}" if args.model == "bert" else \
         f"{args.size}, {args.image_size} px JPEG requests"
@@ -191,6 +222,10 @@ def main() -> None:
         d, b = results["dynamic"][c], results["batch1"][c]
         print(f"| {c} | {d['throughput']:.1f} | {b['throughput']:.1f} | {d['throughput'] / b['throughput']:.2f} "
               f"| {d['p50_ms']:.1f} | {d['p99_ms']:.1f} | {b['p99_ms']:.1f} | {d['p99_ms'] / single:.2f} |")
+    most = max(row["examples_per_s"] for row in ceiling.values())
+    print(f"\nCeiling: the model alone peaks at {most / ceiling[1]['examples_per_s']:.2f}x its batch-1 rate. With c "
+          f"clients in a closed loop at X requests/s the mean latency is c / X (Little's law): at 32 clients, p99 "
+          f"< 4x single needs X >= {32 / (4 * single / 1e3):.0f} requests/s; the model alone peaks at {most:.0f}.")
     shape = f"--length {args.length}" if args.model == "bert" else f"--image-size {args.image_size}"
     print(f"\nrerun: .venv/bin/python bench/serve_load.py --model {args.model} --size {args.size} {shape} "
           f"--clients {','.join(map(str, args.clients))} --seconds {args.seconds:g}")
