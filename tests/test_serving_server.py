@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from lm.serving import batcher as batcher_lib
 from lm.serving import monitor, server
 from tests.serving_fakes import FakeTextServable, probabilities_of
 
@@ -208,3 +210,24 @@ def test_sigterm_drains_in_flight_requests_and_exits(tmp_path):
     assert result["r"][0] == 200
     assert process.wait(30) == 0
     assert process.stdout.read().strip() == "stopped"
+
+
+def test_a_batch_waits_only_for_requests_on_their_way_in():
+    """close_when_idle: the open batch waits (here up to a minute) while another request is being read, and
+    closes at once when none is: a lone request does not wait max_wait_ms for nobody."""
+    sizes = []
+    batcher = batcher_lib.DynamicBatcher(lambda xs: sizes.append(len(xs)) or np.zeros((len(xs), 1)),
+                                         max_batch_size=8, max_wait_ms=60_000, max_queue=16, close_when_idle=True)
+    batcher.start()
+    try:
+        with batcher.arriving():  # A second request is being read and checked.
+            first = batcher.submit(["a"])[0]
+            time.sleep(0.2)
+            assert not first.done()  # Its batch waits for the arriving request...
+            second = batcher.submit(["b"])[0]
+        first.result(timeout=30), second.result(timeout=30)
+        assert sizes == [2]  # ... which joins it.
+        batcher.submit(["c"])[0].result(timeout=30)  # Alone: answered long before the minute is up.
+        assert sizes == [2, 1]
+    finally:
+        batcher.stop()

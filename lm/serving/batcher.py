@@ -1,13 +1,18 @@
 """Dynamic batching: instances from concurrent requests are gathered into one model batch.
 
-A batch closes when it holds `max_batch_size` instances or when its first instance has waited
-`max_wait_ms`. The queue is bounded (`max_queue` instances): a request whose instances do not all fit is
-refused whole (the server answers 503), never half-queued. Instances are validated before they are
+A batch closes when it holds `max_batch_size` instances or when its first instance has waited `max_wait_ms`;
+with `close_when_idle`, also as soon as no other request is on its way in: the server brackets the reading
+and checking of each request with `arriving()`, and a batch then waits for company only while some request
+is inside that bracket (so a lone client is not made to wait `max_wait_ms` for nobody).
+
+The queue is bounded (`max_queue` instances): a request whose instances do not all fit is refused whole (the
+server answers 503), never half-queued. Instances are validated before they are
 queued, so a batch holds only servable inputs; should the model still fail on a batch, each of its
 instances is retried alone, so the failure stays with the instance that caused it.
 """
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -39,7 +44,7 @@ class DynamicBatcher:
 
     def __init__(self, predict: Callable[[list], np.ndarray], max_batch_size: int, max_wait_ms: float,
                  max_queue: int, on_batch: Callable[[int], None] | None = None,
-                 on_queue_depth: Callable[[int], None] | None = None):
+                 on_queue_depth: Callable[[int], None] | None = None, close_when_idle: bool = False):
         if max_batch_size <= 0 or max_queue < max_batch_size or max_wait_ms < 0:
             raise ValueError(f"Batching needs max_batch_size > 0 (got {max_batch_size}), max_queue >= "
                              f"max_batch_size (got {max_queue}) and max_wait_ms >= 0 (got {max_wait_ms}).")
@@ -47,11 +52,13 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.close_when_idle = close_when_idle
         self._on_batch = on_batch or (lambda size: None)
         self._on_queue_depth = on_queue_depth or (lambda depth: None)
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._accepting = False
+        self._arriving = 0  # Requests being read and checked, not yet submitted (or refused).
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -74,6 +81,18 @@ class DynamicBatcher:
             self._cond.notify()
         return [item.future for item in items]
 
+    @contextlib.contextmanager
+    def arriving(self):
+        """Brackets the reading, checking and `submit` of one request: the open batch may wait for it."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify()
+
     def stop(self) -> None:
         """Refuses new instances, finishes every queued one, then ends the batching thread."""
         with self._cond:
@@ -90,6 +109,8 @@ class DynamicBatcher:
                 self._cond.wait()
             deadline = time.monotonic() + self.max_wait_s
             while len(self._queue) < self.max_batch_size and self._accepting:
+                if self.close_when_idle and not self._arriving:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

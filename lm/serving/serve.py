@@ -33,7 +33,8 @@ def read_reference(workdir: str) -> dict | None:
 def options(config: ml_collections.ConfigDict) -> server.ServeOptions:
     s = config.serving
     return server.ServeOptions(host=s.host, port=s.port, max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms,
-                               max_queue=s.max_queue, max_body_bytes=s.max_body_bytes, max_instances=s.max_instances,
+                               close_when_idle=s.close_when_idle, max_queue=s.max_queue,
+                               max_body_bytes=s.max_body_bytes, max_instances=s.max_instances,
                                feedback_path=s.feedback_path)
 
 

@@ -66,6 +66,7 @@ class ServeOptions:
     port: int = 8501
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
+    close_when_idle: bool = True  # A batch closes early when no other request is being read (lm.serving.batcher).
     max_queue: int = 1024
     max_body_bytes: int = 10 * 2**20
     max_instances: int = 256
@@ -91,7 +92,8 @@ class ModelServer:
         self.feedback = FeedbackLog(options.feedback_path) if options.feedback_path else None
         self.batcher = batcher_lib.DynamicBatcher(
             servable.predict, options.max_batch_size, options.max_wait_ms, options.max_queue,
-            on_batch=metrics.observe_batch, on_queue_depth=metrics.set_queue_depth)
+            on_batch=metrics.observe_batch, on_queue_depth=metrics.set_queue_depth,
+            close_when_idle=options.close_when_idle)
         self._recent: collections.OrderedDict[str, tuple[object, int]] = collections.OrderedDict()
         self._recent_bytes = 0
         self._recent_lock = threading.Lock()
@@ -153,8 +155,12 @@ class ModelServer:
             raise _HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"Use POST for :{verb}.")
         if self._draining:
             raise _HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "The server is shutting down.")
-        instances = self._instances(headers, read_body)
-        return HTTPStatus.OK, self._predict(instances) if verb == "predict" else self._feedback(instances)
+        if verb == "feedback":
+            return HTTPStatus.OK, self._feedback(self._instances(headers, read_body))
+        with self.batcher.arriving():  # The open batch may wait for this request while it is read and checked.
+            instances = self._instances(headers, read_body)
+            futures = self._submit(self._parse_all(instances))
+        return HTTPStatus.OK, self._predictions(instances, futures)
 
     def enter(self) -> bool:
         with self._in_flight_cond:
@@ -210,12 +216,13 @@ class ModelServer:
                 raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: {e}") from None
         return parsed
 
-    def _predict(self, instances: list) -> dict:
-        examples = self._parse_all(instances)
+    def _submit(self, examples: list) -> list:
         try:
-            futures = self.batcher.submit(examples)
+            return self.batcher.submit(examples)
         except (batcher_lib.QueueFull, batcher_lib.NotServing) as e:
             raise _HttpError(HTTPStatus.SERVICE_UNAVAILABLE, str(e)) from None
+
+    def _predictions(self, instances: list, futures: list) -> dict:
         try:
             probabilities = np.stack([f.result(timeout=self.options.request_timeout_s) for f in futures])
         except FutureTimeout:
