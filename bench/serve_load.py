@@ -146,11 +146,15 @@ def load(address, name: str, clients: int, seconds: float, max_requests: int, in
             "p99_ms": float(np.percentile(ms, 99))}
 
 
-def model_ceiling(config, workdir: str, args) -> dict[int, dict]:
+def model_ceiling(config, workdir: str, args) -> tuple[dict[int, dict], float]:
     """What batching can gain at most on this machine: the model alone (preprocessing of the batch included, as
-    in the batching thread), no HTTP, at each padded batch size; median of `--ceiling-reps` runs."""
+    in the batching thread), no HTTP, at each padded batch size; median of `--ceiling-reps` runs. Each batch is
+    cut to the length bucket of its own longest review, as in serving. Also returns the seconds `serve.build`
+    took (loading, compiling and warming every shape)."""
     config.serving.max_batch_size = args.max_batch_size
+    start = time.perf_counter()
     model_server = serve.build(config, workdir)
+    startup = time.perf_counter() - start
     model_server.httpd.server_close()
     servable, rng = model_server.servable, np.random.default_rng(0)
     results = {}
@@ -163,7 +167,7 @@ def model_ceiling(config, workdir: str, args) -> dict[int, dict]:
             times.append(time.perf_counter() - start)
         seconds = float(np.median(times))
         results[size] = {"ms_per_batch": seconds * 1e3, "examples_per_s": size / seconds}
-    return results
+    return results, startup
 
 
 def serve_and_load(config, workdir: str, max_batch_size: int, max_wait_ms: float, close_when_idle: bool,
@@ -203,14 +207,12 @@ def main() -> None:
     args.size = args.size or {"bert": "mini", "resnet": "resnet_small"}[args.model]
     with tempfile.TemporaryDirectory() as tmp:
         config, workdir = WORKLOADS[args.model][0](pathlib.Path(tmp), args)
-        start = time.perf_counter()
-        ceiling = model_ceiling(config, workdir, args)
-        startup = time.perf_counter() - start
+        ceiling, startup = model_ceiling(config, workdir, args)
         results = {"dynamic": serve_and_load(config, workdir, args.max_batch_size, args.max_wait_ms, True, args),
                    "fixed_wait": serve_and_load(config, workdir, args.max_batch_size, args.max_wait_ms, False, args),
                    "batch1": serve_and_load(config, workdir, 1, 0.0, False, args), "model_alone": ceiling}
-    print(f"\nThe model alone (no HTTP), preprocessing included; server start-up with every shape compiled and "
-          f"warmed: {startup:.1f} s")
+    print(f"\nThe model alone (no HTTP), preprocessing included, each batch cut to its own length bucket; server "
+          f"start-up (load, compile and warm every shape): {startup:.1f} s")
     print("| batch size | ms per batch | examples/s | examples/s over batch 1 |")
     print("|---|---|---|---|")
     for size, row in ceiling.items():

@@ -103,6 +103,9 @@ def serving_defaults() -> ml_collections.ConfigDict:
     serving.host = "127.0.0.1"  # --mode=serve listens here; "0.0.0.0" for every interface.
     serving.port = 8501  # TF Serving's REST port.
     serving.max_batch_size = 32  # Instances per model batch; batches are padded to powers of two up to it.
+    # Text batches cut to the run's data.bucket_lengths (serve compiles batch sizes x lengths at start-up);
+    # False: every batch padded to max_length (one length: faster start-up, slower short requests).
+    serving.length_buckets = True
     serving.max_wait_ms = 5.0  # A batch closes when full or when its first instance has waited this long...
     serving.close_when_idle = True  # ... or as soon as no other request is being read (no waiting for nobody).
     serving.max_queue = 1024  # Instances waiting at most; a request that does not fit gets 503.

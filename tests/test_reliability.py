@@ -171,7 +171,7 @@ def test_random_kills(data, tmp_path):
 
 def _last_step(workdir) -> int:
     """The newest step the run has logged (0 before any)."""
-    steps = [int(line[0]) for line in logged_steps(workdir) if line[0] != "start"]
+    steps = [int(line[0]) for line in logged_steps(workdir) if line[0].isdigit()]  # Not "start", nor a torn line.
     return steps[-1] if steps else 0
 
 

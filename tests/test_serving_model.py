@@ -131,6 +131,7 @@ def test_text_batches_are_cut_to_length_buckets_all_compiled_at_warm_up(text_run
     _, workdir = text_run
     model = trained.load(str(workdir), "best")
     assert model.length_buckets == (32,)  # The run trained with data.bucket_lengths=(): one length, no cut.
+    assert trained.load(str(workdir), "best", length_buckets=False).length_buckets == ()  # serving.length_buckets
     bucketed = dataclasses.replace(model, length_buckets=(8, 16, 32))
     assert bucketed.encode(["the story"])["input_ids"].shape == (1, 8)
     assert bucketed.encode(["the story", " ".join(["great"] * 12)])["input_ids"].shape == (2, 16)

@@ -113,7 +113,7 @@ def predictions(config: ml_collections.ConfigDict, workdir: str) -> tuple[Traine
 
     config_checks.check_static(config)
 
-    model = trained.load(workdir, str(config.eval_checkpoint))
+    model = trained.load(workdir, str(config.eval_checkpoint), config.serving.length_buckets)
     rows = images.read_inputs(config) if model.modality == "image" else read_inputs(config)
     mesh = sharding.create_mesh(config.mesh)
     if config.eval_batch_size % sharding.data_parallel_size(mesh):

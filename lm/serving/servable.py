@@ -90,7 +90,7 @@ class TextServable(PaddedServable):
         return self.trained.encode(examples)
 
     def warmup_inputs(self, examples: list[str]) -> list[dict[str, np.ndarray]]:
-        """One input per length bucket: a short warm-up text fits each, padding makes up the length."""
+        """One input per length bucket: the warm-up text's ids cut to each length (only the shape matters)."""
         full = self.trained.preprocess.encode(examples)
         return [{key: value[:, :length] for key, value in full.items()}
                 for length in self.trained.length_buckets or (self.trained.data.max_length,)]

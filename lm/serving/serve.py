@@ -41,7 +41,7 @@ def options(config: ml_collections.ConfigDict) -> server.ServeOptions:
 def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer:
     """The server, its model loaded and every batch shape compiled; not yet serving."""
     config_checks.check_static(config)
-    model = trained.load(workdir, str(config.eval_checkpoint))
+    model = trained.load(workdir, str(config.eval_checkpoint), config.serving.length_buckets)
     name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
     served = servable.for_model(model, name, config.serving.max_batch_size)
     start = time.perf_counter()

@@ -280,14 +280,21 @@ class ModelServer:
 
 
 def _size(value: object) -> int:
-    """About how many bytes a parsed JSON value holds (its strings' lengths; 8 for anything else)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(_size(k) + _size(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(_size(v) for v in value)
-    return 8
+    """About how much memory a parsed JSON value holds: its strings' lengths, 8 for anything else (no recursion:
+    a deeply nested instance cannot overflow the stack)."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            total += 8
+    return total
 
 
 class _HTTPServer(ThreadingHTTPServer):

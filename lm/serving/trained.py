@@ -46,7 +46,8 @@ class TrainedModel:
     modality: str  # "text" or "image"
     warmup_raw: str | bytes  # One valid raw input: the warm-up request.
     # Text: the token lengths a batch is cut to, as in training's evaluation (the smallest that holds its longest
-    # example; input_pipeline/bucketing.py); (max_length,) when the run did not bucket. Images: ().
+    # example; input_pipeline/bucketing.py); (max_length,) when the run did not bucket, () when its config.json
+    # predates data.bucket_lengths or config.serving.length_buckets is False: no cut. Images: ().
     length_buckets: tuple[int, ...] = ()
 
     def encode(self, raw: list) -> dict[str, np.ndarray]:
@@ -64,8 +65,10 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load(workdir: str, which: str = "best") -> TrainedModel:
+def load(workdir: str, which: str = "best", length_buckets: bool = True) -> TrainedModel:
     """Checkpoint `which` (best | latest | a step number) of a classification run in `workdir`.
+
+    `length_buckets`: text batches are cut to the run's data.bucket_lengths (False: every batch at max_length).
 
     The run's task must predict classes (`lm.tasks.TaskSpec.predicts_classes`): its logits become probabilities.
     """
@@ -103,7 +106,9 @@ def load(workdir: str, which: str = "best") -> TrainedModel:
     label_names, preprocess, specs, warmup_raw = _RAW_INPUTS[family.modality](workdir, run, model, input_keys)
     variables = jax.tree.map(np.asarray, jax.device_get((state["params"], state["batch_stats"])))
     log.info("Loaded step %d of %s (%s, %d classes).", step, workdir, model.name, model.num_classes)
-    buckets = bucketing.bucket_lengths(run) if family.modality == "text" and "bucket_lengths" in run.data else ()
+    buckets = ()
+    if length_buckets and family.modality == "text" and "bucket_lengths" in run.data:
+        buckets = bucketing.bucket_lengths(run)
     return TrainedModel(workdir, step, model, run.data, label_names, variables, input_keys, probabilities,
                         preprocess, specs, _RAW_NAMES[family.modality], family.modality, warmup_raw, buckets)
 
