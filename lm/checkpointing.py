@@ -165,10 +165,14 @@ class Checkpointer:
         self.manager.reload()
 
     def restore_raw(self, step: int) -> Any:
-        """Restores the state as saved, onto one device of this host: for reading weights out of it."""
-        metadata = self.manager.item_metadata(step)["state"]
-        device = jax.local_devices()[0]
-        sharding = jax.sharding.SingleDeviceSharding(device)
+        """Restores the state as saved, onto one device of this host: for reading weights out of it.
+
+        The shapes come from the state item's own metadata (the manager knows no handler for it before a save or
+        restore, and would give None: Orbax would then restore onto the saved devices, which a run on another
+        topology, e.g. several processes, does not have).
+        """
+        metadata = ocp.StandardCheckpointHandler().metadata(self.step_path(step) / "state").tree
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata,
             is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),

@@ -103,9 +103,15 @@ def data_parallel_size(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def global_batch(host_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles each host's slice of the batch into global arrays split along the batch axes."""
+def global_batch(host_batch: dict[str, np.ndarray], mesh: Mesh, whole: bool = False) -> dict[str, jax.Array]:
+    """Assembles each host's slice of the batch into global arrays split along the batch axes.
+
+    `whole`: every host holds the whole global batch (predict reads every input on every host); each takes
+    the rows of its own devices, so the global batch is this batch, not one copy per host.
+    """
     sharding = batch_sharding(mesh)
     return {
-        key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in host_batch.items()
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value),
+                                                    np.shape(value) if whole else None)
+        for key, value in host_batch.items()
     }

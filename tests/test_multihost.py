@@ -6,6 +6,7 @@ The real multi-process tests take 1.5-2 minutes each on 2 shared cores: they are
 
 import hashlib
 import itertools
+import json
 import os
 import pathlib
 import signal
@@ -18,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+import lm
 from input_pipeline.image_classification import ImageClassificationData
 from input_pipeline.text_classification import TextClassificationData
 from lm import checkpointing, config_checks, distributed, experiment
@@ -198,6 +200,33 @@ def test_global_batches_do_not_depend_on_the_process_count(tmp_path, minilm_voca
             batches = zip(*(itertools.islice(h.train_iterator(), steps) for h in hosts))
             for want, parts in zip(expected, batches, strict=True):
                 np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want)
+
+
+@pytest.mark.slow
+def test_predict_in_two_processes_equals_one_and_computes_each_batch_once(data, tmp_path):
+    """--mode=predict in 2 processes x 4 devices writes what 1 process x 8 devices writes, and each global batch is
+    eval_batch_size examples (every process reads every input: without `whole`, each would add its own copy)."""
+    root, csv_path, vocab = data
+    workdir = tmp_path / "run"
+    train = files_config(pathlib.Path(vocab), csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
+                         eval_splits_at_end=())
+    lm.run(train, str(workdir), "train")
+    one = train.copy_and_resolve_references()
+    one.serving.input_files, one.serving.output = csv_path, str(tmp_path / "one.jsonl")
+    lm.run(one, str(workdir), "predict")
+
+    args = [*main_args(vocab, csv_path, workdir, **{"serving.input_files": csv_path,
+                                                    "serving.output": tmp_path / "two.jsonl"}), "--mode=predict"]
+    hosts = start_hosts(args, tmp_path)
+    wait_all(hosts, [tmp_path / "process0.log", tmp_path / "process1.log"])
+    expected = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    got = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert len(got) == len(expected) == 400
+    for a, b in zip(got, expected):
+        assert (a["id"], a["label"], a["step"]) == (b["id"], b["label"], b["step"])
+        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-6)
+    assert f"global batches of {train.eval_batch_size} examples on 8 devices in 2 process(es)" in \
+        (tmp_path / "process0.log").read_text()
 
 
 ORBAX_BARRIER_CHECK = """

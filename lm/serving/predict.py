@@ -97,7 +97,11 @@ def probabilities_over(model: TrainedModel, inputs: list, batch_size: int, mesh:
         chunk = [read(x) for x in inputs[first:first + batch_size]]
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))
         with jax.set_mesh(mesh):
-            result = forward(variables, sharding.global_batch(model.encode(padded), mesh))
+            batch = sharding.global_batch(model.encode(padded), mesh, whole=True)  # Every host reads every input.
+            if first == 0:
+                log.info("predict: global batches of %d examples on %d devices in %d process(es)",
+                         next(iter(batch.values())).shape[0], mesh.size, jax.process_count())
+            result = forward(variables, batch)
         if pending is not None:
             collect(*pending)
         pending = (result, len(chunk))
