@@ -44,7 +44,7 @@ def smallest_bucket(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray
 
 
 def cut(batch: dict[str, tf.Tensor], length: tf.Tensor) -> dict[str, tf.Tensor]:
-    """The batch's token tensors cut to `length` (>= its longest example: only padding is dropped)."""
+    """The batch's token tensors (TF or numpy) cut to `length` (>= its longest example: only padding is dropped)."""
     return {key: value[:, :length] if key in TOKEN_KEYS else value for key, value in batch.items()}
 
 
@@ -57,8 +57,7 @@ def cut_to_own_longest(batch: dict[str, tf.Tensor], buckets: tuple[int, ...]) ->
 
 def cut_host_batch(batch: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Numpy arrays (serving, predict): the batch's token arrays cut to the bucket of its longest example."""
-    length = int(smallest_bucket(np.asarray([batch["attention_mask"].sum(axis=1).max()]), buckets)[0])
-    return {key: value[:, :length] if key in TOKEN_KEYS else value for key, value in batch.items()}
+    return cut(batch, int(smallest_bucket(np.asarray([batch["attention_mask"].sum(axis=1).max()]), buckets)[0]))
 
 
 class GlobalLengths:

@@ -13,6 +13,7 @@ import base64
 import jax
 import numpy as np
 
+from input_pipeline import bucketing
 from lm.serving import images
 from lm.serving.feedback import FeedbackLog
 from lm.serving.server import BadInstance
@@ -92,8 +93,8 @@ class TextServable(PaddedServable):
     def warmup_inputs(self, examples: list[str]) -> list[dict[str, np.ndarray]]:
         """One input per length bucket: the warm-up text's ids cut to each length (only the shape matters)."""
         full = self.trained.preprocess.encode(examples)
-        return [{key: value[:, :length] for key, value in full.items()}
-                for length in self.trained.length_buckets or (self.trained.data.max_length,)]
+        lengths = self.trained.length_buckets or (self.trained.data.max_length,)
+        return [bucketing.cut(full, length) for length in lengths]
 
     def feedback_record(self, instance: object, label: str, feedback: FeedbackLog) -> dict:
         return {self.trained.data.text_field: self.parse(instance), self.trained.data.label_field: label}
