@@ -12,7 +12,11 @@
 import sys
 
 import lm
+from lm import host_memory
 
+# First, before TensorFlow and JAX start threads: freed host memory is kept for the next step
+# (lm/host_memory.py; LM_MALLOC=system keeps glibc's defaults).
+host_memory.keep_freed_memory()
 lm.import_tensorflow_quietly()  # Before a config file or the pipeline imports it; LM_TF_LOGS=1 to see its logs.
 
 from absl import app, flags, logging  # noqa: E402

@@ -29,13 +29,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax
-import numpy as np
+from lm import host_memory  # noqa: E402
 
-import configs.bert_pretrain
-import configs.vision_classification
-from lm import config_checks, experiment, metrics, optimizers, preflight, sharding, train
-from lm import state as state_lib
+host_memory.keep_freed_memory()  # Before JAX or TensorFlow start threads: see lm/host_memory.py.
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import configs.bert_pretrain  # noqa: E402
+import configs.vision_classification  # noqa: E402
+from lm import config_checks, experiment, metrics, optimizers, preflight, sharding, train  # noqa: E402
+from lm import state as state_lib  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (bench/common.py)

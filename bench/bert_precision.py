@@ -18,6 +18,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from lm import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # Before JAX or TensorFlow start threads: see lm/host_memory.py.
+
 import bert_train_step  # noqa: E402  (bench/bert_train_step.py: the model config and batch)
 import common  # noqa: E402  (bench/common.py)
 import ml_collections  # noqa: E402

@@ -29,14 +29,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("USE_TF", "0")  # transformers: no TensorFlow models.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+from lm import host_memory  # noqa: E402
 
-import configs.bert_sentiment
-from configs import common as config_common
-from lm import config_checks, optimizers, train
+host_memory.keep_freed_memory()  # Before JAX or TensorFlow start threads: see lm/host_memory.py.
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import configs.bert_sentiment  # noqa: E402
+from configs import common as config_common  # noqa: E402
+from lm import config_checks, optimizers, train  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (bench/common.py)

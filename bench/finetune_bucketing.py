@@ -39,6 +39,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettemp
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lm import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # Before JAX or TensorFlow start threads: see lm/host_memory.py.
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

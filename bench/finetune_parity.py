@@ -35,6 +35,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("USE_TF", "0")  # transformers: no TensorFlow models.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from lm import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # Before JAX or TensorFlow start threads: see lm/host_memory.py.
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

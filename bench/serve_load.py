@@ -30,9 +30,14 @@ import tempfile
 import threading
 import time
 
-import numpy as np
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from lm import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # Before JAX, TensorFlow or numpy start threads: see lm/host_memory.py.
+
+import numpy as np  # noqa: E402
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -44,11 +44,15 @@ os.environ.setdefault("USE_TF", "0")  # transformers: PyTorch models only.
 os.environ["KERAS_BACKEND"] = "tensorflow"  # The keras contender is defined as the TensorFlow backend.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax
-import numpy as np
+from lm import host_memory  # noqa: E402
 
-import configs.vision_classification
-from lm import compiler, config_checks
+host_memory.keep_freed_memory()  # Before JAX or TensorFlow start threads: see lm/host_memory.py.
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import configs.vision_classification  # noqa: E402
+from lm import compiler, config_checks  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (bench/common.py)
