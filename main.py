@@ -14,9 +14,17 @@ import sys
 import lm
 from lm import host_memory
 
+
+def serving(argv: list[str]) -> bool:
+    """Whether the command line asks for --mode=serve (read before absl parses it)."""
+    return any(arg == "--mode=serve" or (arg == "--mode" and following == "serve")
+               for arg, following in zip(argv, [*argv[1:], ""]))
+
+
 # First, before TensorFlow and JAX start threads: freed host memory is kept for the next step
-# (lm/host_memory.py; LM_MALLOC=system keeps glibc's defaults).
-host_memory.keep_freed_memory()
+# (lm/host_memory.py; LM_MALLOC=system keeps glibc's defaults). Not when serving: see that file.
+if not serving(sys.argv):
+    host_memory.keep_freed_memory()
 lm.import_tensorflow_quietly()  # Before a config file or the pipeline imports it; LM_TF_LOGS=1 to see its logs.
 
 from absl import app, flags, logging  # noqa: E402

@@ -34,7 +34,14 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lm import host_memory  # noqa: E402
+
+# Ours runs in main.py processes, which call it too; the PyTorch recipe runs in this process.
+host_memory.keep_freed_memory()  # Before numpy or torch start threads: see lm/host_memory.py.
+
+import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SST2 = os.path.join(ROOT, "data", "sst2")

@@ -30,13 +30,10 @@ import tempfile
 import threading
 import time
 
+import numpy as np
+
+# glibc's malloc keeps its defaults here, as main.py keeps them for --mode=serve (lm/host_memory.py).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from lm import host_memory  # noqa: E402
-
-host_memory.keep_freed_memory()  # Before JAX, TensorFlow or numpy start threads: see lm/host_memory.py.
-
-import numpy as np  # noqa: E402
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

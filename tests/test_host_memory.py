@@ -42,14 +42,16 @@ def _faults(malloc: str) -> tuple[str, int]:
     """Whether keep_freed_memory applied, and the median page faults of a run, in a fresh process."""
     env = {**os.environ, host_memory.MALLOC_ENV: malloc, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-c", PROGRAM.format(root=ROOT)], env=env, capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    run = subprocess.run([sys.executable, "-c", PROGRAM.format(root=ROOT)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
     applied = [line.split()[1] for line in out.splitlines() if line.startswith("applied")]
     faults = sorted(int(line.split()[1]) for line in out.splitlines() if line.startswith("faults"))
     return applied[0], faults[len(faults) // 2]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.skipif(host_memory.glibc() is None, reason="needs glibc's malloc")
 def test_second_run_reuses_the_pages_of_the_first():
     applied, kept = _faults("reuse")
     system_applied, system = _faults("system")
@@ -57,6 +59,21 @@ def test_second_run_reuses_the_pages_of_the_first():
     pages = 2048 * 2048 * 4 // 4096  # One 16 MB intermediate: the temporary buffer holds several.
     assert system > pages, f"glibc's defaults should map the temporary buffer afresh each run ({system} faults)"
     assert kept < pages // 4, f"the run should reuse the freed pages, yet it faulted {kept} ({system} without)"
+
+
+def test_too_late_it_changes_nothing(monkeypatch):
+    monkeypatch.delenv(host_memory.MALLOC_ENV, raising=False)
+    assert "jax" in sys.modules  # conftest imported it: this process's threads have their arenas.
+    assert host_memory.keep_freed_memory() is False
+
+
+def test_main_keeps_glibc_defaults_only_for_serving():
+    import main
+
+    assert main.serving(["main.py", "--config=c.py", "--mode=serve"])
+    assert main.serving(["main.py", "--mode", "serve", "--workdir=/tmp/w"])
+    assert not main.serving(["main.py", "--mode=predict", "--config.serving.port=1"])
+    assert not main.serving(["main.py", "--workdir", "serve"])
 
 
 def test_an_unknown_choice_is_a_clear_error(monkeypatch):
