@@ -9,6 +9,7 @@
       --config.data.train_files=corpus.txt   # learns /tmp/vocab/vocab.txt from the corpus
 """
 
+import os
 import sys
 
 import lm
@@ -16,14 +17,19 @@ from lm import host_memory
 
 
 def serving(argv: list[str]) -> bool:
-    """Whether the command line asks for --mode=serve (read before absl parses it)."""
-    return any(arg == "--mode=serve" or (arg == "--mode" and following == "serve")
-               for arg, following in zip(argv, [*argv[1:], ""]))
+    """Whether the command line asks for --mode=serve (read before absl parses it; as absl, the last --mode wins)."""
+    mode = None
+    for arg, following in zip(argv, [*argv[1:], ""]):
+        name, equals, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name == "mode":
+            mode = value if equals else following
+    return mode == "serve"
 
 
 # First, before TensorFlow and JAX start threads: freed host memory is kept for the next step
-# (lm/host_memory.py; LM_MALLOC=system keeps glibc's defaults). Not when serving: see that file.
-if not serving(sys.argv):
+# (lm/host_memory.py; LM_MALLOC=system keeps glibc's defaults). Not when serving unless LM_MALLOC=reuse says so:
+# see that file.
+if not serving(sys.argv) or os.environ.get(host_memory.MALLOC_ENV) == "reuse":
     host_memory.keep_freed_memory()
 lm.import_tensorflow_quietly()  # Before a config file or the pipeline imports it; LM_TF_LOGS=1 to see its logs.
 

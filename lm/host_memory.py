@@ -11,8 +11,8 @@ second step reuses the first step's pages. The process keeps its peak heap for i
 process needs again anyway); `LM_MALLOC=system` keeps glibc's defaults.
 
 It has to run before the threads that allocate start (a thread keeps the arena it first got): main.py calls it
-first thing, before TensorFlow or JAX start theirs, except for --mode=serve (many request threads would share
-the one arena: it served fewer requests per second in bench/serve_load.py). Called once JAX, TensorFlow, numpy
+first thing, before TensorFlow or JAX start theirs, except for --mode=serve unless LM_MALLOC=reuse is set (many
+request threads would share the one arena: it served fewer requests per second in bench/serve_load.py). Called once JAX, TensorFlow, numpy
 or torch is imported, too late to help, it changes nothing; without glibc, or with LM_MALLOC=system, neither.
 """
 

@@ -74,6 +74,8 @@ def test_main_keeps_glibc_defaults_only_for_serving():
     assert main.serving(["main.py", "--mode", "serve", "--workdir=/tmp/w"])
     assert not main.serving(["main.py", "--mode=predict", "--config.serving.port=1"])
     assert not main.serving(["main.py", "--workdir", "serve"])
+    assert main.serving(["main.py", "-mode=serve"])
+    assert not main.serving(["main.py", "--mode=serve", "--mode=train"])  # absl: the last one wins.
 
 
 def test_an_unknown_choice_is_a_clear_error(monkeypatch):
