@@ -9,7 +9,6 @@
       --config.data.train_files=corpus.txt   # learns /tmp/vocab/vocab.txt from the corpus
 """
 
-import os
 import sys
 
 import lm
@@ -26,11 +25,9 @@ def serving(argv: list[str]) -> bool:
     return mode == "serve"
 
 
-# First, before TensorFlow and JAX start threads: freed host memory is kept for the next step
-# (lm/host_memory.py; LM_MALLOC=system keeps glibc's defaults). Not when serving unless LM_MALLOC=reuse says so:
-# see that file.
-if not serving(sys.argv) or os.environ.get(host_memory.MALLOC_ENV) == "reuse":
-    host_memory.keep_freed_memory()
+# First, before TensorFlow and JAX start threads: freed host memory is kept for the next step, but not by
+# default when serving (lm/host_memory.py; LM_MALLOC=system|reuse decides for any mode).
+host_memory.keep_freed_memory(default="system" if serving(sys.argv) else "reuse")
 lm.import_tensorflow_quietly()  # Before a config file or the pipeline imports it; LM_TF_LOGS=1 to see its logs.
 
 from absl import app, flags, logging  # noqa: E402

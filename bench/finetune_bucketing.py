@@ -95,7 +95,9 @@ def write_csv(path: pathlib.Path, rows: list[tuple[str, int]]) -> pathlib.Path:
     return path
 
 
-def make_config(model_dir: str, csv_path: pathlib.Path, max_length: int, bucketed: bool, total_steps: int):
+def make_config(model_dir: str, csv_path: pathlib.Path, max_length: int, bucketed: bool, total_steps: int,
+                extra: dict | None = None):
+    """The benchmark's config; `extra`: more dotted keys to set, e.g. {"xla_cpu_ynn_fusions": "reduce"}."""
     config = configs.bert_sentiment.get_config("files")
     settings = {
         "init_from": model_dir, "data.train_files": str(csv_path), "data.max_length": max_length,
@@ -106,6 +108,7 @@ def make_config(model_dir: str, csv_path: pathlib.Path, max_length: int, buckete
     }
     if not bucketed:
         settings["data.bucket_lengths"] = ()
+    settings.update(extra or {})
     for key, value in settings.items():
         *parents, leaf = key.split(".")
         node = config

@@ -126,20 +126,16 @@ def main(argv=None) -> None:
     workdir = pathlib.Path(tempfile.mkdtemp())
     rows = fb.sst2_rows() if args.dataset == "sst2" else fb.review_rows()
     csv_path = fb.write_csv(workdir / f"{args.dataset}.csv", rows)
-    config = fb.make_config(model_dir, csv_path, fb.MAX_LENGTH[args.dataset], False, 100)
+    extra = {}
     for setting in args.set:
         key, equals, value = setting.partition("=")
         if not equals:
             parser.error(f"--set {setting!r}: give KEY=VALUE, e.g. xla_cpu_ynn_fusions=reduce")
         try:
-            value = ast.literal_eval(value)  # Numbers, booleans, tuples; anything else is a string.
+            extra[key] = ast.literal_eval(value)  # Numbers, booleans, tuples; anything else is a string.
         except (ValueError, SyntaxError):
-            pass
-        *parents, leaf = key.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value  # A wrong key is a KeyError or AttributeError naming it.
+            extra[key] = value
+    config = fb.make_config(model_dir, csv_path, fb.MAX_LENGTH[args.dataset], False, 100, extra)
     batches, _ = fb.host_batches(config, args.steps)
     steps = len(batches)  # At most an epoch.
     ours = fb.Ours("ours_fixed", config, batches, 100)

@@ -11,9 +11,10 @@ second step reuses the first step's pages. The process keeps its peak heap for i
 process needs again anyway); `LM_MALLOC=system` keeps glibc's defaults.
 
 It has to run before the threads that allocate start (a thread keeps the arena it first got): main.py calls it
-first thing, before TensorFlow or JAX start theirs, except for --mode=serve unless LM_MALLOC=reuse is set (many
-request threads would share the one arena: it served fewer requests per second in bench/serve_load.py). Called once JAX, TensorFlow, numpy
-or torch is imported, too late to help, it changes nothing; without glibc, or with LM_MALLOC=system, neither.
+first thing, before TensorFlow or JAX start theirs. For --mode=serve main.py passes default="system" (many
+request threads would share the one arena: it served fewer requests per second in bench/serve_load.py), which
+LM_MALLOC=reuse overrides. Called once JAX, TensorFlow, numpy or torch is imported, too late to help, it changes
+nothing; without glibc, or with LM_MALLOC=system, neither.
 """
 
 import ctypes
@@ -42,14 +43,15 @@ def glibc():
     return libc
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(default: str = "reuse") -> bool:
     """Sets glibc's malloc to reuse freed memory across steps (see the module docstring); True if it did.
 
     One arena for all threads (M_ARENA_MAX 1), no separate mappings for large blocks (M_MMAP_MAX 0) and no
-    trimming of the heap's free top (M_TRIM_THRESHOLD: the largest size). A clear error for an unknown
-    LM_MALLOC; False without glibc, with LM_MALLOC=system, or once a THREADED_LIBRARIES module is imported.
+    trimming of the heap's free top (M_TRIM_THRESHOLD: the largest size). LM_MALLOC, when set, wins over
+    `default` (one of CHOICES). A clear error for an unknown LM_MALLOC; False without glibc, with "system", or
+    once a THREADED_LIBRARIES module is imported.
     """
-    choice = os.environ.get(MALLOC_ENV, "") or "reuse"
+    choice = os.environ.get(MALLOC_ENV, "") or default
     if choice not in CHOICES:
         raise ValueError(f"{MALLOC_ENV}={choice!r} is not known; use one of {', '.join(CHOICES)}.")
     if choice == "system" or any(name in sys.modules for name in THREADED_LIBRARIES):
