@@ -49,7 +49,8 @@ SERVING_FACTS = "serving_facts.json"  # What predict, export and serve read of t
 
 
 def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False,
-                    nan_steps: tuple[int, ...] = (), grad_accum_steps: int = 1, mesh: jax.sharding.Mesh | None = None):
+                    nan_steps: tuple[int, ...] = (), grad_accum_steps: int = 1, mesh: jax.sharding.Mesh | None = None,
+                    skip_with_branch: bool | None = None):
     """The pure train step: (state, batch) -> (new state, metrics). Jitted by the caller with donation.
 
     Only the parameters that `trainable` marks are differentiated and updated; the frozen ones pass
@@ -61,8 +62,14 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
     A step whose loss or gradients are not all finite is skipped on device: parameters, optimizer state and
     BatchNorm statistics keep their values, the step counter (the data position) still advances, and the
     metric `nonfinite` is 1. `nan_steps` (a test hook, config.debug.nan_steps) makes the gradients NaN at
-    those steps (1-based, as logged); empty, it adds nothing to the traced step.
+    those steps (1-based, as logged); empty, it adds nothing to the traced step. On CPU the update sits in a
+    `lax.cond` branch: choosing between the new and the old values elementwise there made XLA copy the whole
+    optimizer state each step (it had to keep the old values beside the donated buffers updated in place), 2-3%
+    of a MiniLM step (bench/README.md). On accelerators, where a branch can cost a host round trip, the choice
+    stays elementwise. `skip_with_branch` overrides that choice (None: a branch on CPU only).
     """
+    if skip_with_branch is None:
+        skip_with_branch = jax.default_backend() == "cpu"
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -83,22 +90,29 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
         if nan_steps:
             inject = jnp.isin(state["step"] + 1, jnp.asarray(nan_steps))
             grads = jax.tree.map(lambda g: jnp.where(inject, jnp.nan, g), grads)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        params = state_lib.combine(optax.apply_updates(params, updates), frozen)
-        updated = {"params": params, "opt_state": opt_state, "batch_stats": batch_stats}
-        kept = {key: state[key] for key in updated}
-        chosen = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, kept)
+        grad_norm = optax.global_norm(grads)
+        # A non-finite gradient anywhere makes the norm non-finite (as does a norm beyond float32's range).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        def apply(opt_state, params, new_stats, old_stats):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = state_lib.combine(optax.apply_updates(params, updates), frozen)
+            return {"params": params, "opt_state": opt_state, "batch_stats": new_stats}
+
+        def keep(opt_state, params, new_stats, old_stats):
+            return {"params": state_lib.combine(params, frozen), "opt_state": opt_state, "batch_stats": old_stats}
+
+        operands = (state["opt_state"], params, batch_stats, state["batch_stats"])
+        if skip_with_branch:
+            chosen = jax.lax.cond(finite, apply, keep, *operands)
+        else:
+            updated, kept = apply(*operands), keep(*operands)
+            chosen = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, kept)
         new_state = dict(state, **chosen, step=state["step"] + 1)
-        step_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        step_metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
         return new_state, {**step_metrics, "nonfinite": 1 - finite.astype(jnp.int32)}
 
     return train_step
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]
-    return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
 def jit_train_step(exp: experiment.Experiment):

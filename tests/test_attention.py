@@ -78,3 +78,43 @@ def test_bert_with_fused_attention_matches_the_explicit_path(monkeypatch):
     real = batch["attention_mask"][..., None] > 0
     np.testing.assert_allclose(jnp.where(real, fused_hidden, 0), jnp.where(real, hidden, 0), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(fused_pooled, pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_gradient_matches_the_differentiated_einsums_with_dropout_and_padding():
+    """`attention_with_dropout` takes its own gradient (`_softmax_attention`); it must equal what autodiff of
+    the written-out softmax gives with the same dropout mask and padding, in float32 and bfloat16."""
+    q, k, v, key_mask = _qkv_and_mask()
+    mask = key_mask[:, None, None, :] > 0
+    cotangent = jax.random.normal(jax.random.key(1), q.shape)
+    dropout = layers.Dropout(0.3)
+    keep = dropout.keep_mask((4, 2, 12, 12), jax.random.key(7))
+
+    def reference(q, k, v):
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q / np.sqrt(q.shape[-1]), k, preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+        probs = jnp.where(keep, probs / 0.7, 0.0).astype(v.dtype)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+    def ours(q, k, v):
+        return layers.attention_with_dropout(q, k, v, mask, dropout, jax.random.key(7))
+
+    for dtype, tolerance in ((jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)):
+        args = [x.astype(dtype) for x in (q, k, v)]
+        expected, expected_vjp = jax.vjp(reference, *args)
+        out, our_vjp = jax.vjp(ours, *args)
+        pairs = [(out, expected), *zip(our_vjp(cotangent.astype(dtype)), expected_vjp(cotangent.astype(dtype)))]
+        for got, want in pairs:
+            assert got.dtype == dtype
+            np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=tolerance,
+                                       rtol=tolerance)
+
+
+def test_rows_added_to_each_example_take_the_summed_gradient():
+    x = jax.random.normal(jax.random.key(0), (3, 5, 4))
+    rows = jax.random.normal(jax.random.key(1), (5, 4))
+    cotangent = jax.random.normal(jax.random.key(2), (3, 5, 4))
+    out, vjp = jax.vjp(layers.add_to_each, x, rows)
+    np.testing.assert_allclose(out, x + rows[None])
+    d_x, d_rows = vjp(cotangent)
+    np.testing.assert_allclose(d_x, cotangent)
+    np.testing.assert_allclose(d_rows, cotangent.sum(axis=0), rtol=1e-6, atol=1e-6)

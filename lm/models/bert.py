@@ -56,8 +56,8 @@ class BertEmbeddings(nnx.Module):
         self.dropout = layers.Dropout(config.dropout_rate)
 
     def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs: nnx.Rngs | None):
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
-        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+        positions = self.position(jnp.arange(input_ids.shape[-1]))
+        x = layers.add_to_each(self.word(input_ids), positions) + self.token_type(token_type_ids)
         return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
 
 

@@ -165,7 +165,7 @@ class PatchEmbedding(nnx.Module):
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
             x = jnp.concatenate([cls, x], axis=1)
-        return x + self.position[...].astype(x.dtype)
+        return layers.add_to_each(x, self.position[...].astype(x.dtype))
 
 
 class VisionTransformer(nnx.Module):
