@@ -64,12 +64,14 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
     metric `nonfinite` is 1. `nan_steps` (a test hook, config.debug.nan_steps) makes the gradients NaN at
     those steps (1-based, as logged); empty, it adds nothing to the traced step. On CPU the update sits in a
     `lax.cond` branch: choosing between the new and the old values elementwise there made XLA copy the whole
-    optimizer state each step (it had to keep the old values beside the donated buffers updated in place), 2-3%
-    of a MiniLM step (bench/README.md). On accelerators, where a branch can cost a host round trip, the choice
-    stays elementwise. `skip_with_branch` overrides that choice (None: a branch on CPU only).
+    optimizer state each step (it had to keep the old values beside the donated buffers updated in place), a
+    few percent of a MiniLM step (bench/README.md, `step_parts.py`). On accelerators, where a branch can cost
+    a host round trip, the choice stays elementwise. `skip_with_branch` overrides that choice (None: a branch
+    where the mesh's devices are CPUs).
     """
     if skip_with_branch is None:
-        skip_with_branch = jax.default_backend() == "cpu"
+        platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+        skip_with_branch = platform == "cpu"
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])

@@ -80,19 +80,23 @@ def test_bert_with_fused_attention_matches_the_explicit_path(monkeypatch):
     np.testing.assert_allclose(fused_pooled, pooled, atol=1e-5, rtol=1e-5)
 
 
-def test_attention_gradient_matches_the_differentiated_einsums_with_dropout_and_padding():
+@pytest.mark.parametrize("mask_kind", ["padding", "none", "true"])
+def test_attention_gradient_matches_the_differentiated_einsums_with_dropout_and_padding(mask_kind):
     """`attention_with_dropout` takes its own gradient (`_softmax_attention`); it must equal what autodiff of
-    the written-out softmax gives with the same dropout mask and padding, in float32 and bfloat16."""
-    q, k, v, key_mask = _qkv_and_mask()
-    mask = key_mask[:, None, None, :] > 0
+    the written-out softmax gives with the same dropout mask, in float32 and bfloat16: with padding (one
+    example with every key masked), without a mask, and with the mask `True`."""
+    q, k, v, _ = _qkv_and_mask()
+    key_mask = jnp.arange(12)[None, :] < jnp.array([12, 7, 0, 9])[:, None]
+    mask = {"padding": key_mask[:, None, None, :], "none": None, "true": True}[mask_kind]
     cotangent = jax.random.normal(jax.random.key(1), q.shape)
     dropout = layers.Dropout(0.3)
     keep = dropout.keep_mask((4, 2, 12, 12), jax.random.key(7))
 
     def reference(q, k, v):
         logits = jnp.einsum("bqhd,bkhd->bhqk", q / np.sqrt(q.shape[-1]), k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
-        probs = jnp.where(keep, probs / 0.7, 0.0).astype(v.dtype)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jnp.where(keep, jax.nn.softmax(logits, axis=-1) / 0.7, 0.0).astype(v.dtype)
         return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
     def ours(q, k, v):
@@ -118,3 +122,5 @@ def test_rows_added_to_each_example_take_the_summed_gradient():
     d_x, d_rows = vjp(cotangent)
     np.testing.assert_allclose(d_x, cotangent)
     np.testing.assert_allclose(d_rows, cotangent.sum(axis=0), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"x must be \[batch, \*\(5, 4\)\]"):
+        layers.add_to_each(rows, rows)  # Not a batch: the gradient would sum over the wrong axis.

@@ -56,6 +56,5 @@ def test_branch_spares_copies_of_the_optimizer_state():
         with jax.set_mesh(exp.mesh):
             hlo = step.lower(state, sharding.global_batch(batch, exp.mesh)).compile().as_text()
         copies[branch] = len(re.findall(r"= f32\[[\d,]+\]\{[\d,]*\} copy\(%?state\w*opt_state", hlo))
-    leaves = len(jax.tree.leaves(state["params"]))
-    assert copies[False] >= leaves  # mu and nu of (nearly) every parameter, without the branch;
-    assert copies[True] == 0, copies
+    assert copies[False] > 0  # Copies of mu and nu leaves without the branch (today: of nearly every one) ...
+    assert copies[True] == 0, copies  # ... and none with it.

