@@ -13,10 +13,9 @@ over one epoch, weight decay 0.01 on all but biases and LayerNorms, global-norm 
   torch        transformers.BertForSequenceClassification in eager mode, each batch padded to its own longest
                example (PyTorch's usual per-batch padding), torch.optim.AdamW, get_linear_schedule_with_warmup
 Each contender is built and compiled (every bucket the timed batches use) and warmed up before timing (ours:
-each compiled program 4 times; torch: one step). Then `--rounds`
-rounds each run every contender over the same `--steps` batches (0: the whole epoch), the order rotating each
-round. Printed: seconds per step (median over rounds), the epoch time that implies, and ratios ours / torch
-(< 1: ours faster), with the load average.
+each compiled program 4 times; torch: one step). Then `--rounds` rounds each run every contender over the same
+`--steps` batches (0: the whole epoch), the order rotating each round. Printed: seconds per step (median over
+rounds), the epoch time that implies, and ratios ours / torch (< 1: ours faster), with the load average.
 
 Usage:
   .venv/bin/python bench/finetune_bucketing.py --steps 20 --rounds 2
