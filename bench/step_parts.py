@@ -98,8 +98,7 @@ def skip_forms(dataset: str, steps: int):
             contender = fb.Ours(name, config, batches, 100)
         finally:
             train.make_train_step = make_train_step
-        for _ in range(3):  # Compiled; then glibc's heap settles (lm/host_memory.py).
-            contender.run(len(batches))
+        contender.warm_up()  # Compiled; then glibc's heap settles (lm/host_memory.py).
         forms[name] = functools.partial(contender.run, len(batches))
     return forms, len(batches)
 

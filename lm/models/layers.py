@@ -98,6 +98,11 @@ def dropout_keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float) 
     return uniforms < jnp.uint16(min(round(keep_prob * 65536), 65535))
 
 
+def _dropped(x, keep, keep_prob):
+    """x with the dropout mask `keep` applied (kept values scaled by 1 / keep_prob); x itself if keep is None."""
+    return x if keep is None else lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+
+
 class Dropout(nnx.Dropout):
     """`nnx.Dropout` (same arguments and call) whose mask comes from `dropout_keep_mask`."""
 
@@ -109,8 +114,7 @@ class Dropout(nnx.Dropout):
             return inputs
         if self.rate == 1.0:
             return jnp.zeros_like(inputs)
-        keep = self.keep_mask(inputs.shape, rngs)
-        return lax.select(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs))
+        return _dropped(inputs, self.keep_mask(inputs.shape, rngs), 1.0 - self.rate)
 
     def keep_mask(self, shape: tuple[int, ...], rngs=None) -> jax.Array:
         """The boolean mask the call applies to an input of `shape` (True: kept), from one key of `rngs`."""
@@ -180,10 +184,6 @@ def attention_with_dropout(q, k, v, mask, dropout: Dropout, rngs):
     mask = None if mask is None else jnp.asarray(mask, bool)
     out = _softmax_attention(*per_head, mask, keep, 1.0 - dropout.rate)
     return jnp.transpose(out, (0, 2, 1, 3))
-
-
-def _dropped(x, keep, keep_prob):
-    return x if keep is None else jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
