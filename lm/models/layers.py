@@ -12,8 +12,25 @@ from jax import lax
 DEFAULT_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
 
+class Linear(nnx.Linear):
+    """`nnx.Linear` (same parameters and arguments) that multiplies a 2-D [tokens, features] array.
+
+    Inputs with more leading axes ([batch, length, features]) are flattened to one axis of rows before the product
+    and reshaped back after it, so the weight gradient is one plain product over the rows. Given the 3-D product,
+    JAX's gradient contracts two axes at once and XLA:CPU copied both operands into transposed layouts first:
+    a BERT feed-forward block's forward and backward pass took ~1.6x as long (bench/README.md, `step_parts.py`).
+    The result is the same.
+    """
+
+    def __call__(self, inputs, out_sharding=None):
+        if inputs.ndim <= 2 or out_sharding is not None:
+            return super().__call__(inputs, out_sharding)
+        rows = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return rows.reshape(*inputs.shape[:-1], rows.shape[-1])
+
+
 def dense(in_features, out_features, names, dtype, rngs, *, use_bias=True, kernel_init=DEFAULT_INIT):
-    return nnx.Linear(
+    return Linear(
         in_features,
         out_features,
         use_bias=use_bias,

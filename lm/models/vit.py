@@ -81,7 +81,7 @@ class ViTConfig:
 
 def _dense(
     in_features: int, out_features: int, names: tuple, config: ViTConfig, rngs: nnx.Rngs
-) -> nnx.Linear:
+) -> layers.Linear:
     return layers.dense(
         in_features, out_features, names, jnp.dtype(config.dtype), rngs, kernel_init=DENSE_INIT
     )
