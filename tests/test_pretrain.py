@@ -1,6 +1,7 @@
 """Masked-LM pretraining: the tied head, Hugging Face MLM weights, learning, fine-tuning from a pretrained workdir."""
 
 import csv
+import re
 
 import jax
 import numpy as np
@@ -38,6 +39,23 @@ def test_mlm_head_decodes_with_the_word_embeddings():
     transformed = head.norm(jax.nn.gelu(head.transform(hidden), approximate=False))
     expected = transformed @ model.encoder.embeddings.word.embedding[...].T + head.bias[...]
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the copies are XLA:CPU's")
+def test_mlm_head_gradient_needs_no_transposed_copies_on_cpu():
+    """The decoder multiplies [rows, hidden]: from the 3-D product XLA:CPU copied the logits' gradient (rows x
+    vocabulary, the largest array of a masked-LM step) into transposed layouts, twice."""
+    model = models.create_model(_tiny_mlm_config().model, rngs=nnx.Rngs(0))
+    head, word = model.mlm_head, model.encoder.embeddings.word
+    hidden = jax.random.normal(jax.random.key(1), (3, 20, word.embedding.shape[1]))
+
+    def loss(head, word, hidden):
+        return jax.numpy.sum(jax.nn.log_softmax(head(hidden, word))[..., 0])
+
+    hlo = nnx.jit(nnx.grad(loss, argnums=(0, 1, 2))).lower(head, word, hidden).compile().as_text()
+    shapes = re.findall(r"%(?:copy|transpose)[\w.]* = f32\[([\d,]+)\]", hlo)
+    logit_sized = [shape for shape in shapes if np.prod([int(n) for n in shape.split(",")]) == 3 * 20 * 50]
+    assert not logit_sized, logit_sized
 
 
 @pytest.mark.parametrize("with_head", [True, False])

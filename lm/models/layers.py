@@ -13,18 +13,19 @@ DEFAULT_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
 
 class Linear(nnx.Linear):
-    """`nnx.Linear` (same parameters and arguments) that multiplies a 2-D [tokens, features] array.
+    """`nnx.Linear` (same parameters and arguments) that multiplies a 2-D [rows, features] array.
 
     Inputs with more leading axes ([batch, length, features]) are flattened to one axis of rows before the product
-    and reshaped back after it, so the weight gradient is one plain product over the rows. Given the 3-D product,
-    JAX's gradient contracts two axes at once and XLA:CPU copied both operands into transposed layouts first:
-    a BERT feed-forward block's forward and backward pass took ~1.6x as long (bench/README.md, `step_parts.py`).
-    The result is the same.
+    and reshaped back after it, so the kernel's gradient is one plain product over the rows (the same values up
+    to float rounding). From the 3-D product JAX's gradient contracts two axes at once, and XLA:CPU copied whole
+    activations into transposed layouts first (bench/README.md, `step_parts.py`: a MiniLM train step took ~10%
+    longer). With `out_sharding` the product keeps the input's shape, as `nnx.Linear` does.
     """
 
     def __call__(self, inputs, out_sharding=None):
-        if inputs.ndim <= 2 or out_sharding is not None:
+        if jnp.ndim(inputs) <= 2 or out_sharding is not None:
             return super().__call__(inputs, out_sharding)
+        inputs = jnp.asarray(inputs)
         rows = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
         return rows.reshape(*inputs.shape[:-1], rows.shape[-1])
 
