@@ -44,7 +44,7 @@ def test_mlm_head_decodes_with_the_word_embeddings():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the copies are XLA:CPU's")
 def test_mlm_head_gradient_needs_no_transposed_copies_on_cpu():
     """The decoder multiplies [rows, hidden]: from the 3-D product XLA:CPU copied the logits' gradient (rows x
-    vocabulary, the largest array of a masked-LM step) into transposed layouts, twice."""
+    vocabulary, the largest array of a masked-LM step) into transposed layouts."""
     model = models.create_model(_tiny_mlm_config().model, rngs=nnx.Rngs(0))
     head, word = model.mlm_head, model.encoder.embeddings.word
     hidden = jax.random.normal(jax.random.key(1), (3, 20, word.embedding.shape[1]))
