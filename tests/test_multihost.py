@@ -108,10 +108,20 @@ def data(tmp_path_factory, small_vocab):
     return root, str(text_data.write_csv(root / "reviews.csv", text_data.sentiment_rows(400))), str(small_vocab)
 
 
+def largest_differences(state, other) -> dict[str, float]:
+    """Per leaf, the largest absolute difference relative to the leaf's largest magnitude."""
+    mine = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+    theirs = jax.tree.leaves(jax.device_get(other))
+    return {jax.tree_util.keystr(path): float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+                                              / max(float(np.max(np.abs(a))), 1e-30))
+            for (path, a), b in zip(mine, theirs, strict=True) if np.size(a)}
+
+
 @pytest.mark.slow
-def test_two_processes_equal_one_bitwise_and_restore_elsewhere(data):
-    """2 processes x 4 devices end in the same state, bit for bit, as 1 process x 8 devices on the same mesh;
-    the checkpoint the two processes wrote restores in one process onto a 2-device mesh."""
+def test_two_processes_equal_one_and_restore_elsewhere(data):
+    """2 processes x 4 devices end in the same state as 1 process x 8 devices on the same mesh, to float rounding
+    (XLA:CPU's matrix products split their sums by the process's device count); the checkpoint the two processes
+    wrote restores bit for bit in one process onto a 2-device mesh."""
     root, csv_path, vocab = data
     overrides = {"model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0}
     # The single process joins a one-process "cluster": its collectives are then gloo's, as between processes.
@@ -125,7 +135,13 @@ def test_two_processes_equal_one_bitwise_and_restore_elsewhere(data):
 
     single_state = restored(root / "single", 8, vocab, csv_path, jax.devices(), data=8)
     two_state = restored(root / "two", 8, vocab, csv_path, jax.devices(), data=8)
-    assert len(digest(two_state)) > 10 and digest(two_state) == digest(single_state)
+    assert int(two_state["step"]) == int(single_state["step"]) == 8
+    differences = largest_differences(two_state, single_state)
+    # Attention key biases have no gradient but rounding noise (softmax ignores a constant added to every key's
+    # score), which Adam scales up to full-size steps: those leaves differ between any two summation orders.
+    compared = {path: value for path, value in differences.items() if "['key']['bias']" not in path}
+    largest = sorted(compared.items(), key=lambda item: -item[1])[:5]
+    assert len(compared) > 100 and largest[0][1] < 1e-4, largest
     assert (root / "two" / "metrics_test.json").exists()
     assert len(list((root / "two").glob("events.out.tfevents.*"))) == 1, "only process 0 writes the metrics"
     assert "Process 1 of 2" in (root / "process1.log").read_text()
@@ -134,7 +150,7 @@ def test_two_processes_equal_one_bitwise_and_restore_elsewhere(data):
     state = restored(root / "two", 8, vocab, csv_path, jax.devices()[:2], data=1, fsdp=2)
     kernel = state["params"]["encoder"]["layers"][0]["intermediate"]["kernel"]
     assert len(kernel.sharding.device_set) == 2 and kernel.sharding.spec[0] == "fsdp"
-    assert digest(state) == digest(single_state)
+    assert digest(state) == digest(two_state)
 
 
 @pytest.mark.parametrize(
