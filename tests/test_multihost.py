@@ -200,7 +200,7 @@ def test_dead_or_stalled_peer_stops_every_process_within_the_timeout(data, victi
 
 
 def test_global_batches_do_not_depend_on_the_process_count(tmp_path, minilm_vocab, image_folder):  # noqa: F811
-    """Host batches concatenated in host order are the single-process batch: the basis of bitwise parity."""
+    """Host batches concatenated in host order are the single-process batch: the basis of the 2-vs-1-process parity."""
     rows = make_rows(37)
     text_config = make_config(minilm_vocab, train_files=write(tmp_path / "t.csv", rows), label_names=NAMES)
     text_config.global_batch_size = 8
