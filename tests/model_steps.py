@@ -5,6 +5,8 @@ optimizer, state layout), so `lm.train.jit_train_step` compiles the step exactly
 `experiment.initial_state(exp)` gives its fresh state and `train_losses` runs it over random batches.
 """
 
+import re
+
 import jax
 import ml_collections
 import numpy as np
@@ -92,3 +94,9 @@ def train_losses(exp: experiment.Experiment, batches: list[dict]) -> tuple[np.nd
             state, metrics = step(state, sharding.global_batch(batch, exp.mesh))
             losses.append(float(metrics["loss"]))
     return np.array(losses), state, step
+
+
+def copies_of_size(hlo: str, sizes: tuple[int, ...]) -> list[str]:
+    """Shapes of the float32 copies and transposes in compiled HLO text whose element count is one of `sizes`."""
+    shapes = re.findall(r"%(?:copy|transpose)[\w.]* = f32\[([\d,]+)\]", hlo)
+    return [shape for shape in shapes if np.prod([int(n) for n in shape.split(",")]) in sizes]

@@ -1,7 +1,5 @@
 """The shared layers: the dropout mask that the transformer models train with, and their Linear layer."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +9,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lm.models import layers
+from tests import model_steps
 
 
 @pytest.mark.parametrize("keep_prob", [0.9, 0.5])
@@ -102,9 +101,7 @@ def test_linear_matches_nnx_linear():
 def test_linear_gradient_needs_no_transposed_copies_on_cpu():
     def activation_copies(linear_class):  # Copies or transposes of a whole activation (4 x 32 rows of 16 or 64).
         step, args = _feed_forward_gradient(linear_class)
-        hlo = step.lower(*args).compile().as_text()
-        shapes = re.findall(r"%(?:copy|transpose)[\w.]* = f32\[([\d,]+)\]", hlo)
-        return [shape for shape in shapes if np.prod([int(n) for n in shape.split(",")]) in (4 * 32 * 16, 4 * 32 * 64)]
+        return model_steps.copies_of_size(step.lower(*args).compile().as_text(), (4 * 32 * 16, 4 * 32 * 64))
 
     assert activation_copies(nnx.Linear)  # JAX's gradient of the 3-D product: XLA:CPU transposes ...
     assert not activation_copies(layers.Linear), activation_copies(layers.Linear)  # ... none for the 2-D one.

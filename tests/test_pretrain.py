@@ -1,7 +1,6 @@
 """Masked-LM pretraining: the tied head, Hugging Face MLM weights, learning, fine-tuning from a pretrained workdir."""
 
 import csv
-import re
 
 import jax
 import numpy as np
@@ -12,7 +11,7 @@ import lm
 from configs import bert_pretrain, bert_sentiment
 from lm import checkpointing, config_checks, evaluate, experiment, models
 from lm import state as state_lib
-from tests import text_data
+from tests import model_steps, text_data
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 GROUP_A = [f"ga{i}" for i in range(12)]
@@ -53,8 +52,7 @@ def test_mlm_head_gradient_needs_no_transposed_copies_on_cpu():
         return jax.numpy.sum(jax.nn.log_softmax(head(hidden, word))[..., 0])
 
     hlo = nnx.jit(nnx.grad(loss, argnums=(0, 1, 2))).lower(head, word, hidden).compile().as_text()
-    shapes = re.findall(r"%(?:copy|transpose)[\w.]* = f32\[([\d,]+)\]", hlo)
-    logit_sized = [shape for shape in shapes if np.prod([int(n) for n in shape.split(",")]) == 3 * 20 * 50]
+    logit_sized = model_steps.copies_of_size(hlo, (3 * 20 * 50,))
     assert not logit_sized, logit_sized
 
 

@@ -159,11 +159,11 @@ class BertMaskedLMHead(nnx.Module):
     def __call__(self, x, word_embeddings: nnx.Embed):
         x = self.norm(jax.nn.gelu(self.transform(x), approximate=False))
         # The tied decoder: compute-dtype inputs, float32 logits (accumulated in float32, as `attend` would not).
-        # Over [rows, hidden], as in layers.Linear: from the 3-D product XLA:CPU copied the logits' gradient into
-        # transposed layouts (tests/test_pretrain.py); the head's gradient took ~1.3x as long (bench/README.md).
+        # Over rows, as layers.Linear: from the 3-D product XLA:CPU copied the logits' gradient into transposed
+        # layouts (tests/test_pretrain.py); the head's gradient took ~1.3x as long (bench/README.md).
         decoder = word_embeddings.embedding[...].astype(x.dtype)
-        rows = jnp.dot(x.reshape(-1, x.shape[-1]), decoder.T, preferred_element_type=jnp.float32)
-        return rows.reshape(*x.shape[:-1], rows.shape[-1]) + self.bias[...]
+        logits = layers.over_rows(lambda rows: jnp.dot(rows, decoder.T, preferred_element_type=jnp.float32), x)
+        return logits + self.bias[...]
 
 
 class BertForMaskedLM(nnx.Module):

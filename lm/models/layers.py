@@ -25,9 +25,15 @@ class Linear(nnx.Linear):
     def __call__(self, inputs, out_sharding=None):
         if jnp.ndim(inputs) <= 2 or out_sharding is not None:
             return super().__call__(inputs, out_sharding)
-        inputs = jnp.asarray(inputs)
-        rows = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
-        return rows.reshape(*inputs.shape[:-1], rows.shape[-1])
+        return over_rows(super().__call__, inputs)
+
+
+def over_rows(product, x):
+    """`product` (of a 2-D [rows, features] array, e.g. a matrix product) applied to x's leading axes flattened to
+    rows, its result given x's leading axes back. `Linear` says why the products of our models take this form."""
+    x = jnp.asarray(x)
+    rows = product(x.reshape(-1, x.shape[-1]))
+    return rows.reshape(*x.shape[:-1], rows.shape[-1])
 
 
 def dense(in_features, out_features, names, dtype, rngs, *, use_bias=True, kernel_init=DEFAULT_INIT):
