@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -191,12 +192,23 @@ def test_dead_or_stalled_peer_stops_every_process_within_the_timeout(data, victi
         for process in hosts:
             if process.poll() is None:
                 process.kill()
-    assert returncode != 0, logs[1 - victim].read_text()[-3000:]
+    survivor_log = before_crash_dump(logs[1 - victim].read_text())
+    assert returncode != 0, survivor_log[-3000:]
     assert elapsed < timeout_s + slack
-    survivor_log = logs[1 - victim].read_text()
-    assert "distributed service detected fatal errors" in survivor_log or "heartbeat" in survivor_log, (
-        survivor_log[-3000:]
-    )
+    assert re.search(PEER_FAILURE, survivor_log), survivor_log[-3000:]
+
+
+# How a process learns that its peer is gone: the coordination service's missed heartbeats (a stalled or dead
+# peer, after timeout_s), or, when the dead peer's sockets close while a collective waits on them, Gloo's
+# connection error (before the heartbeat timeout: which comes first depends on the moment of the kill).
+PEER_FAILURE = re.compile(
+    r"heartbeat|distributed service detected fatal errors|Connection closed by peer|Connection reset by peer"
+    r"|peer closed connection|Gloo [\w -]+ failed|gloo::\w*Exception")
+
+
+def before_crash_dump(log: str) -> str:
+    """The log up to Python's crash dump (faulthandler's list of extension modules, which says nothing)."""
+    return log.split("\nExtension modules:", 1)[0]
 
 
 def test_global_batches_do_not_depend_on_the_process_count(tmp_path, minilm_vocab, image_folder):  # noqa: F811
