@@ -20,11 +20,9 @@
   skip       our whole MiniLM train step (bench/finetune_bucketing.py's `ours_fixed` on `--dataset`): a non-finite
              step skipped by a `lax.cond` branch (the CPU default) against an elementwise choice between new and
              old values (`make_train_step(..., skip_with_branch=False)`, the accelerator default)
-  unpad      PROSPECTIVE (not in lm/): forward and backward pass of our MiniLM encoder (`lm.models.bert.BertEncoder`,
-             dropout 0.1) on the first `--steps` bucketed batches of `--dataset`, with the per-token layers run on
-             the real tokens only (`packed_encoder`: the rows gathered to a static count, batch x the smallest
-             bucket that holds the batch's mean real length, and scattered back around each attention) against
-             the encoder as it is (every padded position)
+  unpad      our whole MiniLM train step (`ours_bucket` on `--dataset`) with config.model.unpad_fraction at its
+             default (the per-token layers on the real tokens when they fit: lm/models/packing.py) against 1.0 (every
+             padded position)
 
 Each part alternates its two forms for `--rounds` rounds (the order rotating), and prints the median
 milliseconds of each and the median of the per-round ratios, ours / before (< 1: ours faster).
@@ -51,11 +49,9 @@ host_memory.keep_freed_memory()  # Before JAX or TensorFlow start threads: see l
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench import common  # noqa: E402
-from input_pipeline import bucketing  # noqa: E402
 from lm.models import bert, layers  # noqa: E402
 
 PARTS = ("attention", "positions", "dense", "mlm", "linear", "skip", "unpad")
@@ -162,117 +158,18 @@ def sst2_or_reviews_batches(dataset: str, steps: int, bucketed: bool):
     return batches, config
 
 
-def _gather_rows(x, index):
-    return jnp.take(x, index, axis=0, mode="clip")
-
-
-@jax.custom_vjp
-def pack_rows(rows, packed_index, slot_of_row):
-    """rows [positions, ...] -> [tokens, ...]: the rows at `packed_index` (distinct). Its gradient is a gather too
-    (by `slot_of_row`: each position's slot, or `tokens` for a row left out), not the scatter-add JAX would use."""
-    return _gather_rows(rows, packed_index)
-
-
-def _pack_forward(rows, packed_index, slot_of_row):
-    return _gather_rows(rows, packed_index), (packed_index, slot_of_row)
-
-
-def _pack_backward(indices, cotangent):
-    return unpack_rows(cotangent, *indices), None, None
-
-
-pack_rows.defvjp(_pack_forward, _pack_backward)
-
-
-@jax.custom_vjp
-def unpack_rows(packed, packed_index, slot_of_row):
-    """[tokens, ...] -> [positions, ...]: each packed row back at its position, zeros at the positions left out."""
-    return _gather_rows(jnp.concatenate([packed, jnp.zeros_like(packed[:1])]), slot_of_row)
-
-
-def _unpack_forward(packed, packed_index, slot_of_row):
-    return unpack_rows(packed, packed_index, slot_of_row), (packed_index, slot_of_row)
-
-
-def _unpack_backward(indices, cotangent):
-    return _gather_rows(cotangent, indices[0]), None, None
-
-
-unpack_rows.defvjp(_unpack_forward, _unpack_backward)
-
-
-def packing_indices(attention_mask: np.ndarray, buckets: tuple[int, ...]):
-    """(packed_index [tokens], slot_of_row [batch * length]): the real tokens in order, then padding positions up to
-    tokens = batch x the smallest bucket that holds the batch's mean real length."""
-    flat = attention_mask.reshape(-1).astype(bool)
-    per_example = -(-int(flat.sum()) // attention_mask.shape[0])
-    tokens = attention_mask.shape[0] * int(bucketing.smallest_bucket(np.asarray([per_example]), buckets)[0])
-    real, padding = np.flatnonzero(flat), np.flatnonzero(~flat)
-    packed_index = np.concatenate([real, padding[:tokens - len(real)]]).astype(np.int32)
-    slot_of_row = np.full(flat.size, tokens, np.int32)
-    slot_of_row[packed_index] = np.arange(tokens, dtype=np.int32)
-    return jnp.asarray(packed_index), jnp.asarray(slot_of_row)
-
-
-def packed_encoder(encoder: bert.BertEncoder, input_ids, attention_mask, indices, *, deterministic, rngs):
-    """`BertEncoder.__call__` with every per-token layer on the packed rows [tokens, hidden]; the attention sees
-    [batch, length] (queries, keys and values scattered back, padding positions zero and masked)."""
-    batch, length = input_ids.shape
-    config = encoder.config
-    x = encoder.embeddings(input_ids, jnp.zeros_like(input_ids), deterministic=deterministic, rngs=rngs)
-    h = pack_rows(x.reshape(batch * length, -1), *indices)
-    for layer in encoder.layers:
-        attention = layer.attention
-        q, k, v = (unpack_rows(project(h), *indices).reshape(batch, length, config.num_heads, config.head_dim)
-                   for project in (attention.query, attention.key, attention.value))
-        context = layers.attention(q, k, v, attention_mask, dropout=attention.attention_dropout,
-                                   deterministic=deterministic, rngs=rngs)
-        a = attention.output(pack_rows(context.reshape(batch * length, -1), *indices))
-        h = layer.attention_norm(h + layer.dropout(a, deterministic=deterministic, rngs=rngs))
-        y = layer.output(jax.nn.gelu(layer.intermediate(h), approximate=False))
-        h = layer.output_norm(h + layer.dropout(y, deterministic=deterministic, rngs=rngs))
-    x = unpack_rows(h, *indices).reshape(batch, length, -1)
-    return x, jnp.tanh(encoder.pooler(x[:, 0]))
-
-
 def unpad_forms(dataset: str, steps: int):
+    """`ours_bucket`'s whole step with config.model.unpad_fraction at bert_sentiment's default against 1.0 (off)."""
+    from bench import finetune_bucketing as fb
+
     batches, config = sst2_or_reviews_batches(dataset, steps, bucketed=True)
-    buckets = bucketing.bucket_lengths(config)
-    model = bert.BertConfig(hidden_size=384, num_heads=12, intermediate_size=1536, num_layers=6)
-    encoder = bert.BertEncoder(model, rngs=nnx.Rngs(0))
-    inputs = [(jnp.asarray(b["input_ids"]), jnp.asarray(b["attention_mask"]),
-               packing_indices(b["attention_mask"], buckets)) for b in batches]
-
-    def loss(encoder, input_ids, attention_mask, indices, key, deterministic):
-        rngs = nnx.Rngs(dropout=key)
-        if indices is None:
-            hidden, pooled = encoder(input_ids, attention_mask, deterministic=deterministic, rngs=rngs)
-        else:
-            hidden, pooled = packed_encoder(encoder, input_ids, attention_mask, indices,
-                                            deterministic=deterministic, rngs=rngs)
-        real = attention_mask[..., None].astype(hidden.dtype)
-        return jnp.sum(pooled ** 2) + jnp.sum((hidden * real) ** 2) / real.sum()
-
-    gradient = nnx.jit(nnx.grad(loss), static_argnames="deterministic")
-    # The same function of the real tokens: without dropout, the gradients agree to float rounding (the attention
-    # key biases left out: their gradient is rounding noise, as softmax ignores a constant added to every score).
-    ids, mask, indices = inputs[0]
-    padded, packed = (jax.tree_util.tree_leaves_with_path(
-        nnx.state(gradient(encoder, ids, mask, i, jax.random.key(0), deterministic=True))) for i in (None, indices))
-    worst = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-30))
-                for (path, a), (_, b) in zip(padded, packed) if "['key']['bias']" not in jax.tree_util.keystr(path))
-    tokens = [len(i[0]) for _, _, i in inputs]
-    positions = [m.size for _, m, _ in inputs]
-    print(f"unpad: {np.mean(positions) / len(batches[0]['input_ids']):.1f} padded positions per example against "
-          f"{np.mean(tokens) / len(batches[0]['input_ids']):.1f} packed rows; largest gradient difference without "
-          f"dropout {worst:.1e} of the leaf's largest magnitude", flush=True)
-
-    def run(packed: bool):
-        for index, (ids, mask, indices) in enumerate(inputs):
-            jax.block_until_ready(gradient(encoder, ids, mask, indices if packed else None, jax.random.key(index),
-                                           deterministic=False))
-
-    return {"ours": functools.partial(run, True), "before": functools.partial(run, False)}
+    forms = {}
+    for name, fraction in (("ours", config.model.unpad_fraction), ("before", 1.0)):
+        contender = fb.Ours(name, fb.make_config(config.init_from, config.data.train_files, config.data.max_length,
+                                                 True, 100, {"model.unpad_fraction": fraction}), batches, 100)
+        contender.warm_up()
+        forms[name] = functools.partial(contender.run, len(batches))
+    return forms, len(batches)
 
 
 def whole_step_builds(part: str) -> dict:
@@ -309,7 +206,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset", default="sst2", choices=("sst2", "reviews"),
                         help="for the whole-step parts and unpad")
     parser.add_argument("--steps", type=int, default=8,
-                        help="train steps (unpad: batches) per round, for the whole-step parts and unpad")
+                        help="train steps per round, for the whole-step parts and unpad")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     if unknown := set(parts) - set(PARTS):
@@ -322,8 +219,9 @@ def main(argv=None) -> None:
             times = measure(forms, args.rounds, per_call=steps)
             part = f"{part} ({args.dataset}, ms per train step)"
         elif part == "unpad":
-            times = measure(unpad_forms(args.dataset, args.steps), args.rounds, per_call=args.steps)
-            part = f"{part} ({args.dataset}, ms per batch)"
+            forms, steps = unpad_forms(args.dataset, args.steps)
+            times = measure(forms, args.rounds, per_call=steps)
+            part = f"{part} ({args.dataset}, ms per train step)"
         else:
             forms = {"attention": attention_forms, "positions": positions_forms, "dense": dense_forms,
                      "mlm": mlm_forms}[part]()

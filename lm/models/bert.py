@@ -18,6 +18,7 @@ import ml_collections
 from flax import nnx
 
 from lm.models import layers
+from lm.models import packing as packing_lib
 from lm.models.registry import ModelFamily, register_model
 
 
@@ -35,9 +36,16 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     dtype: str = "float32"
     remat: str = "none"  # none | full | dots_saveable: rematerialise each transformer layer (lm.models.layers).
+    # Training: the per-token layers on the real tokens only, when each batch shard's fit in this fraction of its
+    # padded positions (lm.models.packing); 1.0: every position, always.
+    unpad_fraction: float = 1.0
 
     def __post_init__(self):
         layers.check_remat(self.remat)
+        if not 0.0 < self.unpad_fraction <= 1.0:
+            raise ValueError(f"config.model.unpad_fraction={self.unpad_fraction} must be in (0, 1]: the fraction of "
+                             "a batch's padded positions its real tokens are packed into in training; 1.0 turns "
+                             "unpadding off.")
 
     @property
     def head_dim(self) -> int:
@@ -72,15 +80,21 @@ class BertSelfAttention(nnx.Module):
         self.output = layers.dense(h, h, ("heads", "embed"), dtype, rngs)
         self.attention_dropout = layers.Dropout(config.attention_dropout_rate)
 
-    def __call__(self, x, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None):
-        batch, length, _ = x.shape
+    def __call__(self, x, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None,
+                 packing: packing_lib.Packing | None = None):
+        """x: [batch, length, hidden], or with `packing` the packed rows [tokens, hidden] (attention_mask's
+        [batch, length] gives the shape the attention runs at); the output has x's shape."""
+        batch, length = attention_mask.shape
         shape = (batch, length, self.config.num_heads, self.config.head_dim)
-        q = self.query(x).reshape(shape)
-        k = self.key(x).reshape(shape)
-        v = self.value(x).reshape(shape)
-        out = layers.attention(q, k, v, attention_mask, dropout=self.attention_dropout, deterministic=deterministic,
-                               rngs=rngs)
-        return self.output(out.reshape(batch, length, -1))
+
+        def project(dense):
+            y = dense(x)
+            return (y if packing is None else packing_lib.unpack(y, packing, batch, length)).reshape(shape)
+
+        out = layers.attention(project(self.query), project(self.key), project(self.value), attention_mask,
+                               dropout=self.attention_dropout, deterministic=deterministic, rngs=rngs)
+        out = out.reshape(batch, length, -1)
+        return self.output(out if packing is None else packing_lib.pack(out, packing))
 
 
 class BertLayer(nnx.Module):
@@ -94,8 +108,9 @@ class BertLayer(nnx.Module):
         self.output_norm = layers.layer_norm(h, config.layer_norm_eps, dtype, rngs)
         self.dropout = layers.Dropout(config.dropout_rate)
 
-    def __call__(self, x, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None):
-        a = self.attention(x, attention_mask, deterministic=deterministic, rngs=rngs)
+    def __call__(self, x, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None,
+                 packing: packing_lib.Packing | None = None):
+        a = self.attention(x, attention_mask, deterministic=deterministic, rngs=rngs, packing=packing)
         x = self.attention_norm(x + self.dropout(a, deterministic=deterministic, rngs=rngs))
         y = self.output(jax.nn.gelu(self.intermediate(x), approximate=False))
         return self.output_norm(x + self.dropout(y, deterministic=deterministic, rngs=rngs))
@@ -118,12 +133,27 @@ class BertEncoder(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x = layers.constrain_batch(self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs))
 
-        def run_layer(layer, x, attention_mask, rngs):
-            return layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
+        def run_layer(layer, x, attention_mask, rngs, packing):
+            return layer(x, attention_mask, deterministic=deterministic, rngs=rngs, packing=packing)
 
         run_layer = layers.remat(run_layer, self.config.remat)
-        for layer in self.layers:
-            x = layers.constrain_batch(run_layer(layer, x, attention_mask, rngs))
+
+        def padded(encoder_layers, x, attention_mask, packing, rngs):
+            for layer in encoder_layers:
+                x = layers.constrain_batch(run_layer(layer, x, attention_mask, rngs, None))
+            return x
+
+        def packed(encoder_layers, x, attention_mask, packing, rngs):
+            rows = packing_lib.pack(x, packing)
+            for layer in encoder_layers:
+                rows = run_layer(layer, rows, attention_mask, rngs, packing)
+            return packing_lib.unpack(rows, packing, *attention_mask.shape)
+
+        if deterministic or self.config.unpad_fraction >= 1.0 or not packing_lib.available():
+            x = padded(self.layers, x, attention_mask, None, rngs)
+        else:  # Training on one device: packed when the batch fits (data), else as it is; both compiled in.
+            packing, fits = packing_lib.token_packing(attention_mask, self.config.unpad_fraction)
+            x = nnx.cond(fits, packed, padded, self.layers, x, attention_mask, packing, rngs)
         pooled = jnp.tanh(self.pooler(x[:, 0]))
         return x, pooled
 
