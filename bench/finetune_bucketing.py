@@ -10,6 +10,8 @@ over one epoch, weight decay 0.01 on all but biases and LayerNorms, global-norm 
   ours_bucket  `lm.train.jit_train_step` (one device), batches from the pipeline with config.data.bucket_lengths
                at its default: each padded to the smallest bucket that holds it; one compiled step per bucket
   ours_fixed   the same with config.data.bucket_lengths=(): every batch padded to max_length
+  ours_padded  ours_bucket with config.model.unpad_fraction=1.0: every layer on every padded position (what
+               ours_bucket was before unpadding, lm/models/packing.py); not in the default --contenders
   torch        transformers.BertForSequenceClassification in eager mode, each batch padded to its own longest
                example (PyTorch's usual per-batch padding), torch.optim.AdamW, get_linear_schedule_with_warmup
 Each contender is built and compiled (every bucket the timed batches use) and warmed up before timing (ours:
@@ -233,6 +235,11 @@ def run_dataset(name: str, rows, args, model_dir: str, workdir: pathlib.Path) ->
         if which == "ours_bucket":
             batches, _ = host_batches(bucketed, args.steps)
             contenders[which] = Ours(which, bucketed, batches, epoch_steps)
+        elif which == "ours_padded":
+            padded = make_config(model_dir, csv_path, MAX_LENGTH[name], True, epoch_steps,
+                                 {**lengths, "model.unpad_fraction": 1.0})
+            batches, _ = host_batches(padded, args.steps)
+            contenders[which] = Ours(which, padded, batches, epoch_steps)
         elif which == "ours_fixed":
             batches, _ = host_batches(fixed, args.steps)
             contenders[which] = Ours(which, fixed, batches, epoch_steps)
@@ -240,7 +247,7 @@ def run_dataset(name: str, rows, args, model_dir: str, workdir: pathlib.Path) ->
             batches, _ = host_batches(fixed, args.steps)
             contenders[which] = Torch(model_dir, batches, epoch_steps)
         else:
-            raise ValueError(f"unknown contender {which!r}: use ours_bucket, ours_fixed, torch")
+            raise ValueError(f"unknown contender {which!r}: use ours_bucket, ours_fixed, ours_padded, torch")
         if which == "torch":  # Warm-up (the state moves on; timing uses the same batches).
             contenders[which].run(1)
         else:
@@ -271,14 +278,17 @@ def _ratio(result: dict, a: str, b: str) -> str:
 def print_table(results: dict, args) -> None:
     print(f"\nSeconds per step (median of {args.rounds} rounds over the same batches) and the epoch time it "
           "implies; ratios ours / torch (< 1: ours faster)")
-    print("| data | steps timed / epoch | ours_bucket s | ours_fixed s | torch s | bucket / torch | fixed / torch "
-          "| bucket / fixed | load after |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    padded = any("ours_padded" in r for r in results.values())
+    print("| data | steps timed / epoch | ours_bucket s | ours_fixed s | " + ("ours_padded s | " if padded else "")
+          + "torch s | bucket / torch | fixed / torch | " + ("padded / torch | " if padded else "")
+          + "bucket / fixed | load after |")
+    print("|---" * (11 if padded else 9) + "|")
     for name, r in results.items():
         print(f"| {name} | {r['steps_timed']} / {r['steps_per_epoch']} | {_seconds(r, 'ours_bucket')} | "
-              f"{_seconds(r, 'ours_fixed')} | {_seconds(r, 'torch')} | {_ratio(r, 'ours_bucket', 'torch')} | "
-              f"{_ratio(r, 'ours_fixed', 'torch')} | {_ratio(r, 'ours_bucket', 'ours_fixed')} | "
-              f"{r['load_after']:.1f} |")
+              f"{_seconds(r, 'ours_fixed')} | " + (f"{_seconds(r, 'ours_padded')} | " if padded else "")
+              + f"{_seconds(r, 'torch')} | {_ratio(r, 'ours_bucket', 'torch')} | {_ratio(r, 'ours_fixed', 'torch')} | "
+              + (f"{_ratio(r, 'ours_padded', 'torch')} | " if padded else "")
+              + f"{_ratio(r, 'ours_bucket', 'ours_fixed')} | {r['load_after']:.1f} |")
     print("\nrerun: " + shlex.join([".venv/bin/python", "bench/finetune_bucketing.py", *sys.argv[1:]]))
 
 
