@@ -8,7 +8,8 @@ Contenders, all from the same weights with the same recipe (AdamW lr 5e-5, 6% li
 over one epoch, weight decay 0.01 on all but biases and LayerNorms, global-norm clipping 1.0, batch 32, dropout
 0.1 as the checkpoint says) on the same batches of epoch 0 in the same order:
   ours_bucket  `lm.train.jit_train_step` (one device), batches from the pipeline with config.data.bucket_lengths
-               at its default: each padded to the smallest bucket that holds it; one compiled step per bucket
+               at its default: each padded to the smallest bucket that holds it; one compiled step per bucket;
+               config.model.unpad_fraction at bert_sentiment's default (0.625: lm/models/packing.py)
   ours_fixed   the same with config.data.bucket_lengths=(): every batch padded to max_length
   ours_padded  ours_bucket with config.model.unpad_fraction=1.0: every layer on every padded position (what
                ours_bucket was before unpadding, lm/models/packing.py); not in the default --contenders
