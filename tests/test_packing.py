@@ -122,3 +122,15 @@ def test_evaluation_and_multi_device_steps_stay_padded():
 def test_a_fraction_outside_zero_to_one_is_a_clear_error(fraction):
     with pytest.raises(ValueError, match=r"config.model.unpad_fraction=.* must be in \(0, 1\]"):
         bert.BertConfig(unpad_fraction=fraction)
+
+
+def test_a_checkpoints_model_section_without_the_key_still_builds():
+    """A workdir trained before unpad_fraction existed saved a model section without it: predict and serve build
+    that model from it (lm/serving/trained.py), with unpadding off."""
+    from configs import common
+
+    model = common.bert_model_config("tiny", num_classes=2)
+    del model["unpad_fraction"]
+    assert "unpad_fraction" not in model
+    assert bert.bert_config(model).unpad_fraction == 1.0
+    assert isinstance(bert.build(model, nnx.Rngs(0)), bert.BertClassifier)

@@ -222,8 +222,10 @@ ARCH_KEYS = (
 
 
 def bert_config(model: ml_collections.ConfigDict) -> BertConfig:
-    """`config.model` -> BertConfig."""
-    return BertConfig(**{field.name: model[field.name] for field in dataclasses.fields(BertConfig)})
+    """`config.model` -> BertConfig; a key it lacks takes BertConfig's default (a checkpoint's model section saved
+    before the key existed, e.g. `unpad_fraction`, still builds its model for predict and serve)."""
+    fields = [field.name for field in dataclasses.fields(BertConfig)]
+    return BertConfig(**{name: model[name] for name in fields if name in model})
 
 
 def build(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
