@@ -38,8 +38,8 @@ def bert_model_config(size: str, **extra) -> ml_collections.ConfigDict:
     # LayerNorm statistics and the loss stay float32.
     model.dtype = "float32"
     model.remat = "none"  # none | full | dots_saveable: recompute each layer's activations in the backward pass.
-    # Training: when every batch shard's real tokens fit in this fraction of its padded positions, the per-token
-    # layers run on the real tokens only (lm.models.packing); 1.0: every position, always.
+    # Training on one CPU device: when a batch's real tokens fit in this fraction of its padded positions, the
+    # per-token layers run on them only (lm.models.packing); 1.0: every position, always.
     model.unpad_fraction = 1.0
     model.head = "classifier"  # classifier (sequence classification) | mlm (masked-LM pretraining, task "mlm")
     model.update(extra)

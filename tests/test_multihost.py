@@ -207,8 +207,8 @@ PEER_FAILURE = re.compile(
 
 
 def before_crash_dump(log: str) -> str:
-    """The log up to Python's crash dump (faulthandler's list of extension modules, which says nothing)."""
-    return log.split("\nExtension modules:", 1)[0]
+    """The log up to Python's crash dump (faulthandler's thread stacks and list of extension modules)."""
+    return log.split("\nFatal Python error:", 1)[0].split("\nExtension modules:", 1)[0]
 
 
 def test_global_batches_do_not_depend_on_the_process_count(tmp_path, minilm_vocab, image_folder):  # noqa: F811

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lm import sharding
+from lm import config_checks, sharding
 from lm.models import bert, packing
 from tests import model_steps
 
@@ -119,9 +119,40 @@ def test_evaluation_and_multi_device_steps_stay_padded():
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.5])
-def test_a_fraction_outside_zero_to_one_is_a_clear_error(fraction):
+def test_a_fraction_outside_zero_to_one_is_a_clear_error_at_start_up(fraction):
+    config = model_steps.bert_config(unpad_fraction=fraction)
+    with pytest.raises(ValueError, match=r"config.model.unpad_fraction=.* must be in \(0, 1\]"):
+        config_checks.resolved_copy(config)  # Before any data is read or step compiled.
     with pytest.raises(ValueError, match=r"config.model.unpad_fraction=.* must be in \(0, 1\]"):
         bert.BertConfig(unpad_fraction=fraction)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_unpadded_training_with_dropout_trains(remat):
+    """Dropout draws its keys inside the conditional's branches (and under remat): the step compiles, runs packed,
+    and its losses stay near the padded step's (other dropout bits, so not equal)."""
+    batches = [short_batch(seed) for seed in range(4)]
+    assert all_fit(batches, 0.5)
+    losses = {}
+    for fraction in (1.0, 0.5):
+        config = model_steps.bert_config(dropout_rate=0.1, attention_dropout_rate=0.1, remat=remat,
+                                         unpad_fraction=fraction)
+        config.mesh.update(data=1)
+        losses[fraction] = model_steps.train_losses(model_steps.experiment_for(config, jax.devices()[:1]), batches)[0]
+    assert np.all(np.isfinite(losses[0.5])) and not np.array_equal(losses[0.5], losses[1.0])
+    np.testing.assert_allclose(losses[0.5], losses[1.0], rtol=0.05)
+
+
+def test_nothing_to_leave_out_builds_no_conditional():
+    """A fraction whose count is every position (0.99 of 16 positions: 16) leaves the step as it was."""
+    config = bert.BertConfig(vocab_size=100, hidden_size=32, num_heads=4, intermediate_size=64, num_layers=1,
+                             max_position_embeddings=16, unpad_fraction=0.99)
+    encoder = bert.BertEncoder(config, rngs=nnx.Rngs(0))
+    graph, state = nnx.split(encoder)
+    ids = jnp.ones((1, 16), jnp.int32)
+    jaxpr = str(jax.make_jaxpr(lambda state: nnx.merge(graph, state)(ids, ids, deterministic=False,
+                                                                        rngs=nnx.Rngs(dropout=0)))(state))
+    assert " cond[" not in jaxpr
 
 
 def test_a_checkpoints_model_section_without_the_key_still_builds():

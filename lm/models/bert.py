@@ -36,16 +36,13 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     dtype: str = "float32"
     remat: str = "none"  # none | full | dots_saveable: rematerialise each transformer layer (lm.models.layers).
-    # Training: the per-token layers on the real tokens only, when each batch shard's fit in this fraction of its
-    # padded positions (lm.models.packing); 1.0: every position, always.
+    # Training on one CPU device: the per-token layers on the real tokens only, when the batch's (each micro-batch's)
+    # fit in this fraction of its padded positions (lm.models.packing); 1.0: every position, always.
     unpad_fraction: float = 1.0
 
     def __post_init__(self):
         layers.check_remat(self.remat)
-        if not 0.0 < self.unpad_fraction <= 1.0:
-            raise ValueError(f"config.model.unpad_fraction={self.unpad_fraction} must be in (0, 1]: the fraction of "
-                             "a batch's padded positions its real tokens are packed into in training; 1.0 turns "
-                             "unpadding off.")
+        check_unpad_fraction(self.unpad_fraction)
 
     @property
     def head_dim(self) -> int:
@@ -149,9 +146,9 @@ class BertEncoder(nnx.Module):
                 rows = run_layer(layer, rows, attention_mask, rngs, packing)
             return packing_lib.unpack(rows, packing, *attention_mask.shape)
 
-        if deterministic or self.config.unpad_fraction >= 1.0 or not packing_lib.available():
+        if deterministic or not packing_lib.saves(attention_mask.size, self.config.unpad_fraction):
             x = padded(self.layers, x, attention_mask, None, rngs)
-        else:  # Training on one device: packed when the batch fits (data), else as it is; both compiled in.
+        else:  # Training on one CPU device: packed when the batch fits (data), else as it is; both compiled in.
             packing, fits = packing_lib.token_packing(attention_mask, self.config.unpad_fraction)
             x = nnx.cond(fits, packed, padded, self.layers, x, attention_mask, packing, rngs)
         pooled = jnp.tanh(self.pooler(x[:, 0]))
@@ -249,6 +246,13 @@ def _check(config: ml_collections.ConfigDict) -> None:
             f"config.model.hidden_size={config.model.hidden_size} is not divisible by "
             f"config.model.num_heads={config.model.num_heads}."
         )
+    check_unpad_fraction(config.model.get("unpad_fraction", 1.0))
+
+
+def check_unpad_fraction(fraction: float) -> None:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"config.model.unpad_fraction={fraction} must be in (0, 1]: the fraction of a batch's "
+                         "padded positions its real tokens are packed into in training; 1.0 turns unpadding off.")
 
 
 register_model(ModelFamily(

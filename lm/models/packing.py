@@ -10,9 +10,10 @@ whether a batch fits is data, so the caller branches with `lax.cond` on `fits` a
 Both directions are gathers, and so are their gradients (a gather's own transpose would be a scatter-add, which
 XLA:CPU runs as a loop).
 
-One device only (`available`): on a mesh, XLA's partitioning of the conditional gave wrong losses on a data x fsdp
-x tensor = 2 x 2 x 2 mesh (each branch alone was right, and so were other meshes), so a batch split over devices
-runs padded.
+One CPU device only (`available`). On a data x fsdp x tensor = 2 x 2 x 2 mesh of 8 CPU devices the conditional
+gave wrong losses (each branch alone, run without the conditional, was right, and so were the meshes 2 x 1 x 2,
+1 x 2 x 2, 2 x 2 x 1 and 4 x 1 x 2; the cause was not found), so a batch split over devices runs padded. On GPU
+and TPU it is not measured, and a branch can cost a host round trip there: the step stays padded.
 """
 
 import math
@@ -31,9 +32,16 @@ class Packing(NamedTuple):
 
 
 def available() -> bool:
-    """Whether the step runs on one device: outside a mesh, or on a mesh of one device."""
+    """Whether the step runs on one CPU device: outside a mesh (`jax.set_mesh`, which the trainer always sets), or
+    on a mesh of one device. Not on accelerators, where it is not measured and a branch can cost a host round trip
+    for its predicate (the reason lm/train.py keeps its non-finite skip elementwise there)."""
     mesh = jax.sharding.get_abstract_mesh()
-    return mesh.empty or mesh.size == 1
+    return (mesh.empty or mesh.size == 1) and jax.default_backend() == "cpu"
+
+
+def saves(positions: int, fraction: float) -> bool:
+    """Whether packing can run here and leaves out any of `positions` (else the step stays as it was)."""
+    return available() and capacity(positions, fraction) < positions
 
 
 def capacity(positions: int, fraction: float) -> int:
