@@ -144,7 +144,10 @@ class Ours(common.Contender):
                 if batch["input_ids"].shape not in self.steps:
                     self.steps[batch["input_ids"].shape] = jitted.lower(self.state, batch).compile()
         # With JAX_COMPILATION_CACHE_DIR holding these programs from an earlier run, this is loading, not compiling.
-        self.note = f"compiled shapes {sorted(self.steps)} in {time.perf_counter() - start:.1f}s"
+        seconds = time.perf_counter() - start
+        temp = {shape: step.memory_analysis().temp_size_in_bytes / 2**20 for shape, step in sorted(self.steps.items())}
+        self.note = (f"compiled shapes {sorted(self.steps)} in {seconds:.1f}s; temporary buffer "
+                     + ", ".join(f"{mib:.0f} MiB at {shape}" for shape, mib in temp.items()))
         self.metrics = None
 
     def run(self, steps: int) -> None:
