@@ -153,6 +153,7 @@ def test_nothing_to_leave_out_builds_no_conditional():
     jaxpr = str(jax.make_jaxpr(lambda state: nnx.merge(graph, state)(ids, ids, deterministic=False,
                                                                         rngs=nnx.Rngs(dropout=0)))(state))
     assert " cond[" not in jaxpr
+    assert packing.saves(16, 0.5) and not packing.saves(16, 0.99)
 
 
 def test_a_checkpoints_model_section_without_the_key_still_builds():

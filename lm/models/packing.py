@@ -36,7 +36,10 @@ def available() -> bool:
     on a mesh of one device. Not on accelerators, where it is not measured and a branch can cost a host round trip
     for its predicate (the reason lm/train.py keeps its non-finite skip elementwise there)."""
     mesh = jax.sharding.get_abstract_mesh()
-    return (mesh.empty or mesh.size == 1) and jax.default_backend() == "cpu"
+    if not mesh.empty and mesh.size > 1:
+        return False
+    device = None if mesh.empty else mesh.abstract_device
+    return (device.platform if device is not None else jax.default_backend()) == "cpu"
 
 
 def saves(positions: int, fraction: float) -> bool:
