@@ -93,8 +93,9 @@ def classifier_head(hidden_size: int, seed: int) -> dict[str, np.ndarray]:
             "bias": np.zeros(NUM_CLASSES, np.float32)}
 
 
-def our_config(model_dir: str, recipe: Recipe):
-    """The fine-tuning config as `lm.run` resolves it, with the recipe's keys given as overrides."""
+def our_config(model_dir: str, recipe: Recipe, padded: bool = False):
+    """The fine-tuning config as `lm.run` resolves it, with the recipe's keys given as overrides; `padded`: with
+    unpadding off (config.model.unpad_fraction=1.0)."""
     config = configs.bert_sentiment.get_config("files")
     settings = {
         "init_from": str(model_dir), "seed": recipe.seed, "global_batch_size": recipe.batch,
@@ -103,6 +104,8 @@ def our_config(model_dir: str, recipe: Recipe):
         "optimizer.learning_rate": recipe.learning_rate, "optimizer.warmup_fraction": recipe.warmup_fraction,
         "optimizer.weight_decay": recipe.weight_decay, "optimizer.clip_norm": recipe.clip_norm,
     }
+    if padded:
+        settings["model.unpad_fraction"] = 1.0
     for key, value in settings.items():
         *parents, leaf = key.split(".")
         node = config
@@ -116,8 +119,8 @@ def our_config(model_dir: str, recipe: Recipe):
 class Ours:
     """Our jitted train step on one device, state built and loaded as the trainer builds it."""
 
-    def __init__(self, model_dir: str, recipe: Recipe, head: dict[str, np.ndarray]):
-        config = our_config(model_dir, recipe)
+    def __init__(self, model_dir: str, recipe: Recipe, head: dict[str, np.ndarray], padded: bool = False):
+        config = our_config(model_dir, recipe, padded)
         self.config = config
         self.mesh = sharding.create_mesh(config.mesh, jax.devices()[:1])
         tx, self.schedule = optimizers.create_optimizer(config.optimizer, recipe.total_steps, config.model)
@@ -270,7 +273,9 @@ def compare(model_dir: str, recipe: Recipe, shared_masks: bool = False) -> list[
     """Runs both sides `recipe.steps` steps; one record per step: each side's loss, grad_norm, lr, and the
     largest parameter difference after the step (and where)."""
     head = classifier_head(hf_bert.read_config(model_dir)["hidden_size"], recipe.seed)
-    ours, reference = Ours(model_dir, recipe, head), Torch(model_dir, recipe, head)
+    # Shared masks pair our k-th dropout call with torch's: unpadding traces a packed and a padded layer stack (other
+    # calls, other shapes), so that comparison runs padded; without shared masks our step is the default config's.
+    ours, reference = Ours(model_dir, recipe, head, padded=shared_masks), Torch(model_dir, recipe, head)
     masks = SharedMasks(recipe.seed) if shared_masks else None
     records = []
     for batch in batches(recipe, ours.config.model.vocab_size):
