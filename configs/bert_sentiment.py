@@ -84,8 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = common.bert_model_config("tiny" if variant.smoke else variant.size, num_classes=2)
     # Training on one CPU device: a batch whose real tokens fit in 5/8 of its padded positions runs its per-token
-    # layers on them only
-    # (every SST-2 batch does at its length bucket; long reviews do not and run padded: lm/models/packing.py).
+    # layers on them only (every SST-2 batch does at its length bucket; long reviews do not and run padded:
+    # lm/models/packing.py).
     config.model.unpad_fraction = 0.625
 
     config.data = text_data_config()
