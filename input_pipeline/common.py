@@ -1,4 +1,7 @@
-"""What every input pipeline shares: split names, split carving, per-host slicing, epoch seeds, padding, batches.
+"""What every input pipeline shares: split names, split carving, per-host slicing, epoch seeds, padding, batch sizes.
+
+Plain Python and numpy, no TensorFlow: `lm.config_checks` imports it, and the train step's code path (and
+bench/accelerator.py with it) runs where TensorFlow is not installed.
 
 Host i of n takes examples i, i + n, ... of an evaluation split, and block i of each global batch of a
 training epoch held in memory (`host_share`); every host takes the same number of training steps
@@ -7,11 +10,9 @@ training epoch held in memory (`host_share`); every host takes the same number o
 
 import logging
 import math
-from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +163,3 @@ def steps_per_epoch(train_host_counts: list[int], host_batch_size: int, global_b
 def eval_padding(counts: list[int], process_index: int, host_batch_size: int) -> int:
     """Weight-0 examples this host appends so that every host yields the same number of full batches."""
     return math.ceil(max(counts) / host_batch_size) * host_batch_size - counts[process_index]
-
-
-def numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-    """Deterministic, prefetched numpy batches."""
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator()

@@ -36,11 +36,17 @@ from input_pipeline.common import (
     eval_padding,
     host_counts,
     host_epoch_order,
-    numpy_batches,
     shuffle_seed,
     steps_per_epoch,
 )
 from input_pipeline.source import InMemory, Request, Streamed, size, take
+
+
+def numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+    """Deterministic, prefetched numpy batches."""
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator()
 
 
 class MemoryExamples:

@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline.common import epoch_seed, numpy_batches
-from input_pipeline.core import Pipeline
+from input_pipeline.common import epoch_seed
+from input_pipeline.core import Pipeline, numpy_batches
 from input_pipeline.masking import batch_seed, mask_tokens
 from input_pipeline.registry import register_pipeline
 from input_pipeline.tokenization import WordPieceTokenizer, tokenizer_from_config

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers
 from flax import nnx
 
 from lm import (
@@ -165,6 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
         best_metric=config.best_metric, best_mode=config.best_mode,
     )
     state = _resume_or_start(exp, checkpointer, workdir)
+    from clu import metric_writers  # Here, not at the top: it imports TensorFlow, which the step itself never needs.
+
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
     eval_step = evaluate.make_eval_step(exp)
     watch = preemption.PreemptionWatch()

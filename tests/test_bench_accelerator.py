@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,22 @@ def test_all_tiny_cases(tmp_path):
 def test_budget_skips_the_cases_left():
     result = _accelerator().main(["--tiny", "--cases", "resnet50", "--budget-s", "-1"])
     assert result["rows"] == [{"case": "resnet50", "skipped": "--budget-s -1 spent"}]
+
+
+# Run as a script with these packages made unimportable (a None entry in sys.modules makes `import` fail).
+WITHOUT_TENSORFLOW = """
+import runpy, sys
+for name in ("tensorflow", "tensorflow_datasets", "tensorflow_text", "tensorboard", "clu"):
+    sys.modules[name] = None
+sys.argv = ["bench/accelerator.py", "--tiny", "--cases", "bert_base_128", "--rounds", "1"]
+runpy.run_path("bench/accelerator.py", run_name="__main__")
+"""
+
+
+def test_runs_where_tensorflow_is_not_installed():
+    """The train step's code path needs JAX, Flax, Optax, Orbax and ml_collections only: the command runs in a
+    stock JAX accelerator image. It fails if lm.train, lm.config_checks or what they import needs TensorFlow."""
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "bert_base_128" in done.stdout and "examples/s" in done.stdout
