@@ -22,6 +22,7 @@ Usage:
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
 import sys
@@ -216,6 +217,7 @@ def run_case(case: Case, args: argparse.Namespace, limit: int | None, peak) -> d
 
 def print_table(result: dict) -> None:
     print(f"\n{result['device']}, bfloat16, one device; memory limit {result['memory_limit_gib']}")
+    print(result["versions"])
     print(f"{'case':<15}{'batch':>7}{'step ms':>10}{'examples/s':>12}{'TFLOP/step':>12}{'MFU':>8}  peak")
     for row in result["rows"]:
         if "skipped" in row:
@@ -227,6 +229,13 @@ def print_table(result: dict) -> None:
     if any(row.get("mfu_name", "mfu") != "mfu" for row in result["rows"]):
         print("* against a measured matmul, not a datasheet peak: this device kind is not in lm/hardware.py")
     print(f"total {result['seconds']:.0f} s; rerun: {result['command']}")
+
+
+def versions() -> str:
+    """The versions the figures depend on (a reported table names them)."""
+    names = ("jax", "jaxlib", "flax", "optax")
+    packages = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in names)
+    return f"{packages}, Python {sys.version.split()[0]}"
 
 
 def main(argv=None) -> dict:
@@ -244,7 +253,7 @@ def main(argv=None) -> dict:
         rows.append(run_case(case, args, limit, peak))
     script = os.path.relpath(os.path.abspath(__file__))
     result = {"device": f"{device.platform} {device.device_kind}", "rows": rows,
-              "memory_limit_gib": "none" if limit is None else f"{limit / GIB:.1f} GiB",
+              "memory_limit_gib": "none" if limit is None else f"{limit / GIB:.1f} GiB", "versions": versions(),
               "seconds": time.perf_counter() - started,
               "command": " ".join([sys.executable, script, *(sys.argv[1:] if argv is None else argv)])}
     print_table(result)

@@ -67,3 +67,4 @@ def test_runs_where_tensorflow_is_not_installed():
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "bert_base_128" in done.stdout and "examples/s" in done.stdout
+    assert "jax " in done.stdout and "flax " in done.stdout  # The versions a reported table names.
