@@ -139,6 +139,7 @@ def test_savedmodel_on_image_bytes_matches_jax_in_a_fresh_process(image_run, tmp
     config, workdir = image_run
     config = config.copy_and_resolve_references()
     config.serving.export_dir = str(tmp_path / "export")
+    config.data.train_dir = str(tmp_path / "moved")  # The drift reference reads the run's data (config.json).
     path = lm.run(config, str(workdir), "export_savedmodel")["export_dir"]
     paths = []
     for i in range(7):

@@ -69,6 +69,8 @@ def test_savedmodel_matches_jax_in_a_fresh_process(text_run, tmp_path):
     config, workdir = text_run
     config = config.copy_and_resolve_references()  # The fixture's config is shared: change a copy.
     config.serving.export_dir = str(tmp_path / "export")
+    # Data flags left out (the vocabulary, the files): the validation split is the run's (its config.json).
+    config.data.vocab_path, config.data.train_files = "", str(tmp_path / "moved.csv")
     path = lm.run(config, str(workdir), "export_savedmodel")["export_dir"]
     step = trained.load(str(workdir), "best").step
     assert path == os.path.join(str(tmp_path / "export"), str(step))
