@@ -1,10 +1,13 @@
 """Entry point: flags -> lm.run(config, workdir, mode).
 
-  python main.py --config=configs/bert_sentiment.py:mini,smoke --workdir=/tmp/run --mode=train
-  python main.py --config=configs/bert_sentiment.py:mini,smoke --workdir=/tmp/run --mode=eval \
+  python main.py --config=configs/vision_classification.py:resnet_small,digits --workdir=/tmp/run  # offline
+  python main.py --config=configs/vision_classification.py:resnet_small,digits --workdir=/tmp/run --mode=eval \
       --config.eval_split=validation
-  python main.py --config=configs/bert_sentiment.py:mini,smoke --workdir=/tmp/run --mode=export_hf \
-      --config.export_dir=/tmp/run_hf   # the best checkpoint as a Hugging Face directory
+  python main.py --config=configs/bert_sentiment.py:files --workdir=/tmp/reviews \
+      --config.init_from=/path/to/bert-base-uncased --config.data.train_files=reviews.csv \
+      --config.data.text_field=review --config.data.label_field=sentiment
+  python main.py --config=configs/bert_sentiment.py:files --workdir=/tmp/reviews --mode=export_hf \
+      --config.export_dir=/tmp/reviews_hf   # the best checkpoint as a Hugging Face directory
   python main.py --config=configs/bert_pretrain.py:files --workdir=/tmp/vocab --mode=build_vocab \
       --config.data.train_files=corpus.txt   # learns /tmp/vocab/vocab.txt from the corpus
 """

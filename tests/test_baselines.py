@@ -3,6 +3,7 @@
 
 import importlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -76,3 +77,11 @@ def test_mnist_smoke_trains_two_steps(tmp_path):
              y_test=np.arange(20) % 10)
     config.data.arrays_path = str(tmp_path / "digits.npz")
     assert _train(config, tmp_path / "run")["test"]["num_examples"] == 20
+
+
+def test_minilm_sst2_smoke_finds_the_packages_vocabulary():
+    """`minilm_sst2:smoke` runs as it is after `python data/prepare.py`: its tiny BERT takes the vocabulary of the
+    installed MiniLM package (it failed with "No vocabulary" before)."""
+    config = _smoke("minilm_sst2")
+    assert config.data.vocab_path.endswith("vocab.txt") and os.path.exists(config.data.vocab_path)
+    assert config.model.vocab_size == -1 and config.init_from == ""
