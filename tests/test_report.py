@@ -36,3 +36,13 @@ def test_table_from_fixture_workdirs(tmp_path):
     assert "`python main.py --config=configs/baselines/resnet18_cifar10.py --workdir=WORKDIR`" in c10[0]
     assert "**50.00** (step 12)" in rows["my_run"]
     assert "| — |" in rows["bert_base_sst2"] and "93.5: Devlin et al. 2019" in rows["bert_base_sst2"]
+
+
+def test_a_smoke_run_is_shown_as_one_not_as_a_result(tmp_path):
+    smoke = _workdir(tmp_path, "c10_smoke", resnet18_cifar10.get_config("smoke"), {"test": {"accuracy": 0.097,
+                                                                                            "step": 2}})
+    real = _workdir(tmp_path, "c10", resnet18_cifar10.get_config(), {"test": {"accuracy": 0.9461, "step": 70000}})
+    real_row, smoke_row = [line for line in report.main([smoke, real]).splitlines()
+                           if line.startswith("| resnet18_cifar10 |")]  # In workdir order.
+    assert "9.70 (smoke run, step 2)" in smoke_row and "**9.70**" not in smoke_row
+    assert "**94.61** (step 70000)" in real_row

@@ -31,13 +31,14 @@ NAMES = (
 
 def baseline_section(
     name: str, *, paper: float, source: str, hardware: str, time: str, flags: str = "", split: str = "test",
-    metric: str = "accuracy", prepare: str = "",
+    metric: str = "accuracy", prepare: str = "", smoke: bool = False,
 ) -> ml_collections.ConfigDict:
     """The `config.baseline` section: what the paper reports and how to reproduce it.
 
     `paper` is in percent (-1: no published number for this setting; `source` then says what we compare
     with); `metric` is a key of `metrics_<split>.json`; `flags` are the command-line flags the run needs
-    besides --config and --workdir; `prepare` a command that writes the data first.
+    besides --config and --workdir; `prepare` a command that writes the data first; `smoke`: the config is the
+    two-step smoke variant, whose result `python -m lm.report` shows as such, never as the baseline's.
     """
     command = f"python main.py --config=configs/baselines/{name}.py --workdir=WORKDIR"
     command = f"{prepare} && {command}" if prepare else command
@@ -50,6 +51,7 @@ def baseline_section(
         "hardware": hardware,
         "time": time,
         "command": f"{command} {flags}".strip(),
+        "smoke": smoke,
     })
 
 

@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optimizer.warmup_fraction = 0.1
         config.data.max_length = 512
     config.baseline = baselines.baseline_section(
-        "bert_base_imdb", paper=95.63, source="Sun et al. 2019 (BERT-base with in-task further pretraining)",
+        "bert_base_imdb", smoke=smoke, paper=95.63,
+        source="Sun et al. 2019 (BERT-base with in-task further pretraining)",
         hardware="1 A100 or TPU v3-8", time="< 1 h (estimate)", flags="--config.init_from=/path/to/bert-base-uncased",
     )
     return config

@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optimizer.warmup_fraction = 0.1
         config.data.max_length = 128
     config.baseline = baselines.baseline_section(
-        "bert_base_sst2", paper=93.5, source="Devlin et al. 2019, Table 1 (GLUE test; ours: GLUE validation)",
+        "bert_base_sst2", smoke=smoke, paper=93.5,
+        source="Devlin et al. 2019, Table 1 (GLUE test; ours: GLUE validation)",
         hardware="1 Cloud TPU (v2/v3-8) or 1 GPU", time="<= 1 h on a TPU, a few hours on a GPU (paper)",
         flags="--config.init_from=/path/to/bert-base-uncased",
     )

@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optimizer.warmup_fraction = 0.1
         config.data.max_length = 128
     config.baseline = baselines.baseline_section(
-        "bert_mini_sst2", paper=85.9, source="Turc et al. 2019 (GLUE test; ours: GLUE validation)",
+        "bert_mini_sst2", smoke=smoke, paper=85.9, source="Turc et al. 2019 (GLUE test; ours: GLUE validation)",
         hardware="1 GPU", time="~10 min (estimate)", flags="--config.init_from=/path/to/bert_uncased_L-4_H-256_A-4",
     )
     return config

@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optimizer.learning_rate = 5e-5
         config.optimizer.warmup_fraction = 0.06
     config.baseline = baselines.baseline_section(
-        "minilm_sst2", paper=-1, source="no paper; PyTorch reference, same recipe and data: 86.3",
+        "minilm_sst2", smoke=smoke, paper=-1, source="no paper; PyTorch reference, same recipe and data: 86.3",
         hardware="2-core CPU", time="23 min (measured, shared CPU)", prepare="python data/prepare.py",
     )
     return config

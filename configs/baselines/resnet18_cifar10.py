@@ -21,7 +21,7 @@ from configs import baselines, vision_classification
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config, smoke = baselines.experiment(vision_classification.get_config, "resnet18_cifar,cifar10", arg)
     config.baseline = baselines.baseline_section(
-        "resnet18_cifar10", paper=95.28, source="DeVries & Taylor 2017 (mean of 5 runs)",
+        "resnet18_cifar10", smoke=smoke, paper=95.28, source="DeVries & Taylor 2017 (mean of 5 runs)",
         hardware="1 GPU (A100 or V100)", time="1-3 h (estimate)",
     )
     return config

@@ -27,7 +27,7 @@ from configs import baselines, vision_classification
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config, smoke = baselines.experiment(vision_classification.get_config, "resnet50,imagenet2012", arg)
     config.baseline = baselines.baseline_section(
-        "resnet50_imagenet", paper=75.3, source="He et al. 2016 (released model, 1 crop; 10-crop: 77.15)",
+        "resnet50_imagenet", smoke=smoke, paper=75.3, source="He et al. 2016 (released model, 1 crop; 10-crop: 77.15)",
         hardware="TPU v3-8 or 8x V100", time="7-9 h (estimate)",
         flags="--config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets",
     )

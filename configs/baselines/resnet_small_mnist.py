@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.test_fraction = 0.0
         config.num_epochs = 10.0
     config.baseline = baselines.baseline_section(
-        "resnet_small_mnist", paper=-1, source="no paper on this 8,000-image split",
+        "resnet_small_mnist", smoke=smoke, paper=-1, source="no paper on this 8,000-image split",
         hardware="2-core CPU", time="4 min (measured)", prepare="python data/prepare.py",
     )
     return config

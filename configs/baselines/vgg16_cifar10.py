@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if not smoke:
         config.model.classifier_width = 512
     config.baseline = baselines.baseline_section(
-        "vgg16_cifar10", paper=93.25, source="Li et al. 2017, Table 1 (VGG-16 with BatchNorm)",
+        "vgg16_cifar10", smoke=smoke, paper=93.25, source="Li et al. 2017, Table 1 (VGG-16 with BatchNorm)",
         hardware="1 GPU (A100 or V100)", time="1-3 h (estimate)",
     )
     return config

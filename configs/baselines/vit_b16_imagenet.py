@@ -25,7 +25,7 @@ from configs import baselines, vision_classification
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config, smoke = baselines.experiment(vision_classification.get_config, "vit_b16,imagenet2012", arg)
     config.baseline = baselines.baseline_section(
-        "vit_b16_imagenet", paper=81.8, source="Touvron et al. 2021 (DeiT-B, 300 epochs)",
+        "vit_b16_imagenet", smoke=smoke, paper=81.8, source="Touvron et al. 2021 (DeiT-B, 300 epochs)",
         hardware="8x V100", time="53 h (DeiT paper)",
         flags="--config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets",
     )

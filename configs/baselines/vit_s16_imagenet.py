@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optimizer.update(name="adamw", learning_rate=1e-3, weight_decay=0.1, schedule="cosine",
                                 warmup_steps=10_000, clip_norm=1.0)
     config.baseline = baselines.baseline_section(
-        "vit_s16_imagenet", paper=76.5, source="Beyer et al. 2022, 90 epochs (big_vision)",
+        "vit_s16_imagenet", smoke=smoke, paper=76.5, source="Beyer et al. 2022, 90 epochs (big_vision)",
         hardware="TPU v3-8", time="6-7 h (big_vision)",
         flags="--config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets",
     )
