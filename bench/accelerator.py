@@ -22,6 +22,7 @@ Usage:
 
 import argparse
 import dataclasses
+import importlib
 import importlib.metadata
 import json
 import os
@@ -232,15 +233,20 @@ def print_table(result: dict) -> None:
 
 
 def versions() -> str:
-    """The versions the figures depend on (a reported table names them)."""
-    names = ("jax", "jaxlib", "flax", "optax")
-    packages = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in names)
-    return f"{packages}, Python {sys.version.split()[0]}"
+    """The versions the figures depend on (a reported table names them); a package without metadata (installed
+    from source) gives its module's __version__."""
+    found = []
+    for name in ("jax", "jaxlib", "flax", "optax"):
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} {getattr(importlib.import_module(name), '__version__', '?')}")
+    return f"{', '.join(found)}, Python {sys.version.split()[0]}"
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    started = time.perf_counter()
+    started, packages = time.perf_counter(), versions()  # First: nothing after the cases may fail for want of it.
     limit = device_limit(args)
     device = jax.devices()[0]
     peak = metrics.mfu_peak(case_config(args.selected[0], args.tiny))  # The same for all cases: bfloat16.
@@ -253,7 +259,7 @@ def main(argv=None) -> dict:
         rows.append(run_case(case, args, limit, peak))
     script = os.path.relpath(os.path.abspath(__file__))
     result = {"device": f"{device.platform} {device.device_kind}", "rows": rows,
-              "memory_limit_gib": "none" if limit is None else f"{limit / GIB:.1f} GiB", "versions": versions(),
+              "memory_limit_gib": "none" if limit is None else f"{limit / GIB:.1f} GiB", "versions": packages,
               "seconds": time.perf_counter() - started,
               "command": " ".join([sys.executable, script, *(sys.argv[1:] if argv is None else argv)])}
     print_table(result)

@@ -149,7 +149,8 @@ def sst2_or_reviews_batches(dataset: str, steps: int, bucketed: bool):
 def whole_step_forms(part: str, dataset: str, steps: int):
     """Our whole MiniLM train step built both ways: `ours_fixed` (padded: unpad_fraction=1.0) with nnx.Linear in
     the models ("linear") or the non-finite skip as a branch against an elementwise choice ("skip", both set
-    explicitly whatever the platform's default); `ours_bucket` with config.model.unpad_fraction=1.0 ("unpad")."""
+    explicitly whatever the platform's default); `ours_bucket` with its unpad_fraction (0.625) against 1.0
+    ("unpad")."""
     from bench import finetune_bucketing as fb
     from lm import train
 

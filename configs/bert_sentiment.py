@@ -4,7 +4,9 @@ Usage:
   python main.py --config=configs/bert_sentiment.py:base,imdb --workdir=/tmp/bert_imdb
   python main.py --config=configs/bert_sentiment.py:files --workdir=/tmp/mine \
       --config.data.train_files=my.csv --config.data.text_field=review --config.data.label_field=stars
-  python main.py --config=configs/bert_sentiment.py:mini,smoke --workdir=/tmp/smoke   # CPU, seconds
+  python main.py --config=configs/bert_sentiment.py:mini,files,smoke --workdir=/tmp/smoke \
+      --config.data.vocab_path=VOCAB.txt --config.model.vocab_size=-1 --config.data.train_files=my.csv \
+      --config.data.text_field=review --config.data.label_field=stars   # CPU, under a minute
 
 Arguments (comma-separated): a size (tiny, mini, small, medium, base, large), a dataset (imdb, sst2,
 yelp, files) and `smoke` (a few steps of a tiny model; for tests and CPUs).

@@ -78,7 +78,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train", ov
     if mode == "export_savedmodel":
         from lm.serving import savedmodel
 
-        return savedmodel.run_export(config, workdir)
+        return savedmodel.run_export(config, workdir, tuple(overrides))
     if mode in ("predict", "select"):
         from lm.serving import predict
 

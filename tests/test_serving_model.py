@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import lm
-from lm.serving import servable, serve, trained
+from lm.serving import predict, servable, serve, trained
 from tests import text_data
 from tests.test_train import files_config
 
@@ -91,6 +91,26 @@ def test_savedmodel_matches_jax_in_a_fresh_process(text_run, tmp_path):
                             "--all"], env=env, capture_output=True, text=True, timeout=300)
     assert "signature_def['serving_default']" in shown.stdout and "signature_def['serve_inputs']" in shown.stdout
     assert "inputs['texts']" in shown.stdout and "inputs['input_ids']" in shown.stdout
+
+
+def test_export_reads_the_runs_data_also_from_an_older_run(text_run, tmp_path):
+    """The drift reference's config (`trained.data_config`): the run's config.json over today's defaults; a key it
+    lacks keeps its default, the weights `init_from` named need not exist, the flags the user gave win, and the
+    mesh stays this machine's."""
+    config, workdir = text_run
+    run = json.loads((workdir / "config.json").read_text())
+    del run["data"]["bucket_lengths"]  # Added after some runs were made.
+    run["init_from"], run["mesh"]["data"] = str(tmp_path / "gone"), 64
+    (tmp_path / "config.json").write_text(json.dumps(run))
+    command_line = config.copy_and_resolve_references()
+    command_line.data.vocab_path, command_line.eval_batch_size = "", 8
+    merged = trained.data_config(command_line, str(tmp_path), ("eval_batch_size",))
+    assert merged.data.vocab_path == run["data"]["vocab_path"] and merged.init_from == ""
+    assert merged.eval_batch_size == 8 and merged.mesh.data == command_line.mesh.data
+    assert merged.data.bucket_lengths == command_line.data.bucket_lengths
+    model = trained.load(str(workdir), "best")
+    reference = predict.validation_reference(merged, model)
+    assert reference == predict.validation_reference(trained.data_config(config, str(workdir)), model)
 
 
 def test_server_answers_equal_the_model_on_each_requests_own_input(text_run, tmp_path):

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def validation_reference(config: ml_collections.ConfigDict, model: TrainedModel) -> dict:
     """The drift reference: predicted-class distribution and confidence histogram on the validation split,
-    read by the training pipeline from `config.data`; `config` is the run's own (`trained.run_config`)."""
+    read by the training pipeline from `config.data`; `config` reads the run's data (`trained.data_config`)."""
     import input_pipeline
     from lm import config_checks, models, tasks
 

@@ -98,19 +98,20 @@ def _write_warmup(path: str, raw_name: str, raw: list, model_name: str) -> None:
         writer.write(record.SerializeToString())
 
 
-def run_export(config, workdir: str) -> dict:
+def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
     """--mode=export_savedmodel: checkpoint `config.eval_checkpoint` of `workdir` -> `<export dir>/<step>/`.
 
     Also records the validation set's predicted-class distribution and confidence histogram (the drift
     reference of `--mode=serve`) in the export and in WORKDIR/serving_reference.json; the validation split is the
-    one the run's WORKDIR/config.json defines.
+    one the run's WORKDIR/config.json defines, with the keys the user set (`overrides`) as given.
     """
     from lm.serving import predict, serve, trained
 
     model = trained.load(workdir, str(config.eval_checkpoint))
     # The run's own validation split, read as the run read it (its config.json: data, vocabulary, classes), as
-    # predict and serve read the run's data keys: the command line needs no data flags for this mode.
-    reference = predict.validation_reference(trained.run_config(workdir), model)
+    # predict and serve read the run's data keys: the command line needs no data flags for this mode, and the
+    # flags it gives (`overrides`: moved files, a smaller eval_batch_size) win.
+    reference = predict.validation_reference(trained.data_config(config, workdir, tuple(overrides)), model)
     directory = config.serving.export_dir or os.path.join(workdir, "savedmodel")
     name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
     metadata = {"model_name": name, "step": model.step, "label_names": list(model.label_names),

@@ -65,6 +65,39 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
+# Sections of a run's config.json that describe the machine it ran on, not the run: kept from the command line.
+MACHINE_KEYS = ("mesh", "distributed")
+
+
+def data_config(config: ml_collections.ConfigDict, workdir: str,
+                overrides: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """The config that reads the run's data as the run read it: `config` (the command line's, with today's
+    defaults) with the values of WORKDIR/config.json laid over it, except the keys the user set (`overrides`,
+    dotted) and the machine's sections (MACHINE_KEYS). Keys the run's config.json lacks (older runs) keep their
+    defaults; keys only it has are left out. `init_from` is cleared unless set: config.json holds what it
+    resolved to (vocabulary, classes, architecture), and the weights it named need not still exist."""
+    merged = config.copy_and_resolve_references()
+    keep = set(overrides) | set(MACHINE_KEYS)
+    if "init_from" not in keep:
+        merged.init_from = ""
+        keep.add("init_from")
+    _lay_over(merged, run_config(workdir).to_dict(), keep)
+    return merged
+
+
+def _lay_over(config: ml_collections.ConfigDict, values: dict, keep: set[str], prefix: str = "") -> None:
+    for key, value in values.items():
+        name = prefix + key
+        if key not in config or name in keep:
+            continue
+        if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+            _lay_over(config[key], value, keep, name + ".")
+        elif isinstance(config[key], tuple) and isinstance(value, list):  # JSON has no tuples.
+            config[key] = tuple(value)
+        else:
+            config[key] = value
+
+
 def load(workdir: str, which: str = "best", length_buckets: bool = True) -> TrainedModel:
     """Checkpoint `which` (best | latest | a step number) of a classification run in `workdir`.
 
