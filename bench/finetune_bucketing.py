@@ -233,27 +233,23 @@ def run_dataset(name: str, rows, args, model_dir: str, workdir: pathlib.Path) ->
     probe = make_config(model_dir, csv_path, MAX_LENGTH[name], True, 1)
     _, epoch_steps = host_batches(probe, 1)
     lengths = {"data.bucket_lengths": args.bucket_lengths} if args.bucket_lengths else {}
-    bucketed = make_config(model_dir, csv_path, MAX_LENGTH[name], True, epoch_steps, lengths)
-    fixed = make_config(model_dir, csv_path, MAX_LENGTH[name], False, epoch_steps)
+    ours = {  # Our contenders' configs; torch takes ours_fixed's batches.
+        "ours_bucket": make_config(model_dir, csv_path, MAX_LENGTH[name], True, epoch_steps, lengths),
+        "ours_fixed": make_config(model_dir, csv_path, MAX_LENGTH[name], False, epoch_steps),
+        "ours_padded": make_config(model_dir, csv_path, MAX_LENGTH[name], True, epoch_steps,
+                                   {**lengths, "model.unpad_fraction": 1.0}),
+    }
     contenders = {}
     for which in args.contenders.split(","):
         start = time.perf_counter()
-        if which == "ours_bucket":
-            batches, _ = host_batches(bucketed, args.steps)
-            contenders[which] = Ours(which, bucketed, batches, epoch_steps)
-        elif which == "ours_padded":
-            padded = make_config(model_dir, csv_path, MAX_LENGTH[name], True, epoch_steps,
-                                 {**lengths, "model.unpad_fraction": 1.0})
-            batches, _ = host_batches(padded, args.steps)
-            contenders[which] = Ours(which, padded, batches, epoch_steps)
-        elif which == "ours_fixed":
-            batches, _ = host_batches(fixed, args.steps)
-            contenders[which] = Ours(which, fixed, batches, epoch_steps)
+        if which in ours:
+            batches, _ = host_batches(ours[which], args.steps)
+            contenders[which] = Ours(which, ours[which], batches, epoch_steps)
         elif which == "torch":
-            batches, _ = host_batches(fixed, args.steps)
+            batches, _ = host_batches(ours["ours_fixed"], args.steps)
             contenders[which] = Torch(model_dir, batches, epoch_steps)
         else:
-            raise ValueError(f"unknown contender {which!r}: use ours_bucket, ours_fixed, ours_padded, torch")
+            raise ValueError(f"unknown contender {which!r}: use {', '.join(ours)}, torch")
         if which == "torch":  # Warm-up (the state moves on; timing uses the same batches).
             contenders[which].run(1)
         else:
@@ -284,16 +280,16 @@ def _ratio(result: dict, a: str, b: str) -> str:
 def print_table(results: dict, args) -> None:
     print(f"\nSeconds per step (median of {args.rounds} rounds over the same batches) and the epoch time it "
           "implies; ratios ours / torch (< 1: ours faster)")
-    padded = any("ours_padded" in r for r in results.values())
-    print("| data | steps timed / epoch | ours_bucket s | ours_fixed s | " + ("ours_padded s | " if padded else "")
-          + "torch s | bucket / torch | fixed / torch | " + ("padded / torch | " if padded else "")
-          + "bucket / fixed | load after |")
-    print("|---" * (11 if padded else 9) + "|")
+    # ours_padded has columns only when it ran (it is not in the default --contenders).
+    shown = ["ours_bucket", "ours_fixed"] + (["ours_padded"] if any("ours_padded" in r for r in results.values())
+                                             else [])
+    print("| data | steps timed / epoch | " + "".join(f"{which} s | " for which in shown) + "torch s | "
+          + "".join(f"{which.removeprefix('ours_')} / torch | " for which in shown) + "bucket / fixed | load after |")
+    print("|---" * (5 + 2 * len(shown)) + "|")
     for name, r in results.items():
-        print(f"| {name} | {r['steps_timed']} / {r['steps_per_epoch']} | {_seconds(r, 'ours_bucket')} | "
-              f"{_seconds(r, 'ours_fixed')} | " + (f"{_seconds(r, 'ours_padded')} | " if padded else "")
-              + f"{_seconds(r, 'torch')} | {_ratio(r, 'ours_bucket', 'torch')} | {_ratio(r, 'ours_fixed', 'torch')} | "
-              + (f"{_ratio(r, 'ours_padded', 'torch')} | " if padded else "")
+        print(f"| {name} | {r['steps_timed']} / {r['steps_per_epoch']} | "
+              + "".join(f"{_seconds(r, which)} | " for which in shown) + f"{_seconds(r, 'torch')} | "
+              + "".join(f"{_ratio(r, which, 'torch')} | " for which in shown)
               + f"{_ratio(r, 'ours_bucket', 'ours_fixed')} | {r['load_after']:.1f} |")
     print("\nrerun: " + shlex.join([".venv/bin/python", "bench/finetune_bucketing.py", *sys.argv[1:]]))
 

@@ -97,13 +97,12 @@ def markdown(rows: list[Row]) -> str:
     ]
     for row in rows:
         paper = f"{_number(row.paper)}: {row.source}" if row.paper >= 0 else (row.source or "—")
-        step = f" (step {row.step})" if row.step else ""
+        notes = (["smoke run"] if row.smoke else []) + ([f"step {row.step}"] if row.step else [])
         if row.ours is None:
             ours = "—"
-        elif row.smoke:  # Not bold: two steps of a tiny model check the pipeline, they measure nothing.
-            ours = f"{row.ours:.2f} (smoke run" + (f", step {row.step})" if row.step else ")")
-        else:
-            ours = f"**{row.ours:.2f}**{step}"
+        else:  # A smoke run is not bold: two steps of a tiny model check the pipeline, they measure nothing.
+            value = f"{row.ours:.2f}" if row.smoke else f"**{row.ours:.2f}**"
+            ours = f"{value} ({', '.join(notes)})" if notes else value
         hardware = ", ".join(part for part in (row.hardware, row.time) if part)
         command = f"`{row.command}`" if row.command else ""
         lines.append(f"| {row.name} | {row.metric} ({row.split}) | {paper} | {ours} | {hardware} | {command} |")

@@ -36,11 +36,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.text_field, config.data.label_field = "sentence", "label"
     for split, name in (("train", "train"), ("validation", "dev"), ("test", "test")):
         config.data[f"{split}_files"] = f"{DATA_DIR}/{name}.tsv"
+    weights = minilm_path()
     if smoke:  # A tiny BERT (no weights to load) on the package's vocabulary, when it is installed.
-        if minilm_path():
-            config.data.vocab_path, config.model.vocab_size = f"{minilm_path()}/vocab.txt", -1
+        if weights:
+            config.data.vocab_path, config.model.vocab_size = f"{weights}/vocab.txt", -1
     else:
-        config.init_from = minilm_path()
+        config.init_from = weights
         config.data.max_length = 64
         config.num_epochs = 1.0
         config.optimizer.learning_rate = 5e-5
