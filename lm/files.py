@@ -55,6 +55,17 @@ def write_json(location: str | os.PathLike, value: Any) -> None:
     write_text(location, json.dumps(value, indent=2))
 
 
+def read_run_config(workdir: str | os.PathLike, given_as: str = "--workdir") -> dict:
+    """The resolved config that the run in `workdir` wrote at its start (WORKDIR/config.json), as a dict.
+
+    `given_as` names where the user gave the workdir ("--workdir", "config.init_from"), for the error."""
+    file = join(workdir, "config.json")
+    if not is_file(file):
+        raise FileNotFoundError(f"{given_as}={str(workdir)!r} has no config.json: it is not the workdir of a run of "
+                                "ours (main.py --mode=train --workdir=...).")
+    return read_json(file)
+
+
 def read_bytes(location: str | os.PathLike) -> bytes:
     return epath.Path(location).read_bytes()
 

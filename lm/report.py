@@ -18,6 +18,8 @@ import sys
 
 from etils import epath
 
+from lm import files
+
 PERCENT_METRICS = ("accuracy", "top5_accuracy", "f1_macro", "precision_macro", "recall_macro")
 
 
@@ -60,10 +62,7 @@ def _row(baseline: dict, **result) -> Row:
 def run_row(workdir: str) -> Row:
     """The row of one workdir: its baseline section (if any) and the metric it reached (if it finished)."""
     root = epath.Path(workdir)
-    config_path = root / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{workdir} has no config.json: is it a workdir of a run (main.py --workdir)?")
-    config = json.loads(config_path.read_text())
+    config = files.read_run_config(workdir, given_as="workdir")
     baseline = config.get("baseline") or {
         "name": root.name, "paper": -1.0, "source": "", "metric": "accuracy", "split": "test", "hardware": "",
         "time": "", "command": "",

@@ -130,3 +130,19 @@ def test_mock_data_needs_no_network(tmp_path, monkeypatch):
 def test_the_probe_goes_through_the_https_proxy(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     assert tfds_check._probe_address() == ("proxy.internal", 3128)
+
+
+def test_a_folder_without_config_json_is_named_as_the_user_gave_it(tmp_path, config):
+    """predict/serve/export (--workdir), fine-tuning from it (config.init_from) and lm.report all read a run's
+    config.json through one reader; a folder that is no run of ours gets one message, naming the flag."""
+    from lm import report
+    from lm.serving import trained
+    from lm.weights import workdir as workdir_source
+
+    (tmp_path / "checkpoints").mkdir()  # Looks like a workdir to the importer's detect(), but holds no config.json.
+    with pytest.raises(FileNotFoundError, match=r"--workdir='.*' has no config.json: it is not the workdir of a run"):
+        trained.load(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"config.init_from='.*' has no config.json"):
+        workdir_source.configure(config.copy_and_resolve_references(), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"workdir='.*' has no config.json"):
+        report.run_row(str(tmp_path))

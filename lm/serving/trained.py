@@ -23,7 +23,7 @@ import tensorflow as tf
 from flax import nnx
 
 from input_pipeline import bucketing
-from lm import checkpointing, evaluate, models, tasks
+from lm import checkpointing, evaluate, files, models, tasks
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,7 @@ class TrainedModel:
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config the run in `workdir` wrote at its start."""
-    path = os.path.join(workdir, "config.json")
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"--workdir={workdir!r} has no config.json: it is not a training workdir of ours.")
-    with tf.io.gfile.GFile(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(files.read_run_config(workdir))
 
 
 # Sections of a run's config.json that describe the machine it ran on, not the run: kept from the command line.

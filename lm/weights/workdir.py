@@ -21,7 +21,7 @@ def detect(path: str) -> bool:
 
 def configure(config: ml_collections.ConfigDict, path: str) -> None:
     """The run's architecture (`ModelFamily.arch_keys`, when it trained our family) and its vocabulary."""
-    source = _run_config(path)
+    source = files.read_run_config(path, given_as="config.init_from")
     model = source.get("model", {})
     keys = models.model_family(config.model).arch_keys if model.get("name") == config.model.name else ()
     for key in keys:
@@ -30,13 +30,6 @@ def configure(config: ml_collections.ConfigDict, path: str) -> None:
     vocab = source.get("data", {}).get("vocab_path", "")
     if "data" in config and "vocab_path" in config.data and not config.data.vocab_path and vocab:
         config.data.vocab_path = vocab
-
-
-def _run_config(workdir: str) -> dict:
-    path = files.join(workdir, "config.json")
-    if not files.is_file(path):
-        raise FileNotFoundError(f"config.init_from={workdir!r} has no config.json; is it a workdir of ours?")
-    return files.read_json(path)
 
 
 def _merge(ours, source, report: ImportReport, prefix: str = ""):
