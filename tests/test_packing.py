@@ -143,6 +143,21 @@ def test_unpadded_training_with_dropout_trains(remat):
     np.testing.assert_allclose(losses[0.5], losses[1.0], rtol=0.05)
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_the_packed_branch_draws_every_dropout_the_padded_one_draws(remat):
+    """The test above cannot tell a packed branch that drops out from one that does not (the embeddings' dropout,
+    outside the conditional, already makes the losses differ): count the random draws in each branch."""
+    config = bert.BertConfig(vocab_size=100, hidden_size=32, num_heads=4, intermediate_size=64, num_layers=2,
+                             max_position_embeddings=16, unpad_fraction=0.5, remat=remat)
+    graph, state = nnx.split(bert.BertEncoder(config, rngs=nnx.Rngs(0)))
+    ids = jnp.ones((2, 16), jnp.int32)
+    jaxpr = jax.make_jaxpr(lambda state: nnx.merge(graph, state)(ids, ids, deterministic=False,
+                                                                   rngs=nnx.Rngs(dropout=0)))(state)
+    (conditional,) = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "cond"]
+    padded, packed = (str(branch).count("threefry2x32") for branch in conditional.params["branches"])
+    assert packed == padded > 0  # Attention probabilities, attention output and MLP output of each layer.
+
+
 def test_nothing_to_leave_out_builds_no_conditional():
     """A fraction whose count is every position (0.99 of 16 positions: 16) leaves the step as it was."""
     config = bert.BertConfig(vocab_size=100, hidden_size=32, num_heads=4, intermediate_size=64, num_layers=1,

@@ -3,6 +3,7 @@ checkpoints and resumes; the quickstart config is what `make quickstart` runs.""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -29,11 +30,24 @@ def _steps(workdir):
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
+def _final_state(workdir):
+    """(step, parameters and BatchNorm statistics as numpy leaves) of the latest checkpoint."""
+    from lm import checkpointing
+
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
+    state, _ = ckpt.restore_raw(ckpt.latest_step())
+    ckpt.close()
+    return int(state["step"]), jax.tree.leaves(jax.device_get((state["params"], state["batch_stats"])))
+
+
 @pytest.mark.parametrize("model", ["resnet_small", "vgg11", "vit_ti16"])
 def test_family_trains_on_folder_and_resumes(tmp_path, model, monkeypatch):
+    """A run stopped after its step-2 checkpoint resumes there and ends with the parameters and BatchNorm
+    statistics of a run that was never stopped, bit for bit."""
     folder = _write_folder(tmp_path / "images")
     config = vision_classification.get_config(f"{model},folder,smoke")
     config.data.train_dir = str(folder)
+    lm.run(config, str(tmp_path / "straight"), "train")
     workdir = tmp_path / "run"
 
     # Stop the first run after its step-2 checkpoint (as a killed job would) ...
@@ -60,6 +74,10 @@ def test_family_trains_on_folder_and_resumes(tmp_path, model, monkeypatch):
     test_metrics = json.loads((workdir / "metrics_test.json").read_text())
     assert test_metrics["num_examples"] == result["test"]["num_examples"] > 0
     assert np.array(test_metrics["confusion_matrix"]).shape == (2, 2)
+    (straight_step, straight), (resumed_step, resumed) = _final_state(tmp_path / "straight"), _final_state(workdir)
+    assert straight_step == resumed_step == 4 and len(straight) == len(resumed)
+    for a, b in zip(straight, resumed):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(
