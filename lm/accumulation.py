@@ -73,8 +73,11 @@ def accumulate(grad_fn: GradFn, params: dict, batch_stats: dict, batch: dict, ke
 def flops_per_update(loop_flops: float, steps: int) -> float:
     """FLOPs of one update from XLA's count, which sees the micro-batch loop's body once.
 
-    k x the count: the optimizer update, counted k times instead of once, is a few FLOPs per parameter
-    against ~6 per parameter per token of a micro-batch's forward and backward pass, so the overcount is
-    below 1 / (tokens or pixels per micro-batch).
+    k x the count overcounts what runs once per update outside the loop (the optimizer update, the gradient
+    norm and finiteness checks: a few FLOPs per parameter, counted k times) against ~6 FLOPs per parameter per
+    token of each micro-batch's forward and backward pass, so it shrinks as the tokens (or pixels) per device
+    micro-batch grow: on the tests' 2-layer BERT with k = 4, 5.1% over the count without accumulation at 32
+    tokens per device micro-batch and 1.2% at 128 (tests/test_accumulation.py), about 0.2% at 1,024 by the
+    same rate.
     """
     return loop_flops * steps

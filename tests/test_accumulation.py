@@ -72,3 +72,20 @@ def test_batch_that_does_not_split_is_a_config_error(batch, accum, data_parallel
     with pytest.raises(ValueError, match="grad_accum_steps"):
         config = config_checks.resolved_copy(config)
         config_checks.check_batch_sizes(config, data_parallel, 1)
+
+
+def test_flops_per_update_count_every_micro_batch():
+    """XLA's cost analysis sees the micro-batch loop's body once: the FLOPs of an update (MFU's numerator) are k
+    times it, and so equal those of the same update without accumulation, up to the optimizer's few FLOPs."""
+    from lm import accumulation
+
+    batch = model_steps.text_batch(0, batch_size=16, length=64, vocab=64)  # 128 tokens per device micro-batch.
+    flops = {}
+    for accum in (1, 4):
+        exp = model_steps.experiment_for(_bert_config(accum), jax.devices()[:2])
+        state = experiment.initial_state(exp)
+        with jax.set_mesh(exp.mesh):
+            compiled = train.jit_train_step(exp).lower(state, sharding.global_batch(batch, exp.mesh)).compile()
+        flops[accum] = accumulation.flops_per_update(train.step_flops(compiled), accum)
+    assert flops[1] > 0
+    assert flops[4] == pytest.approx(flops[1], rel=0.02), flops

@@ -45,6 +45,28 @@ def test_nt_xent_leaves_padded_images_out():
     np.testing.assert_allclose(np.concatenate([losses[:4], losses[6:10]]), expected, rtol=1e-5)
 
 
+def test_the_task_projects_both_views_in_one_pass():
+    """logits: the model's output for `image` then for `image_view2`, in one call (BatchNorm sees both views);
+    the loss is NT-Xent over exactly those two halves."""
+    rng = np.random.default_rng(2)
+    batch = {"image": rng.normal(size=(4, 3, 3, 1)).astype(np.float32),
+             "image_view2": rng.normal(size=(4, 3, 3, 1)).astype(np.float32)}
+    calls = []
+
+    def model(images, *, deterministic, rngs=None):
+        calls.append(images.shape)
+        return images.reshape(len(images), -1) * 2.0
+
+    task = simclr.SimCLRTask(temperature=0.5)
+    projections = task.logits(model, batch, deterministic=True)
+    assert calls == [(8, 3, 3, 1)]
+    np.testing.assert_array_equal(projections[:4], batch["image"].reshape(4, -1) * 2.0)
+    np.testing.assert_array_equal(projections[4:], batch["image_view2"].reshape(4, -1) * 2.0)
+    loss, _ = task.loss(projections, batch)
+    expected = _reference_nt_xent(batch["image"].reshape(4, -1), batch["image_view2"].reshape(4, -1), 0.5).mean()
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
 def _smoke_config():
     return vision_pretrain.get_config("resnet_small,digits,smoke")
 
