@@ -107,3 +107,36 @@ def test_step_over_the_memory_limit_stops_before_any_step(tmp_path, reviews):
     assert step_log.read(str(tmp_path)) == [["start", "0"]]  # No step ran.
     assert not [p for p in (tmp_path / "checkpoints").glob("*") if p.name.isdigit()]
     np.testing.assert_array_less(1 << 20, float(message.split(" GiB per device")[0].split()[-1]) * 1024**3)
+
+
+class _Writer:
+    def __init__(self):
+        self.written = {}
+
+    def write_scalars(self, step, scalars):
+        self.written[step] = scalars
+
+
+@pytest.mark.parametrize("measured", [False, True])
+def test_train_scalars_of_a_window_with_a_skipped_step(measured):
+    """What a logging window writes: means over its finite steps only, how many steps were skipped, examples/s
+    from the global batch, and MFU = FLOPs per update / seconds per step / the device's peak, named by what the
+    peak is."""
+    import types
+
+    from lm import train
+
+    nan = float("nan")
+    history = [{"loss": 1.0, "grad_norm": 2.0, "nonfinite": 0}, {"loss": 3.0, "grad_norm": 4.0, "nonfinite": 0},
+               {"loss": nan, "grad_norm": nan, "nonfinite": 1}, {"loss": 2.0, "grad_norm": 3.0, "nonfinite": 0}]
+    exp = types.SimpleNamespace(config=types.SimpleNamespace(global_batch_size=8), schedule=lambda step: 0.01 * step)
+    timing = {"seconds_per_step": 0.5, "input_wait_fraction": 0.25, "device_seconds_per_step": 0.4}
+    writer = _Writer()
+    train._log_train(writer, exp, 4, history, timing, 1e9, hardware.Peak(4e9, "test peak", measured=measured))
+    scalars = writer.written[4]
+    mfu = "train/mfu_vs_measured_matmul" if measured else "train/mfu"
+    assert scalars == pytest.approx({
+        "train/loss": 2.0, "train/grad_norm": 3.0, "train/nonfinite_skips": 1.0, "train/examples_per_second": 16.0,
+        "train/learning_rate": 0.03, "train/seconds_per_step": 0.5, "train/input_wait_fraction": 0.25,
+        "train/device_seconds_per_step": 0.4, mfu: 0.5,
+    })

@@ -270,6 +270,19 @@ def test_run_continues_from_the_previous_good_checkpoint(data, straight, tmp_pat
     assert state_digests(workdir) == state_digests(straight)
 
 
+def test_eval_and_init_from_refuse_a_damaged_checkpoint(data, straight, tmp_path):
+    """--mode=eval and fine-tuning from a workdir (config.init_from) restore through the same checked path: a
+    same-size bit flip, which Orbax alone restores without complaint, stops both with a CheckpointError."""
+    workdir = tmp_path / "run"
+    shutil.copytree(straight, workdir)
+    _corrupt("bit_flip", workdir / "checkpoints" / "12")
+    with pytest.raises(checkpointing.CheckpointError, match=r"checkpoints/12 cannot be restored"):
+        lm.run(run_config(data, eval_checkpoint="12"), str(workdir), "eval")
+    with pytest.raises(checkpointing.CheckpointError, match=r"checkpoints/12 cannot be restored"):
+        lm.run(run_config(data, init_from=str(workdir)), str(tmp_path / "fine_tuned"), "train")
+    assert not list((tmp_path / "fine_tuned").glob("checkpoints/*"))  # Nothing trained from it.
+
+
 def test_failed_async_save_raises_by_the_next_save(tmp_path, monkeypatch):
     """The commit of step 2 fails in Orbax's background thread: the next save raises in the main thread, and
     step 1, the last good checkpoint, is neither dropped from the list nor deleted by retention (keep=1)."""
