@@ -115,10 +115,14 @@ def test_registered_names_resolve():
 
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
-def test_new_family_and_task_train_resume_and_evaluate(tmp_path, source):
+def test_new_family_and_task_train_resume_and_evaluate(tmp_path, source, monkeypatch):
     workdir = tmp_path / "run"
     config = _config(source)
+    losses, brier = [], BrierTask.loss  # The registered task's loss, as the train step calls it (when traced).
+    monkeypatch.setattr(BrierTask, "loss", lambda self, logits, batch: losses.append(logits.shape) or
+                        brier(self, logits, batch))
     first = lm.run(config, str(workdir), "train")
+    assert losses and all(shape[-1] == 10 for shape in losses)  # The Brier task trained the tiny MLP's logits.
     assert first["test"]["num_examples"] > 0 and 0.0 <= first["test"]["accuracy"] <= 1.0
 
     config.num_train_steps = 6  # The same workdir: resumes from the step-4 checkpoint and trains 2 more steps.

@@ -28,6 +28,8 @@ def smoke_config(vocab: pathlib.Path, **overrides):
         *parents, leaf = key.split(".")
         for parent in parents:
             node = node[parent]
+        if leaf not in node:  # As main.py's locked config: a misspelt key must not pass silently.
+            raise KeyError(f"smoke_config: {key!r} is not a key of the config")
         node[leaf] = value
     return config
 
