@@ -40,14 +40,17 @@ def _final_state(workdir):
     return int(state["step"]), jax.tree.leaves(jax.device_get((state["params"], state["batch_stats"])))
 
 
-@pytest.mark.parametrize("model", ["resnet_small", "vgg11", "vit_ti16"])
-def test_family_trains_on_folder_and_resumes(tmp_path, model, monkeypatch):
-    """A run stopped after its step-2 checkpoint resumes there and ends with the parameters and BatchNorm
-    statistics of a run that was never stopped, bit for bit."""
+# The straight-run comparison (one more run) for ResNet, the family with BatchNorm statistics; BERT's exact resume
+# is tested in tests/test_train.py.
+@pytest.mark.parametrize("model, compare", [("resnet_small", True), ("vgg11", False), ("vit_ti16", False)])
+def test_family_trains_on_folder_and_resumes(tmp_path, model, compare, monkeypatch):
+    """A run stopped after its step-2 checkpoint resumes there and finishes; with `compare`, it ends with the
+    parameters and BatchNorm statistics of a run that was never stopped, bit for bit."""
     folder = _write_folder(tmp_path / "images")
     config = vision_classification.get_config(f"{model},folder,smoke")
     config.data.train_dir = str(folder)
-    lm.run(config, str(tmp_path / "straight"), "train")
+    if compare:
+        lm.run(config, str(tmp_path / "straight"), "train")
     workdir = tmp_path / "run"
 
     # Stop the first run after its step-2 checkpoint (as a killed job would) ...
@@ -74,10 +77,11 @@ def test_family_trains_on_folder_and_resumes(tmp_path, model, monkeypatch):
     test_metrics = json.loads((workdir / "metrics_test.json").read_text())
     assert test_metrics["num_examples"] == result["test"]["num_examples"] > 0
     assert np.array(test_metrics["confusion_matrix"]).shape == (2, 2)
-    (straight_step, straight), (resumed_step, resumed) = _final_state(tmp_path / "straight"), _final_state(workdir)
-    assert straight_step == resumed_step == 4 and len(straight) == len(resumed)
-    for a, b in zip(straight, resumed):
-        np.testing.assert_array_equal(a, b)
+    if compare:
+        (straight_step, straight), (resumed_step, resumed) = _final_state(tmp_path / "straight"), _final_state(workdir)
+        assert straight_step == resumed_step == 4 and len(straight) == len(resumed)
+        for a, b in zip(straight, resumed):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(
