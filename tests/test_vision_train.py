@@ -40,8 +40,8 @@ def _final_state(workdir):
     return int(state["step"]), jax.tree.leaves(jax.device_get((state["params"], state["batch_stats"])))
 
 
-# The straight-run comparison (one more run) for ResNet, whose smoke config has BatchNorm statistics; BERT's exact resume
-# is tested in tests/test_train.py.
+# The straight-run comparison (one more run) for ResNet, whose smoke config has BatchNorm statistics; BERT's
+# exact resume is tested in tests/test_train.py.
 @pytest.mark.parametrize("model, compare", [("resnet_small", True), ("vgg11", False), ("vit_ti16", False)])
 def test_family_trains_on_folder_and_resumes(tmp_path, model, compare, monkeypatch):
     """A run stopped after its step-2 checkpoint resumes there and finishes; with `compare`, it ends with the
