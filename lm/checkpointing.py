@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lm import integrity
+from lm import integrity, paths
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ ITEMS = ("state", "meta", "checksums")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted, or a save that did not reach the disk."""
+
+
+class StateMismatch(CheckpointError):
+    """A sound checkpoint of another model: its parameters differ in names or shapes from the state restoring it.
+
+    Not damage: `restore_latest` raises it instead of setting the checkpoint aside."""
 
 
 class Checkpointer:
@@ -112,6 +118,13 @@ class Checkpointer:
         Raises CheckpointError, on every process alike, if any process fails to read the checkpoint or finds
         arrays that differ from the checksums recorded at save.
         """
+        differences = self.model_differences(step, abstract_state)
+        if differences:
+            raise StateMismatch(
+                f"{self.step_path(step)} holds another model than this config builds (is the model section the "
+                f"one the run trained with?): {len(differences)} parameter(s) differ, e.g. "
+                f"{'; '.join(differences[:4])}"
+            )
         problems, restored, error = [], {}, None
         try:
             restored = self.manager.restore(
@@ -142,6 +155,8 @@ class Checkpointer:
         for step in reversed(self.all_steps()):
             try:
                 state, meta = self.restore(step, abstract_state)
+            except StateMismatch:  # Sound, but of another model: the caller says what changed; nothing is moved.
+                raise
             except CheckpointError as error:  # This checkpoint cannot be used: fall back to the one before.
                 log.warning("Checkpoint %s is skipped: %s", self.step_path(step), error)
                 self._set_aside(step)
@@ -163,6 +178,26 @@ class Checkpointer:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"lm_checkpoint_set_aside_{step}")
         self.manager.reload()
+
+    def model_differences(self, step: int, abstract_state: Any) -> list[str]:
+        """The parameters and BatchNorm statistics whose names or shapes differ between checkpoint `step` and
+        `abstract_state` ([] when they agree, or when the checkpoint's metadata cannot be read: then the restore
+        itself reports the damage)."""
+        try:
+            saved = ocp.StandardCheckpointHandler().metadata(self.step_path(step) / "state").tree
+        except Exception:  # A damaged or foreign directory: left to the restore's checks.
+            return []
+
+        def shapes(state) -> dict[str, tuple]:
+            trees = {key: state[key] for key in ("params", "batch_stats") if isinstance(state, dict) and key in state}
+            return {name: tuple(leaf.shape) for name, leaf in paths.flatten(trees).items()}
+
+        theirs, ours = shapes(saved), shapes(abstract_state)
+        differences = [f"{name} is {theirs[name]} in the checkpoint, {ours[name]} here"
+                       for name in ours if name in theirs and theirs[name] != ours[name]]
+        differences += [f"{name} only here" for name in ours if name not in theirs]
+        differences += [f"{name} only in the checkpoint" for name in theirs if name not in ours]
+        return differences
 
     def restore_raw(self, step: int) -> Any:
         """Restores the state as saved, onto one device of this host: for reading weights out of it.

@@ -81,6 +81,7 @@ def check_static(config: ml_collections.ConfigDict) -> None:
         _positive(config, key)
     _check_debug(config.debug)
     _check_serving(config.serving)
+    _check_optimizer(config)
     compiler.ynn_kinds(config)
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError(
@@ -122,6 +123,23 @@ def _check_serving(serving: ml_collections.ConfigDict) -> None:
     if serving.max_wait_ms < 0 or not 0 <= serving.port <= 65535:
         raise ValueError(f"config.serving.max_wait_ms={serving.max_wait_ms} must be >= 0 and config.serving.port="
                          f"{serving.port} in 0..65535 (0: any free port).")
+
+
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+    """Values that would train silently wrong: a negative rate ascends the loss, a warm-up beyond the run never
+    reaches the peak rate, label smoothing outside [0, 1) is no smoothing."""
+    opt = config.optimizer
+    if not opt.learning_rate > 0:
+        raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate!r} must be positive (e.g. 5e-5 to "
+                         "fine-tune BERT, 1e-3 to train a small model from scratch).")
+    if not 0 <= opt.warmup_fraction <= 1:
+        raise ValueError(f"config.optimizer.warmup_fraction={opt.warmup_fraction!r} must be in [0, 1]: the fraction "
+                         "of the training steps over which the rate rises to its peak (or set optimizer.warmup_steps).")
+    if opt.weight_decay < 0:
+        raise ValueError(f"config.optimizer.weight_decay={opt.weight_decay!r} must be >= 0 (0 turns it off).")
+    if not 0 <= config.label_smoothing < 1:
+        raise ValueError(f"config.label_smoothing={config.label_smoothing!r} must be in [0, 1): the probability "
+                         "spread over the other classes (0 turns it off; 0.1 is usual).")
 
 
 def _check_debug(debug: ml_collections.ConfigDict) -> None:

@@ -63,7 +63,12 @@ def read_run_config(workdir: str | os.PathLike, given_as: str = "--workdir") -> 
     if not is_file(file):
         raise FileNotFoundError(f"{given_as}={str(workdir)!r} has no config.json: it is not the workdir of a run of "
                                 "ours (main.py --mode=train --workdir=...).")
-    return read_json(file)
+    config = read_json(file)
+    if not (isinstance(config, dict) and "task" in config and "model" in config):
+        raise ValueError(f"{given_as}={str(workdir)!r} holds a config.json that lm did not write (a Hugging Face "
+                         "model directory?): it is not the workdir of a run of ours. A Hugging Face directory is "
+                         "given as --config.init_from.")
+    return config
 
 
 def read_bytes(location: str | os.PathLike) -> bytes:

@@ -33,6 +33,7 @@ from lm import (
     files,
     hardware,
     metrics,
+    paths,
     preemption,
     preflight,
     progress,
@@ -157,13 +158,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
     A run stopped by SIGTERM saves, skips the final evaluation and returns {"preempted_at_step": step}.
     """
     config = config_checks.resolved_copy(config, overrides)
+    previous = _previous_run_config(workdir)
     exp = experiment.build(config)
-    _write_config(config, workdir, exp.data)
     checkpointer = checkpointing.Checkpointer(
         checkpointing.checkpoint_dir(workdir), keep=config.keep_checkpoints,
         best_metric=config.best_metric, best_mode=config.best_mode,
     )
-    state = _resume_or_start(exp, checkpointer, workdir)
+    state = _resume_or_start(exp, checkpointer, workdir, previous)
+    _write_config(config, workdir, exp.data)  # After the resume check: a refused run leaves the old one intact.
     from clu import metric_writers  # Here, not at the top: it imports TensorFlow, which the step itself never needs.
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
@@ -188,13 +190,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
         checkpointer.close()
 
 
-def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str) -> dict:
-    """The newest checkpoint that verifies (bad ones are set aside with a warning), else a fresh state."""
-    found = checkpointer.restore_latest(exp.spec.abstract)
+def _previous_run_config(workdir: str) -> dict | None:
+    """The config.json of the run already in `workdir` (None for a new workdir); a config.json that lm did not
+    write (a Hugging Face directory given as the workdir) is an error, before anything overwrites it."""
+    if not files.is_file(files.join(workdir, "config.json")):
+        return None
+    return files.read_run_config(workdir)
+
+
+# Keys that change what a resumed run computes from here on (the data position counts batches of the new size);
+# the others (steps, logging, evaluation, the machine's mesh...) may change freely between restarts.
+RESUME_KEYS = ("task", "model", "data", "optimizer", "global_batch_size", "grad_accum_steps", "seed",
+               "label_smoothing", "freeze", "trainable")
+
+
+def _changed(previous: dict, config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> list[str]:
+    """'key: old -> new' for the dotted keys under `sections` whose values differ (JSON lists read as tuples)."""
+    written = json.loads(config.to_json_best_effort())  # As _write_config writes it.
+    old, new = (paths.flatten({key: values.get(key) for key in sections}) for values in (previous, written))
+    return [f"{name.replace('/', '.')}: {old.get(name)!r} -> {new.get(name)!r}"
+            for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+
+
+def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str, previous: dict | None) -> dict:
+    """The newest checkpoint that verifies (bad ones are set aside with a warning), else a fresh state.
+
+    Checkpoints of another model (a changed architecture, class count or task) stop the run with what changed
+    since the run in `workdir` started; nothing is set aside or overwritten."""
+    try:
+        found = checkpointer.restore_latest(exp.spec.abstract)
+    except checkpointing.StateMismatch as error:
+        changes = _changed(previous, exp.config, ("task", "model")) if previous else []
+        raise ValueError(
+            f"--workdir={workdir!r} holds checkpoints of another model than this config builds"
+            f"{' (changed since its run started: ' + '; '.join(changes[:6]) + ')' if changes else ''}. Resuming "
+            "needs the same model: train in a new --workdir, or start there from this run's weights with "
+            f"--config.init_from={workdir}. ({error})"
+        ) from None
     if found is None:
         return experiment.initial_state(exp)
     state, _, step = found
     log.info("Resumed from %s at step %d (the data pipeline restarts at batch %d).", workdir, step, step)
+    changes = _changed(previous, exp.config, RESUME_KEYS) if previous else []
+    if changes:
+        log.warning("Resuming with a config that differs from the one this run started with (config.json is "
+                    "rewritten with the new one): %s.", "; ".join(changes))
     return state
 
 

@@ -121,6 +121,22 @@ def test_bad_reliability_keys(tmp_path, small_vocab, no_compile, overrides, mess
         lm.run(smoke_config(small_vocab, **overrides), str(tmp_path / "run"))
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optimizer.learning_rate": -1.0}, r"config.optimizer.learning_rate=-1.0 must be positive"),
+        ({"optimizer.learning_rate": 0.0}, r"config.optimizer.learning_rate=0.0 must be positive"),
+        ({"optimizer.warmup_fraction": 5.0}, r"config.optimizer.warmup_fraction=5.0 must be in \[0, 1\]"),
+        ({"optimizer.weight_decay": -0.1}, r"config.optimizer.weight_decay=-0.1 must be >= 0"),
+        ({"label_smoothing": 2.0}, r"config.label_smoothing=2.0 must be in \[0, 1\)"),
+        ({"label_smoothing": -1.0}, r"config.label_smoothing=-1.0 must be in \[0, 1\)"),
+    ],
+)
+def test_values_that_would_train_silently_wrong(tmp_path, small_vocab, no_compile, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        lm.run(smoke_config(small_vocab, **overrides), str(tmp_path / "run"))
+
+
 def test_debug_nan_steps_parses_from_the_command_line():
     config = _parse(["--config=configs/bert_sentiment.py:smoke", "--config.debug.nan_steps=(3,4)"])
     assert config.debug.nan_steps == (3, 4)

@@ -459,7 +459,8 @@ def test_init_from_workdir_brings_batch_stats(tmp_path):
     checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(tmp_path)), async_save=False)
     checkpointer.save(1, {"params": params, "batch_stats": stats, "step": np.int32(1)}, {"note": "test"})
     checkpointer.close()
-    (tmp_path / "config.json").write_text(json.dumps({"model": {"name": "resnet", "depth": 18, "width": 4}}))
+    (tmp_path / "config.json").write_text(json.dumps({"task": "classification",
+                                                      "model": {"name": "resnet", "depth": 18, "width": 4}}))
     config = _vision_config("resnet", str(tmp_path), depth=50, num_classes=5)
     pretrained.apply_to_config(config)
     assert (config.model.depth, config.model.width) == (18, 4)
@@ -471,3 +472,21 @@ def test_init_from_workdir_brings_batch_stats(tmp_path):
     np.testing.assert_array_equal(new_stats["stem"]["norm"]["var"], 3.0)
     assert report["new"] == ["head/kernel"] and report["dropped"] == ["head/kernel"]
     assert report["loaded"] == ["stem/norm/scale", "batch_stats/stem/norm/mean", "batch_stats/stem/norm/var"]
+
+
+def test_init_from_a_workdir_of_another_model_is_refused(tmp_path):
+    """A workdir of another family (nothing would fit: a from-scratch run that looks like fine-tuning), or one
+    whose weights match no parameter by name and shape, stops with the reason instead of training from scratch."""
+    from lm import checkpointing
+
+    checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(tmp_path)), async_save=False)
+    checkpointer.save(1, {"params": {"encoder": {"kernel": np.ones((4, 4), np.float32)}}, "step": np.int32(1)}, {})
+    checkpointer.close()
+    (tmp_path / "config.json").write_text(json.dumps({"task": "classification", "model": {"name": "bert"}}))
+    config = _vision_config("resnet", str(tmp_path), depth=18, num_classes=5)
+    with pytest.raises(ValueError, match=r"is a workdir of a 'bert' model, but config.model.name='resnet'"):
+        pretrained.apply_to_config(config)
+    (tmp_path / "config.json").write_text(json.dumps({"task": "classification", "model": {"name": "resnet"}}))
+    ours = {"stem": {"norm": {"scale": np.ones(4, np.float32)}}, "head": {"kernel": np.zeros((4, 5), np.float32)}}
+    with pytest.raises(ValueError, match=r"none of its step-1 weights matches a parameter of this model"):
+        pretrained.load_into(config, ours, None)

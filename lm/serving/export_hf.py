@@ -182,6 +182,9 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
             f"--mode=export_hf exports classifiers; config.task={config.task!r}. Fine-tune from this workdir "
             "(a classification config with --config.init_from=WORKDIR) and export that run."
         )
+    if config.export_dir and files.is_dir(files.join(config.export_dir, "checkpoints")):
+        raise ValueError(f"config.export_dir={config.export_dir!r} is a training workdir (it holds checkpoints/): "
+                         "the export would overwrite its config.json. Give a new directory, e.g. WORKDIR/hf_export.")
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
     if not files.is_dir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")

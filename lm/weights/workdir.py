@@ -23,8 +23,13 @@ def configure(config: ml_collections.ConfigDict, path: str) -> None:
     """The run's architecture (`ModelFamily.arch_keys`, when it trained our family) and its vocabulary."""
     source = files.read_run_config(path, given_as="config.init_from")
     model = source.get("model", {})
-    keys = models.model_family(config.model).arch_keys if model.get("name") == config.model.name else ()
-    for key in keys:
+    if model.get("name") != config.model.name:
+        raise ValueError(
+            f"config.init_from={path!r} is a workdir of a {model.get('name')!r} model, but config.model.name="
+            f"{config.model.name!r}: no weight would fit. Start from a run of the same model family (or give "
+            f"a {model.get('name')!r} config)."
+        )
+    for key in models.model_family(config.model).arch_keys:
         if key in model and key in config.model:
             config.model[key] = model[key]
     vocab = source.get("data", {}).get("vocab_path", "")
@@ -64,6 +69,11 @@ def load(workdir: str, params: dict, batch_stats: dict | None = None) -> tuple[d
     checkpointer.close()
     report = ImportReport(source=f"{workdir} step {step}")
     new_params = _merge(params, jax.device_get(state["params"]), report)
+    if not report.loaded:
+        raise ValueError(
+            f"config.init_from={workdir!r}: none of its step-{step} weights matches a parameter of this model by "
+            f"name and shape (ours look like {report.new[:3]}); is it a run of this model?"
+        )
     new_stats = None
     if batch_stats and state.get("batch_stats"):  # BatchNorm statistics belong with the weights they normalise.
         new_stats = _merge(batch_stats, jax.device_get(state["batch_stats"]), report, "batch_stats/")

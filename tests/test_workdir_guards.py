@@ -1,0 +1,82 @@
+"""A workdir holds one run: what would mix two runs (another model resumed in it, an export or a training written
+over a directory that is not ours) stops before anything is compiled or overwritten, and says what to do."""
+
+import json
+import logging
+
+import pytest
+
+import lm
+from configs import vision_classification
+from tests.test_config_errors import no_compile  # noqa: F401  (a fixture)
+from tests.test_train import smoke_config
+
+
+def _digits(**overrides):
+    config = vision_classification.get_config("resnet_small,digits,smoke")
+    config.update(num_train_steps=2, checkpoint_every=2, eval_every=2, eval_splits_at_end=())
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("digits") / "run"
+    lm.run(_digits(), str(workdir), "train")
+    return workdir
+
+
+def _snapshot(workdir):
+    return (workdir / "config.json").read_text(), sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+
+def test_resuming_another_model_is_refused_and_the_run_is_kept(trained, no_compile):  # noqa: F811
+    before = _snapshot(trained)
+    with pytest.raises(ValueError, match=r"holds checkpoints of another model than this config builds \(changed "
+                                         r"since its run started: model.depth: 18 -> 34\).*--config.init_from="):
+        lm.run(_digits(**{"model.depth": 34}), str(trained), "train")
+    assert _snapshot(trained) == before  # Nothing set aside, config.json not rewritten.
+    assert not (trained.parent / "checkpoints_rejected").exists()
+
+
+def test_evaluating_with_another_model_names_the_difference(trained, no_compile):  # noqa: F811
+    with pytest.raises(lm.checkpointing.CheckpointError, match=r"holds another model than this config builds.*"
+                                                                r"is \(16,\) in the checkpoint, \(8,\) here"):
+        lm.run(_digits(**{"model.depth": 34}), str(trained), "eval")
+
+
+def test_resuming_with_other_data_settings_warns(tmp_path, caplog):
+    workdir = tmp_path / "run"
+    lm.run(_digits(), str(workdir), "train")
+    config = _digits()
+    config.update(num_train_steps=4, global_batch_size=32)
+    with caplog.at_level(logging.WARNING, logger="lm.train"):
+        lm.run(config, str(workdir), "train")
+    warnings = [r.getMessage() for r in caplog.records if "differs from the one this run started" in r.getMessage()]
+    assert len(warnings) == 1 and "global_batch_size: 16 -> 32" in warnings[0], warnings
+    assert "num_train_steps" not in warnings[0]  # Steps, logging and evaluation may change freely.
+    assert json.loads((workdir / "config.json").read_text())["global_batch_size"] == 32
+
+
+def test_a_directory_with_a_foreign_config_json_is_no_workdir(tmp_path, small_vocab, no_compile):  # noqa: F811
+    """A Hugging Face model directory given as --workdir: training refuses to write into it, predict refuses to
+    read it as a run."""
+    hf_config = json.dumps({"model_type": "bert", "hidden_size": 32})
+    (tmp_path / "config.json").write_text(hf_config)
+    with pytest.raises(ValueError, match=r"holds a config.json that lm did not write \(a Hugging Face model "
+                                         r"directory\?\).*--config.init_from"):
+        lm.run(smoke_config(small_vocab), str(tmp_path), "train")
+    assert (tmp_path / "config.json").read_text() == hf_config and not (tmp_path / "checkpoints").exists()
+    with pytest.raises(ValueError, match=r"--workdir=.* holds a config.json that lm did not write"):
+        lm.run(smoke_config(small_vocab), str(tmp_path), "predict")
+
+
+def test_export_hf_refuses_to_write_into_a_workdir(tmp_path, small_vocab, no_compile):  # noqa: F811
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    config = smoke_config(small_vocab, export_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"config.export_dir=.* is a training workdir \(it holds checkpoints/\)"):
+        lm.run(config, str(tmp_path), "export_hf")
+    assert (tmp_path / "config.json").read_text() == "{}"
