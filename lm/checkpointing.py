@@ -138,11 +138,15 @@ class Checkpointer:
                 problems = integrity.local_mismatches(restored["state"], restored["checksums"])
         except Exception as caught:  # Reported below, on every process, as a CheckpointError.
             error = caught
-            problems = [f"{type(caught).__name__}: {str(caught)[:300]}"]
+            first_line = (str(caught).strip().splitlines() or [""])[0]  # TensorStore appends its whole spec.
+            problems = [f"{type(caught).__name__}: {first_line[:300]}"]
         problems = integrity.agree(problems)
         if problems:
+            others = [other for other in self.all_steps() if other != step]
             raise CheckpointError(
-                f"{self.step_path(step)} cannot be restored: {len(problems)} problem(s), e.g. {'; '.join(problems[:3])}"
+                f"{self.step_path(step)} cannot be restored: {len(problems)} problem(s), e.g. "
+                f"{'; '.join(problems[:3])}. Other saved steps: {others} (--config.eval_checkpoint=STEP picks one "
+                "for eval, predict, export and serve; training falls back to the newest good one by itself)."
             ) from error
         return restored["state"], restored["meta"]
 

@@ -276,7 +276,8 @@ def test_eval_and_init_from_refuse_a_damaged_checkpoint(data, straight, tmp_path
     workdir = tmp_path / "run"
     shutil.copytree(straight, workdir)
     _corrupt("bit_flip", workdir / "checkpoints" / "12")
-    with pytest.raises(checkpointing.CheckpointError, match=r"checkpoints/12 cannot be restored"):
+    with pytest.raises(checkpointing.CheckpointError, match=r"checkpoints/12 cannot be restored.*Other saved steps: "
+                                                              r"\[8, 10\] \(--config.eval_checkpoint=STEP picks one"):
         lm.run(run_config(data, eval_checkpoint="12"), str(workdir), "eval")
     with pytest.raises(checkpointing.CheckpointError, match=r"checkpoints/12 cannot be restored"):
         lm.run(run_config(data, init_from=str(workdir)), str(tmp_path / "fine_tuned"), "train")
