@@ -64,7 +64,7 @@ def read_run_config(workdir: str | os.PathLike, given_as: str = "--workdir") -> 
         raise FileNotFoundError(f"{given_as}={str(workdir)!r} has no config.json: it is not the workdir of a run of "
                                 "ours (main.py --mode=train --workdir=...).")
     config = read_json(file)
-    if not (isinstance(config, dict) and "task" in config and "model" in config):
+    if not (isinstance(config, dict) and "task" in config):  # Every config of ours has a task; HF ones have none.
         raise ValueError(f"{given_as}={str(workdir)!r} holds a config.json that lm did not write (a Hugging Face "
                          "model directory?): it is not the workdir of a run of ours. A Hugging Face directory is "
                          "given as --config.init_from.")
