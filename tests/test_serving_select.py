@@ -66,6 +66,13 @@ def test_input_ids_hold_absolute_paths_however_the_input_file_is_spelt(tmp_path,
     assert rows == [(f"{tmp_path}/pool.tsv line 2", "first"), (f"{tmp_path}/pool.tsv line 3", "second")]
 
 
+def test_a_missing_input_file_names_the_serving_key():
+    config = ml_collections.ConfigDict({"serving": {"input_files": "/missing.csv"}, "on_bad_example": "error",
+                                        "data": {"text_field": "text", "encoding": "utf-8"}})
+    with pytest.raises(FileNotFoundError, match=r"^config\.serving\.input_files='/missing\.csv': .* matches no file"):
+        predict.read_inputs(config)
+
+
 def test_labelled_ids_match_inputs_however_the_path_is_spelt_and_the_matches_are_counted(tmp_path, monkeypatch,
                                                                                          caplog):
     """An id written with a relative path (or before ids were absolute) matches from the directory it is read in;
