@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from configs import bert_sentiment
 from lm.serving import batcher as batcher_lib
-from lm.serving import monitor, server
+from lm.serving import monitor, serve, server, trained
 from tests.serving_fakes import FakeTextServable, probabilities_of
 
 
@@ -188,6 +190,55 @@ def test_a_burst_of_connections_waits_for_accept_instead_of_being_refused():
             connection.request("GET", "/v1/models/fake")
             assert connection.getresponse().status == 200
             connection.close()
+    finally:
+        model_server.drain_and_stop()
+        thread.join(10)
+
+
+@pytest.fixture
+def busy_port():
+    """A port another socket listens on, held open for the test."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    yield holder.getsockname()[1]
+    holder.close()
+
+
+def test_a_port_in_use_fails_before_the_model_loads_naming_the_key_and_the_fix(busy_port, monkeypatch, tmp_path):
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(trained, "load", load)
+    config = bert_sentiment.get_config("files")
+    config.serving.port = busy_port
+    expected = (f"config.serving.port={busy_port} is in use (another server?); set --config.serving.port to a free "
+                "port or 0 for any free one.")
+    with pytest.raises(OSError) as raised:
+        serve.build(config, str(tmp_path))
+    assert str(raised.value) == expected
+    servable = FakeTextServable()
+    metrics = monitor.ServingMetrics(servable.label_names, 8)
+    with pytest.raises(OSError, match=f"config.serving.port={busy_port} is in use"):
+        server.ModelServer(servable, server.ServeOptions(port=busy_port), metrics)
+
+
+def test_the_port_is_bound_at_once_and_listens_once_the_server_is_built():
+    """Bound (port 0: any free one, which `server_address` names) but refusing clients while the model would load
+    and compile; ModelServer listens."""
+    bound = server.bind("127.0.0.1", 0)
+    port = bound.server_address[1]
+    assert port > 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+    servable = FakeTextServable()
+    metrics = monitor.ServingMetrics(servable.label_names, 8)
+    model_server = server.ModelServer(servable, server.ServeOptions(port=0), metrics, bound)
+    thread = threading.Thread(target=model_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert model_server.address == ("127.0.0.1", port)
+        assert request(model_server, "GET", "/v1/models/fake")[0] == 200
     finally:
         model_server.drain_and_stop()
         thread.join(10)

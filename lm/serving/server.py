@@ -16,6 +16,7 @@ the model work happens in the one batching thread (lm.serving.batcher), so no ex
 
 import collections
 import dataclasses
+import errno
 import json
 import logging
 import re
@@ -83,9 +84,13 @@ class _HttpError(Exception):
 
 
 class ModelServer:
-    """Owns the HTTP server, the batcher, the metrics and the feedback log of one servable."""
+    """Owns the HTTP server, the batcher, the metrics and the feedback log of one servable.
 
-    def __init__(self, servable: Servable, options: ServeOptions, metrics: monitor.ServingMetrics):
+    `bound`: the server socket `bind` returned, when the port was taken before the model loaded; by default the
+    port of `options` is bound here."""
+
+    def __init__(self, servable: Servable, options: ServeOptions, metrics: monitor.ServingMetrics,
+                 bound: "_HTTPServer | None" = None):
         self.servable = servable
         self.options = options
         self.metrics = metrics
@@ -100,7 +105,9 @@ class ModelServer:
         self._in_flight = 0
         self._in_flight_cond = threading.Condition()
         self._draining = False
-        self.httpd = _HTTPServer((options.host, options.port), _handler_class(self))
+        self.httpd = bound if bound is not None else bind(options.host, options.port)
+        self.httpd.RequestHandlerClass = _handler_class(self)
+        self.httpd.server_activate()  # Listens: from now on a client waits in the backlog until serve_forever.
 
     @property
     def address(self) -> tuple[str, int]:
@@ -300,6 +307,28 @@ def _size(value: object) -> int:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 512  # Connections the kernel holds before accept; the default 5 resets clients under load.
+
+
+def bind(host: str, port: int) -> _HTTPServer:
+    """An HTTP server bound to host:port but not yet listening (ModelServer listens): a port in use fails here, at
+    once, before a model loads or compiles, and until then a client is refused rather than left waiting. Port 0
+    takes any free port (`server_address` says which)."""
+    httpd = _HTTPServer((host, port), BaseHTTPRequestHandler, bind_and_activate=False)
+    try:
+        httpd.server_bind()
+    except OSError as e:
+        httpd.server_close()
+        raise OSError(_bind_error(host, port, e)) from None
+    return httpd
+
+
+def _bind_error(host: str, port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return (f"config.serving.port={port} is in use (another server?); set --config.serving.port to a free port "
+                "or 0 for any free one.")
+    return (f"Cannot listen on config.serving.host={host!r}, config.serving.port={port}: {error.strerror or error}. "
+            "Set --config.serving.host to an address of this machine (127.0.0.1, or 0.0.0.0 for every interface) "
+            "and --config.serving.port to a free port (above 1023 without root) or 0 for any free one.")
 
 
 def _handler_class(server: ModelServer):
