@@ -159,6 +159,32 @@ def test_feedback_by_input_and_by_prediction_id_writes_training_lines(running, t
     assert request(model_server, "POST", "/v1/models/fake:feedback", unknown)[0] == 400
 
 
+def test_feedback_label_may_be_the_class_index_and_is_stored_as_its_name(running, tmp_path):
+    model_server, _ = running
+    feedback = "/v1/models/fake:feedback"
+    by_name = {"instances": [{"text": "great", "label": "pos"}, {"text": "meh", "label": "neg"}]}
+    by_index = {"instances": [{"text": "great", "label": 2}, {"text": "meh", "label": 0}]}
+    assert request(model_server, "POST", feedback, by_name)[0] == 200
+    assert request(model_server, "POST", feedback, by_index)[0] == 200
+    lines = (tmp_path / "feedback.jsonl").read_text().splitlines()
+    assert lines[:2] == lines[2:] == ['{"text": "great", "label": "pos"}', '{"text": "meh", "label": "neg"}']
+    for label, words in ((True, "label is true"), (3, "label index 3 is out of range"), (-1, "index -1"),
+                         (1.0, "the number 1.0"), (None, "label is null"), ([1], "an array"), ("2", "'2' is not")):
+        status, body = request(model_server, "POST", feedback, {"instances": [{"text": "x", "label": label}]})
+        assert status == 400 and words in body["error"]
+        assert "send a class name, one of ['neg', 'neu', 'pos'], or its index 0..2." in body["error"]
+    assert len((tmp_path / "feedback.jsonl").read_text().splitlines()) == 4  # The refused ones wrote nothing.
+
+
+def test_an_integer_label_that_is_also_a_class_name_elsewhere_is_ambiguous():
+    assert server.feedback_label(1, ("0", "1")) == server.feedback_label("1", ("0", "1")) == "1"
+    assert server.feedback_label(0, ("1", "2", "3")) == "1"
+    with pytest.raises(server.BadInstance, match="label 2 is ambiguous: the class named '2' or the class at index 2"):
+        server.feedback_label(2, ("1", "2", "3"))
+    with pytest.raises(server.BadInstance, match="the class named '3' or index 3, out of range; send the class name"):
+        server.feedback_label(3, ("1", "2", "3"))
+
+
 def test_remembered_predictions_stay_within_the_byte_limit(tmp_path):
     """Inputs kept for feedback by prediction id are dropped oldest first once they pass `remembered_bytes`."""
     servable = FakeTextServable()

@@ -263,10 +263,10 @@ class ModelServer:
         for index, item in enumerate(instances):
             if not isinstance(item, dict) or "label" not in item:
                 raise _HttpError(HTTPStatus.BAD_REQUEST, f'instances[{index}] must be an object with a "label".')
-            label = item["label"]
-            if label not in self.servable.label_names:
-                raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: label {label!r} is not one of "
-                                 f"{list(self.servable.label_names)}.")
+            try:
+                label = feedback_label(item["label"], self.servable.label_names)
+            except BadInstance as e:
+                raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: {e}") from None
             if "prediction_id" in item:
                 with self._recent_lock:
                     instance = self._recent.get(str(item["prediction_id"]), (None, 0))[0]
@@ -284,6 +284,37 @@ class ModelServer:
         records = [self.servable.feedback_record(instance, label, self.feedback) for instance, label in checked]
         self.feedback.append(records)
         return {"recorded": len(records), "path": self.feedback.path}
+
+
+def feedback_label(label: object, names: tuple[str, ...]) -> str:
+    """The class name a feedback label means: a class name, or a class index (an integer, 0 <= i < len(names), in
+    the order of the predictions' probabilities). An integer that is also a class name at another index is refused
+    as ambiguous; true and false are not indices."""
+    expected = f"send a class name, one of {list(names)}, or its index 0..{len(names) - 1}"
+    if isinstance(label, str):
+        if label not in names:
+            raise BadInstance(f"label {label!r} is not a class name; {expected}.")
+        return label
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise BadInstance(f"label is {_json_kind(label)}; {expected}.")
+    in_range = 0 <= label < len(names)
+    if str(label) in names and not (in_range and names[label] == str(label)):
+        at_index = f"the class at index {label}, {names[label]!r}" if in_range else f"index {label}, out of range"
+        raise BadInstance(f"label {label} is ambiguous: the class named {str(label)!r} or {at_index}; send the class "
+                          "name as a string.")
+    if not in_range:
+        raise BadInstance(f"label index {label} is out of range; {expected}.")
+    return names[label]
+
+
+def _json_kind(value: object) -> str:
+    """How a JSON value that is neither a string nor an integer reads in a message (never the value itself: it may
+    be large)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    return {dict: "an object", list: "an array"}.get(type(value), type(value).__name__)
 
 
 def _size(value: object) -> int:
