@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
@@ -86,6 +87,29 @@ def test_bad_requests_get_json_errors(running, kwargs, status, words):
     assert got == status and words in body["error"]
 
 
+def test_a_body_too_deep_or_with_too_long_a_number_is_a_400_and_logs_no_traceback(caplog):
+    """json.loads raises RecursionError on deep nesting and ValueError on an integer of over 4300 digits."""
+    servable = FakeTextServable()
+    model_server = server.ModelServer(servable, server.ServeOptions(port=0, max_body_bytes=10**6),
+                                      monitor.ServingMetrics(servable.label_names, 32))
+    thread = threading.Thread(target=model_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.ERROR):
+            status, body = request(model_server, "POST", PREDICT, raw=b"[" * 100000)
+            assert status == 400 and body["error"].startswith("The body nests arrays or objects too deeply")
+            nested = b"[" * 5000 + b"]" * 5000
+            status, body = request(model_server, "POST", PREDICT, raw=b'{"instances": [' + nested + b"]}")
+            assert status == 400 and "too deeply" in body["error"]
+            status, body = request(model_server, "POST", PREDICT, raw=b'{"instances": [' + b"1" * 5000 + b"]}")
+            assert status == 400 and body["error"] == ("The body holds an integer of over 4300 digits, too long to "
+                                                       "parse.")
+        assert "Unexpected server error" not in caplog.text
+    finally:
+        model_server.drain_and_stop()
+        thread.join(10)
+
+
 def test_unknown_paths_models_and_methods(running):
     model_server, _ = running
     assert request(model_server, "GET", "/v2/nothing")[0] == 404
@@ -157,6 +181,10 @@ def test_feedback_by_input_and_by_prediction_id_writes_training_lines(running, t
     assert request(model_server, "POST", "/v1/models/fake:feedback", bad)[0] == 400
     unknown = {"instances": [{"prediction_id": "nope", "label": "pos"}]}
     assert request(model_server, "POST", "/v1/models/fake:feedback", unknown)[0] == 400
+    not_an_id = {"instances": [{"prediction_id": [[prediction_id]], "label": "pos"}]}
+    status, answer = request(model_server, "POST", "/v1/models/fake:feedback", not_an_id)
+    assert status == 400 and answer["error"] == ("instances[0]: prediction_id is an array; send the string a "
+                                                 "prediction returned.")
 
 
 def test_feedback_label_may_be_the_class_index_and_is_stored_as_its_name(running, tmp_path):

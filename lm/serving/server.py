@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -200,10 +201,7 @@ class ModelServer:
         if length > self.options.max_body_bytes:
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                              f"The body has {length} bytes; the limit is {self.options.max_body_bytes}.")
-        try:
-            body = json.loads(read_body(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"The body is not valid JSON: {e}.") from None
+        body = _parse_json(read_body(length))
         if not isinstance(body, dict) or "instances" not in body:
             raise _HttpError(HTTPStatus.BAD_REQUEST, 'The body must be a JSON object with an "instances" list.')
         instances = body["instances"]
@@ -268,8 +266,11 @@ class ModelServer:
             except BadInstance as e:
                 raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: {e}") from None
             if "prediction_id" in item:
+                if not isinstance(item["prediction_id"], str):
+                    raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: prediction_id is "
+                                     f"{_json_kind(item['prediction_id'])}; send the string a prediction returned.")
                 with self._recent_lock:
-                    instance = self._recent.get(str(item["prediction_id"]), (None, 0))[0]
+                    instance = self._recent.get(item["prediction_id"], (None, 0))[0]
                 if instance is None:
                     raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: prediction_id "
                                      f"{item['prediction_id']!r} is unknown or too old; send the input instead.")
@@ -284,6 +285,20 @@ class ModelServer:
         records = [self.servable.feedback_record(instance, label, self.feedback) for instance, label in checked]
         self.feedback.append(records)
         return {"recorded": len(records), "path": self.feedback.path}
+
+
+def _parse_json(body: bytes) -> object:
+    """The request body's JSON; anything that does not parse is a 400 with a short message."""
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _HttpError(HTTPStatus.BAD_REQUEST, f"The body is not valid JSON: {e}.") from None
+    except RecursionError:
+        raise _HttpError(HTTPStatus.BAD_REQUEST, "The body nests arrays or objects too deeply to parse; an instance "
+                         "needs a few levels at most.") from None
+    except ValueError:  # What else json.loads raises: Python's limit on an integer's digits.
+        message = f"The body holds an integer of over {sys.get_int_max_str_digits()} digits, too long to parse."
+        raise _HttpError(HTTPStatus.BAD_REQUEST, message) from None
 
 
 def feedback_label(label: object, names: tuple[str, ...]) -> str:
