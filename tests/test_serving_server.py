@@ -120,6 +120,40 @@ def test_unknown_paths_models_and_methods(running):
     assert request(model_server, "POST", "/metrics", {})[0] == 405
 
 
+def test_a_content_length_that_is_not_a_whole_number_is_a_400(running):
+    """A negative length used to read the stream to its end: no answer, and no limit on what was read."""
+    model_server, _ = running
+    for value in ("-1", "1_0", "12abc"):
+        connection = http.client.HTTPConnection(*model_server.address, timeout=10)
+        try:
+            connection.putrequest("POST", PREDICT)
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", value)
+            connection.endheaders(b'{"instances": ["a"]}')
+            response = connection.getresponse()
+            assert response.status == 400
+            assert json.loads(response.read())["error"] == f"Content-Length {value!r} is not a number of bytes."
+        finally:
+            connection.close()  # Without the check, the server reads until the client closes.
+
+
+def test_an_answer_before_the_body_is_read_closes_the_connection_and_says_so(running):
+    """Else the unread body is taken for the next request on the connection."""
+    model_server, _ = running
+    connection = http.client.HTTPConnection(*model_server.address, timeout=10)
+    for path, content_type, status in (("/v2/nothing", "application/json", 404), (PREDICT, "text/plain", 415),
+                                       ("/v1/models/other:predict", "application/json", 404)):
+        connection.request("POST", path, body=b'{"instances": ["x"]}', headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        assert response.status == status and response.getheader("Connection") == "close"
+        response.read()
+        connection.request("POST", PREDICT, body=b'{"instances": ["x"]}', headers={"Content-Type": "application/json"})
+        response = connection.getresponse()  # http.client opened a new connection.
+        assert response.status == 200 and response.getheader("Connection") is None
+        response.read()
+    connection.close()
+
+
 def test_queue_full_is_503(running):
     model_server, servable = running
     servable.delay_s = 0.5  # The queue holds 64 instances; ten requests of 16 arrive while a batch runs.

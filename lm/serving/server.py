@@ -192,16 +192,7 @@ class ModelServer:
         if content_type != "application/json":
             raise _HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                              f"Content-Type {content_type!r} is not supported; send application/json.")
-        if headers.get("Content-Length") is None:
-            raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "A Content-Length header is required.")
-        try:
-            length = int(headers["Content-Length"])
-        except ValueError:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number.") from None
-        if length > self.options.max_body_bytes:
-            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                             f"The body has {length} bytes; the limit is {self.options.max_body_bytes}.")
-        body = _parse_json(read_body(length))
+        body = _parse_json(read_body(self._content_length(headers)))
         if not isinstance(body, dict) or "instances" not in body:
             raise _HttpError(HTTPStatus.BAD_REQUEST, 'The body must be a JSON object with an "instances" list.')
         instances = body["instances"]
@@ -211,6 +202,22 @@ class ModelServer:
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                              f"{len(instances)} instances; the limit is {self.options.max_instances} a request.")
         return instances
+
+    def _content_length(self, headers) -> int:
+        """The body's length: 411 without the header, 400 unless it is a whole number (a negative one would read
+        to the end of the stream), 413 over max_body_bytes."""
+        value = headers.get("Content-Length")
+        if value is None:
+            raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "A Content-Length header is required.")
+        value = value.strip()
+        if not (value.isascii() and value.isdigit()):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"Content-Length {value[:40]!r} is not a number of bytes.")
+        length = int(value) if len(value) <= 18 else 10**18  # Longer is over any limit (and over int()'s digits).
+        if length > self.options.max_body_bytes:
+            shown = value if len(value) <= 18 else "over 10^18"
+            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"The body has {shown} bytes; the limit is "
+                             f"{self.options.max_body_bytes}.")
+        return length
 
     def _parse_all(self, instances: list) -> list:
         parsed = []
@@ -377,6 +384,10 @@ def _bind_error(host: str, port: int, error: OSError) -> str:
             "and --config.serving.port to a free port (above 1023 without root) or 0 for any free one.")
 
 
+def _has_body(headers) -> bool:
+    return headers.get("Content-Length", "0").strip() != "0" or "Transfer-Encoding" in headers
+
+
 def _handler_class(server: ModelServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -387,21 +398,26 @@ def _handler_class(server: ModelServer):
 
         def _serve(self, method: str) -> None:
             start = time.perf_counter()
+            body_read = False
+
+            def read_body(length: int) -> bytes:
+                nonlocal body_read
+                body_read = True
+                return self.rfile.read(length)
+
             if not server.enter():
                 status, payload = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "The server is shutting down."}
             else:
                 try:
-                    status, payload = server.handle(method, self.path, self.headers,
-                                                    lambda n: self.rfile.read(n))
+                    status, payload = server.handle(method, self.path, self.headers, read_body)
                 except _HttpError as e:
                     status, payload = e.status, {"error": str(e)}
-                    if e.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.LENGTH_REQUIRED):
-                        self.close_connection = True  # The unread body must not be taken for the next request.
                 except Exception as e:
                     log.exception("Unexpected server error.")
                     status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"Internal error: {e}"}
                 finally:
                     server.leave()
+            unread_body = not body_read and _has_body(self.headers)  # It must not be taken for the next request.
             text = payload if isinstance(payload, str) else json.dumps(payload)
             body = text.encode()
             # Counted before the answer leaves, so a client's next request already sees this one in /metrics.
@@ -410,6 +426,8 @@ def _handler_class(server: ModelServer):
             content_type = "text/plain; version=0.0.4" if isinstance(payload, str) else "application/json"
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if unread_body:
+                self.send_header("Connection", "close")  # Closes it after this answer, and tells the client.
             self.end_headers()
             self.wfile.write(body)
 
