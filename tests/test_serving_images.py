@@ -232,7 +232,7 @@ def test_image_feedback_lands_in_a_folder_that_training_reads(image_server):
     status, body = post(model_server, "predict", [{"b64": b64(cat)}])
     assert status == 200
     feedback = [{"prediction_id": body["predictions"][0]["prediction_id"], "label": "cat"},
-                {"b64": b64(dog), "label": "dog"}]
+                {"b64": b64(dog), "label": 1}]  # The class index: dog.
     status, answer = post(model_server, "feedback", feedback)
     assert status == 200 and answer["recorded"] == 2
     assert post(model_server, "feedback", [{"b64": b64(cat), "label": "cat"}, {"b64": b64(BROKEN), "label": "dog"}]
@@ -241,3 +241,4 @@ def test_image_feedback_lands_in_a_folder_that_training_reads(image_server):
     columns, names = folder.read_image_folder("train_dir", images_dir, BadExamples("error"))
     assert names == list(CLASSES) and len(columns["image"]) == 2  # The bad request above wrote no image.
     assert [open(p, "rb").read() for p in columns["image"]] == [cat, dog]
+    assert [json.loads(line)["label"] for line in open(answer["path"])] == ["cat", "dog"]

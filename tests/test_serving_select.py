@@ -1,11 +1,14 @@
 """Active-learning selection scores and ranking, and the drift statistics, against hand-computed numpy."""
 
 import json
+import logging
+import os
 
+import ml_collections
 import numpy as np
 import pytest
 
-from lm.serving import monitor, select
+from lm.serving import monitor, predict, select
 
 P = np.array([
     [0.50, 0.30, 0.20],
@@ -38,13 +41,66 @@ def test_selection_records_carry_score_strategy_rank_and_skip_labelled_ids(tmp_p
     (tmp_path / "done.txt").write_text("f.csv:4\n\n")
     labelled = select.read_labelled_ids([str(tmp_path / "done.jsonl"), str(tmp_path / "done.txt")])
     assert labelled == {"f.csv:5", "f.csv:4"}
-    records = select.selection_records(predictions, P, "entropy", 10, labelled)
+    exclude = select.excluded_rows([p["id"] for p in predictions], labelled)
+    records = select.selection_records(predictions, P, "entropy", 10, exclude)
     assert [r["id"] for r in records] == ["f.csv:2", "f.csv:6", "f.csv:3", "f.csv:7"]
     assert [r["rank"] for r in records] == [1, 2, 3, 4]
     assert records[0]["strategy"] == "entropy" and records[0]["score"] == pytest.approx(select.scores(P, "entropy")[0])
     task = select.label_studio_task(records[0], ("a", "b", "c"), "text")
     assert task["data"] == {"text": "text 0", "id": "f.csv:2"}
     assert task["predictions"][0]["result"][0]["value"] == {"choices": ["a"]}
+
+
+def test_a_missing_labelled_ids_file_names_its_key_and_value():
+    with pytest.raises(FileNotFoundError, match=r"config\.serving\.exclude_files: .*'/missing\.txt' does not exist"):
+        select.read_labelled_ids(["/missing.txt"])
+
+
+def test_input_ids_hold_absolute_paths_however_the_input_file_is_spelt(tmp_path, monkeypatch):
+    (tmp_path / "pool.tsv").write_text("text\nfirst\nsecond\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    config = ml_collections.ConfigDict({"serving": {"input_files": "../pool.tsv"}, "on_bad_example": "error",
+                                        "data": {"text_field": "text", "encoding": "utf-8"}})
+    rows = predict.read_inputs(config)
+    assert rows == [(f"{tmp_path}/pool.tsv line 2", "first"), (f"{tmp_path}/pool.tsv line 3", "second")]
+
+
+def test_a_missing_input_file_names_the_serving_key():
+    config = ml_collections.ConfigDict({"serving": {"input_files": "/missing.csv"}, "on_bad_example": "error",
+                                        "data": {"text_field": "text", "encoding": "utf-8"}})
+    with pytest.raises(FileNotFoundError, match=r"^config\.serving\.input_files='/missing\.csv': .* matches no file"):
+        predict.read_inputs(config)
+
+
+def test_labelled_ids_match_inputs_however_the_path_is_spelt_and_the_matches_are_counted(tmp_path, monkeypatch,
+                                                                                         caplog):
+    """An id written with a relative path (or before ids were absolute) matches from the directory it is read in;
+    the log says how many labelled ids matched and names one that did not."""
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    inputs = [f"{tmp_path}/pool.tsv line {n}" for n in (2, 3, 4)]
+    labelled = {"../pool.tsv line 3", f"{tmp_path}/sub/../pool.tsv line 4", "pool.tsv line 2", "other.tsv line 2"}
+    with caplog.at_level(logging.INFO, logger="lm.serving.select"):
+        exclude = select.excluded_rows(inputs, labelled)
+    assert exclude.tolist() == [False, True, True]
+    assert "excluded 2 of 4 labelled ids; 2 match no input id, e.g. 'other.tsv line 2'" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_labelled_ids_that_match_no_input_are_a_warning_showing_both_spellings(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    inputs = ["/data/pool.tsv line 2", "/data/pool.tsv line 3"]
+    with caplog.at_level(logging.INFO, logger="lm.serving.select"):
+        exclude = select.excluded_rows(inputs, {"pool.tsv line 2", "pool.tsv line 3"})
+    assert not exclude.any()
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    expected = (f"none of its 2 labelled ids matches an input id, so nothing is excluded: e.g. labelled "
+                f"'pool.tsv line 2' (read as '{os.path.join(tmp_path, 'pool.tsv')} line 2'), input "
+                "'/data/pool.tsv line 2'")
+    assert expected in warning.getMessage()
+    assert select.excluded_rows(inputs, set()).tolist() == [False, False]  # No exclude file: nothing logged.
+    assert len(caplog.records) == 1
 
 
 def test_unknown_strategy_and_bad_shapes_are_clear_errors():

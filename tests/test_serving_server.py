@@ -2,8 +2,10 @@
 
 import http.client
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from configs import bert_sentiment
 from lm.serving import batcher as batcher_lib
-from lm.serving import monitor, server
+from lm.serving import monitor, serve, server, trained
 from tests.serving_fakes import FakeTextServable, probabilities_of
 
 
@@ -84,6 +87,29 @@ def test_bad_requests_get_json_errors(running, kwargs, status, words):
     assert got == status and words in body["error"]
 
 
+def test_a_body_too_deep_or_with_too_long_a_number_is_a_400_and_logs_no_traceback(caplog):
+    """json.loads raises RecursionError on deep nesting and ValueError on an integer of over 4300 digits."""
+    servable = FakeTextServable()
+    model_server = server.ModelServer(servable, server.ServeOptions(port=0, max_body_bytes=10**6),
+                                      monitor.ServingMetrics(servable.label_names, 32))
+    thread = threading.Thread(target=model_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.ERROR):
+            status, body = request(model_server, "POST", PREDICT, raw=b"[" * 100000)
+            assert status == 400 and body["error"].startswith("The body nests arrays or objects too deeply")
+            nested = b"[" * 5000 + b"]" * 5000
+            status, body = request(model_server, "POST", PREDICT, raw=b'{"instances": [' + nested + b"]}")
+            assert status == 400 and "too deeply" in body["error"]
+            status, body = request(model_server, "POST", PREDICT, raw=b'{"instances": [' + b"1" * 5000 + b"]}")
+            assert status == 400 and body["error"] == ("The body holds an integer of over 4300 digits, too long to "
+                                                       "parse.")
+        assert "Unexpected server error" not in caplog.text
+    finally:
+        model_server.drain_and_stop()
+        thread.join(10)
+
+
 def test_unknown_paths_models_and_methods(running):
     model_server, _ = running
     assert request(model_server, "GET", "/v2/nothing")[0] == 404
@@ -92,6 +118,40 @@ def test_unknown_paths_models_and_methods(running):
     assert request(model_server, "GET", PREDICT)[0] == 405
     assert request(model_server, "DELETE", "/v1/models/fake")[0] == 405
     assert request(model_server, "POST", "/metrics", {})[0] == 405
+
+
+def test_a_content_length_that_is_not_a_whole_number_is_a_400(running):
+    """A negative length used to read the stream to its end: no answer, and no limit on what was read."""
+    model_server, _ = running
+    for value in ("-1", "1_0", "12abc"):
+        connection = http.client.HTTPConnection(*model_server.address, timeout=10)
+        try:
+            connection.putrequest("POST", PREDICT)
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", value)
+            connection.endheaders(b'{"instances": ["a"]}')
+            response = connection.getresponse()
+            assert response.status == 400
+            assert json.loads(response.read())["error"] == f"Content-Length {value!r} is not a number of bytes."
+        finally:
+            connection.close()  # Without the check, the server reads until the client closes.
+
+
+def test_an_answer_before_the_body_is_read_closes_the_connection_and_says_so(running):
+    """Else the unread body is taken for the next request on the connection."""
+    model_server, _ = running
+    connection = http.client.HTTPConnection(*model_server.address, timeout=10)
+    for path, content_type, status in (("/v2/nothing", "application/json", 404), (PREDICT, "text/plain", 415),
+                                       ("/v1/models/other:predict", "application/json", 404)):
+        connection.request("POST", path, body=b'{"instances": ["x"]}', headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        assert response.status == status and response.getheader("Connection") == "close"
+        response.read()
+        connection.request("POST", PREDICT, body=b'{"instances": ["x"]}', headers={"Content-Type": "application/json"})
+        response = connection.getresponse()  # http.client opened a new connection.
+        assert response.status == 200 and response.getheader("Connection") is None
+        response.read()
+    connection.close()
 
 
 def test_queue_full_is_503(running):
@@ -155,6 +215,36 @@ def test_feedback_by_input_and_by_prediction_id_writes_training_lines(running, t
     assert request(model_server, "POST", "/v1/models/fake:feedback", bad)[0] == 400
     unknown = {"instances": [{"prediction_id": "nope", "label": "pos"}]}
     assert request(model_server, "POST", "/v1/models/fake:feedback", unknown)[0] == 400
+    not_an_id = {"instances": [{"prediction_id": [[prediction_id]], "label": "pos"}]}
+    status, answer = request(model_server, "POST", "/v1/models/fake:feedback", not_an_id)
+    assert status == 400 and answer["error"] == ("instances[0]: prediction_id is an array; send the string a "
+                                                 "prediction returned.")
+
+
+def test_feedback_label_may_be_the_class_index_and_is_stored_as_its_name(running, tmp_path):
+    model_server, _ = running
+    feedback = "/v1/models/fake:feedback"
+    by_name = {"instances": [{"text": "great", "label": "pos"}, {"text": "meh", "label": "neg"}]}
+    by_index = {"instances": [{"text": "great", "label": 2}, {"text": "meh", "label": 0}]}
+    assert request(model_server, "POST", feedback, by_name)[0] == 200
+    assert request(model_server, "POST", feedback, by_index)[0] == 200
+    lines = (tmp_path / "feedback.jsonl").read_text().splitlines()
+    assert lines[:2] == lines[2:] == ['{"text": "great", "label": "pos"}', '{"text": "meh", "label": "neg"}']
+    for label, words in ((True, "label is true"), (3, "label index 3 is out of range"), (-1, "index -1"),
+                         (1.0, "the number 1.0"), (None, "label is null"), ([1], "an array"), ("2", "'2' is not")):
+        status, body = request(model_server, "POST", feedback, {"instances": [{"text": "x", "label": label}]})
+        assert status == 400 and words in body["error"]
+        assert "send a class name, one of ['neg', 'neu', 'pos'], or its index 0..2." in body["error"]
+    assert len((tmp_path / "feedback.jsonl").read_text().splitlines()) == 4  # The refused ones wrote nothing.
+
+
+def test_an_integer_label_that_is_also_a_class_name_elsewhere_is_ambiguous():
+    assert server.feedback_label(1, ("0", "1")) == server.feedback_label("1", ("0", "1")) == "1"
+    assert server.feedback_label(0, ("1", "2", "3")) == "1"
+    with pytest.raises(server.BadInstance, match="label 2 is ambiguous: the class named '2' or the class at index 2"):
+        server.feedback_label(2, ("1", "2", "3"))
+    with pytest.raises(server.BadInstance, match="the class named '3' or index 3, out of range; send the class name"):
+        server.feedback_label(3, ("1", "2", "3"))
 
 
 def test_remembered_predictions_stay_within_the_byte_limit(tmp_path):
@@ -188,6 +278,55 @@ def test_a_burst_of_connections_waits_for_accept_instead_of_being_refused():
             connection.request("GET", "/v1/models/fake")
             assert connection.getresponse().status == 200
             connection.close()
+    finally:
+        model_server.drain_and_stop()
+        thread.join(10)
+
+
+@pytest.fixture
+def busy_port():
+    """A port another socket listens on, held open for the test."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    yield holder.getsockname()[1]
+    holder.close()
+
+
+def test_a_port_in_use_fails_before_the_model_loads_naming_the_key_and_the_fix(busy_port, monkeypatch, tmp_path):
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(trained, "load", load)
+    config = bert_sentiment.get_config("files")
+    config.serving.port = busy_port
+    expected = (f"config.serving.port={busy_port} is in use (another server?); set --config.serving.port to a free "
+                "port or 0 for any free one.")
+    with pytest.raises(OSError) as raised:
+        serve.build(config, str(tmp_path))
+    assert str(raised.value) == expected
+    servable = FakeTextServable()
+    metrics = monitor.ServingMetrics(servable.label_names, 8)
+    with pytest.raises(OSError, match=f"config.serving.port={busy_port} is in use"):
+        server.ModelServer(servable, server.ServeOptions(port=busy_port), metrics)
+
+
+def test_the_port_is_bound_at_once_and_listens_once_the_server_is_built():
+    """Bound (port 0: any free one, which `server_address` names) but refusing clients while the model would load
+    and compile; ModelServer listens."""
+    bound = server.bind("127.0.0.1", 0)
+    port = bound.server_address[1]
+    assert port > 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+    servable = FakeTextServable()
+    metrics = monitor.ServingMetrics(servable.label_names, 8)
+    model_server = server.ModelServer(servable, server.ServeOptions(port=0), metrics, bound)
+    thread = threading.Thread(target=model_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert model_server.address == ("127.0.0.1", port)
+        assert request(model_server, "GET", "/v1/models/fake")[0] == 200
     finally:
         model_server.drain_and_stop()
         thread.join(10)

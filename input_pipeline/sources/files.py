@@ -73,19 +73,21 @@ def read_split(key: str, value: str, request: Request):
 
 
 def expand_files(key: str, value: str, formats: dict[str, str]) -> list[str]:
-    """Comma-separated paths or globs of config.data.<key> -> sorted existing files of a known format."""
+    """Comma-separated paths or globs of config.data.<key> (or of config.<key> when `key` is dotted, as
+    "serving.input_files") -> sorted existing files of a known format."""
+    name = key if "." in key else f"data.{key}"
     paths = []
     for pattern in [p.strip() for p in value.split(",") if p.strip()]:
         matches = sorted(tf.io.gfile.glob(pattern))
         if not matches:
             raise FileNotFoundError(
-                f"config.data.{key}={value!r}: {pattern!r} matches no file. Fix the path or glob "
+                f"config.{name}={value!r}: {pattern!r} matches no file. Fix the path or glob "
                 f"(comma-separated {', '.join(formats)} files)."
             )
         paths.extend(matches)
     for path in paths:
         if file_format(path, formats) is None:
-            raise ValueError(f"config.data.{key}: {path!r} has an unknown extension; use one of {', '.join(formats)}.")
+            raise ValueError(f"config.{name}: {path!r} has an unknown extension; use one of {', '.join(formats)}.")
     return paths
 
 

@@ -41,13 +41,15 @@ TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl
 
 
 def read_inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
-    """(id, text) of every row of config.serving.input_files, in file and row order; the id is "FILE line N".
+    """(id, text) of every row of config.serving.input_files, in file and row order; the id is "FILE line N",
+    FILE's path made absolute (lm.serving.select.absolute_path).
 
     The text column is config.data.text_field; no label column is needed. An empty text or a row without
     the column follows config.on_bad_example: it stops the run, naming file and line, or is skipped and counted.
     """
     from input_pipeline.common import BadExamples
     from input_pipeline.sources import files
+    from lm.serving import select
 
     if not config.serving.input_files:
         raise ValueError("--mode=predict and --mode=select need config.serving.input_files (comma-separated CSV, "
@@ -55,7 +57,8 @@ def read_inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
     reading = ml_collections.ConfigDict({"text_field": config.data.text_field, "encoding": config.data.encoding})
     bad = BadExamples(config.on_bad_example)
     rows = []
-    for path in files.expand_files("serving.input_files", config.serving.input_files, TEXT_FORMATS):
+    for found in files.expand_files("serving.input_files", config.serving.input_files, TEXT_FORMATS):
+        path = select.absolute_path(found)
         for where, record, problem in files.read_records(path, ("text",), reading, TEXT_FORMATS):
             text = None if record is None else record["text"]
             if not problem and (text is None or not str(text).strip()):
@@ -110,15 +113,22 @@ def probabilities_over(model: TrainedModel, inputs: list, batch_size: int, mesh:
     return np.concatenate(rows)
 
 
-def predictions(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainedModel, list[dict], np.ndarray]:
-    """Predict's records (id, input, label, probabilities by class name, step) and the probability matrix."""
-    from lm import config_checks, files, sharding
+def load_inputs(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainedModel, list[tuple[str, str]]]:
+    """The trained model and the (id, input) rows of config.serving.input_files; nothing compiled yet."""
+    from lm import config_checks
     from lm.serving import images, trained
 
     config_checks.check_static(config)
-
     model = trained.load(workdir, str(config.eval_checkpoint), config.serving.length_buckets)
     rows = images.read_inputs(config) if model.modality == "image" else read_inputs(config)
+    return model, rows
+
+
+def predict_rows(config: ml_collections.ConfigDict, model: TrainedModel,
+                 rows: list[tuple[str, str]]) -> tuple[list[dict], np.ndarray]:
+    """Predict's records (id, input, label, probabilities by class name, step) and the probability matrix."""
+    from lm import files, sharding
+
     mesh = sharding.create_mesh(config.mesh)
     if config.eval_batch_size % sharding.data_parallel_size(mesh):
         raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of the data-parallel "
@@ -128,7 +138,7 @@ def predictions(config: ml_collections.ConfigDict, workdir: str) -> tuple[Traine
     records = [{"id": row_id, "input": x, "label": model.label_names[int(p.argmax())],
                 "probabilities": {name: float(v) for name, v in zip(model.label_names, p)}, "step": model.step}
                for (row_id, x), p in zip(rows, probabilities)]
-    return model, records, probabilities
+    return records, probabilities
 
 
 def write_jsonl(path: str, records: list[dict]) -> None:
@@ -145,7 +155,8 @@ def write_jsonl(path: str, records: list[dict]) -> None:
 
 def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=predict: one JSONL line per input row, in input order -> config.serving.output."""
-    model, records, _ = predictions(config, workdir)
+    model, rows = load_inputs(config, workdir)
+    records, _ = predict_rows(config, model, rows)
     path = config.serving.output or os.path.join(workdir, "predictions.jsonl")
     write_jsonl(path, records)
     log.info("Wrote %d predictions of step %d to %s.", len(records), model.step, path)
@@ -156,8 +167,10 @@ def run_select(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=select: the config.serving.top_k most uncertain inputs, ranked, as JSONL (and Label Studio tasks)."""
     from lm.serving import select
 
-    exclude = select.read_labelled_ids([p.strip() for p in config.serving.exclude_files.split(",") if p.strip()])
-    model, records, probabilities = predictions(config, workdir)
+    labelled = select.read_labelled_ids([p.strip() for p in config.serving.exclude_files.split(",") if p.strip()])
+    model, rows = load_inputs(config, workdir)
+    exclude = select.excluded_rows([row_id for row_id, _ in rows], labelled)  # Logged before the model runs.
+    records, probabilities = predict_rows(config, model, rows)
     chosen = select.selection_records(records, probabilities, config.serving.strategy, config.serving.top_k, exclude)
     path = config.serving.output or os.path.join(workdir, "selection.jsonl")
     write_jsonl(path, chosen)

@@ -39,8 +39,21 @@ def options(config: ml_collections.ConfigDict) -> server.ServeOptions:
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer:
-    """The server, its model loaded and every batch shape compiled; not yet serving."""
+    """The server, its model loaded and every batch shape compiled; not yet serving. The port is bound first:
+    one in use fails in a moment, not after the model loaded and compiled."""
     config_checks.check_static(config)
+    bound = server.bind(config.serving.host, config.serving.port)
+    log.info("Bound %s:%d; the server listens once the model is loaded and compiled.", *bound.server_address[:2])
+    try:
+        served, metrics = _load(config, workdir)
+        return server.ModelServer(served, options(config), metrics, bound)
+    except BaseException:
+        bound.server_close()
+        raise
+
+
+def _load(config: ml_collections.ConfigDict, workdir: str) -> tuple[servable.PaddedServable, monitor.ServingMetrics]:
+    """The servable, its model loaded and every batch shape compiled, and its metrics."""
     model = trained.load(workdir, str(config.eval_checkpoint), config.serving.length_buckets)
     name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
     served = servable.for_model(model, name, config.serving.max_batch_size)
@@ -51,7 +64,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer
              f", lengths {list(model.length_buckets)}" if model.length_buckets else "")
     metrics = monitor.ServingMetrics(model.label_names, config.serving.max_batch_size, read_reference(workdir),
                                      config.serving.drift_window, config.serving.drift_threshold)
-    return server.ModelServer(served, options(config), metrics)
+    return served, metrics
 
 
 def run_serve(config: ml_collections.ConfigDict, workdir: str) -> dict:

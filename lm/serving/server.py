@@ -16,10 +16,12 @@ the model work happens in the one batching thread (lm.serving.batcher), so no ex
 
 import collections
 import dataclasses
+import errno
 import json
 import logging
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -83,9 +85,13 @@ class _HttpError(Exception):
 
 
 class ModelServer:
-    """Owns the HTTP server, the batcher, the metrics and the feedback log of one servable."""
+    """Owns the HTTP server, the batcher, the metrics and the feedback log of one servable.
 
-    def __init__(self, servable: Servable, options: ServeOptions, metrics: monitor.ServingMetrics):
+    `bound`: the server socket `bind` returned, when the port was taken before the model loaded; by default the
+    port of `options` is bound here."""
+
+    def __init__(self, servable: Servable, options: ServeOptions, metrics: monitor.ServingMetrics,
+                 bound: "_HTTPServer | None" = None):
         self.servable = servable
         self.options = options
         self.metrics = metrics
@@ -100,7 +106,9 @@ class ModelServer:
         self._in_flight = 0
         self._in_flight_cond = threading.Condition()
         self._draining = False
-        self.httpd = _HTTPServer((options.host, options.port), _handler_class(self))
+        self.httpd = bound if bound is not None else bind(options.host, options.port)
+        self.httpd.RequestHandlerClass = _handler_class(self)
+        self.httpd.server_activate()  # Listens: from now on a client waits in the backlog until serve_forever.
 
     @property
     def address(self) -> tuple[str, int]:
@@ -184,19 +192,7 @@ class ModelServer:
         if content_type != "application/json":
             raise _HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                              f"Content-Type {content_type!r} is not supported; send application/json.")
-        if headers.get("Content-Length") is None:
-            raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "A Content-Length header is required.")
-        try:
-            length = int(headers["Content-Length"])
-        except ValueError:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number.") from None
-        if length > self.options.max_body_bytes:
-            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                             f"The body has {length} bytes; the limit is {self.options.max_body_bytes}.")
-        try:
-            body = json.loads(read_body(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"The body is not valid JSON: {e}.") from None
+        body = _parse_json(read_body(self._content_length(headers)))
         if not isinstance(body, dict) or "instances" not in body:
             raise _HttpError(HTTPStatus.BAD_REQUEST, 'The body must be a JSON object with an "instances" list.')
         instances = body["instances"]
@@ -206,6 +202,22 @@ class ModelServer:
             raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                              f"{len(instances)} instances; the limit is {self.options.max_instances} a request.")
         return instances
+
+    def _content_length(self, headers) -> int:
+        """The body's length: 411 without the header, 400 unless it is a whole number (a negative one would read
+        to the end of the stream), 413 over max_body_bytes."""
+        value = headers.get("Content-Length")
+        if value is None:
+            raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "A Content-Length header is required.")
+        value = value.strip()
+        if not (value.isascii() and value.isdigit()):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"Content-Length {value[:40]!r} is not a number of bytes.")
+        length = int(value) if len(value) <= 18 else 10**18  # Longer is over any limit (and over int()'s digits).
+        if length > self.options.max_body_bytes:
+            shown = value if len(value) <= 18 else "over 10^18"
+            raise _HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"The body has {shown} bytes; the limit is "
+                             f"{self.options.max_body_bytes}.")
+        return length
 
     def _parse_all(self, instances: list) -> list:
         parsed = []
@@ -256,13 +268,16 @@ class ModelServer:
         for index, item in enumerate(instances):
             if not isinstance(item, dict) or "label" not in item:
                 raise _HttpError(HTTPStatus.BAD_REQUEST, f'instances[{index}] must be an object with a "label".')
-            label = item["label"]
-            if label not in self.servable.label_names:
-                raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: label {label!r} is not one of "
-                                 f"{list(self.servable.label_names)}.")
+            try:
+                label = feedback_label(item["label"], self.servable.label_names)
+            except BadInstance as e:
+                raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: {e}") from None
             if "prediction_id" in item:
+                if not isinstance(item["prediction_id"], str):
+                    raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: prediction_id is "
+                                     f"{_json_kind(item['prediction_id'])}; send the string a prediction returned.")
                 with self._recent_lock:
-                    instance = self._recent.get(str(item["prediction_id"]), (None, 0))[0]
+                    instance = self._recent.get(item["prediction_id"], (None, 0))[0]
                 if instance is None:
                     raise _HttpError(HTTPStatus.BAD_REQUEST, f"instances[{index}]: prediction_id "
                                      f"{item['prediction_id']!r} is unknown or too old; send the input instead.")
@@ -277,6 +292,51 @@ class ModelServer:
         records = [self.servable.feedback_record(instance, label, self.feedback) for instance, label in checked]
         self.feedback.append(records)
         return {"recorded": len(records), "path": self.feedback.path}
+
+
+def _parse_json(body: bytes) -> object:
+    """The request body's JSON; anything that does not parse is a 400 with a short message."""
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _HttpError(HTTPStatus.BAD_REQUEST, f"The body is not valid JSON: {e}.") from None
+    except RecursionError:
+        raise _HttpError(HTTPStatus.BAD_REQUEST, "The body nests arrays or objects too deeply to parse; an instance "
+                         "needs a few levels at most.") from None
+    except ValueError:  # What else json.loads raises: Python's limit on an integer's digits.
+        message = f"The body holds an integer of over {sys.get_int_max_str_digits()} digits, too long to parse."
+        raise _HttpError(HTTPStatus.BAD_REQUEST, message) from None
+
+
+def feedback_label(label: object, names: tuple[str, ...]) -> str:
+    """The class name a feedback label means: a class name, or a class index (an integer, 0 <= i < len(names), in
+    the order of the predictions' probabilities). An integer that is also a class name at another index is refused
+    as ambiguous; true and false are not indices."""
+    expected = f"send a class name, one of {list(names)}, or its index 0..{len(names) - 1}"
+    if isinstance(label, str):
+        if label not in names:
+            raise BadInstance(f"label {label!r} is not a class name; {expected}.")
+        return label
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise BadInstance(f"label is {_json_kind(label)}; {expected}.")
+    in_range = 0 <= label < len(names)
+    if str(label) in names and not (in_range and names[label] == str(label)):
+        at_index = f"the class at index {label}, {names[label]!r}" if in_range else f"index {label}, out of range"
+        raise BadInstance(f"label {label} is ambiguous: the class named {str(label)!r} or {at_index}; send the class "
+                          "name as a string.")
+    if not in_range:
+        raise BadInstance(f"label index {label} is out of range; {expected}.")
+    return names[label]
+
+
+def _json_kind(value: object) -> str:
+    """How a JSON value that is neither a string nor an integer reads in a message (never the value itself: it may
+    be large)."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    return {dict: "an object", list: "an array"}.get(type(value), type(value).__name__)
 
 
 def _size(value: object) -> int:
@@ -302,6 +362,32 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 512  # Connections the kernel holds before accept; the default 5 resets clients under load.
 
 
+def bind(host: str, port: int) -> _HTTPServer:
+    """An HTTP server bound to host:port but not yet listening (ModelServer listens): a port in use fails here, at
+    once, before a model loads or compiles, and until then a client is refused rather than left waiting. Port 0
+    takes any free port (`server_address` says which)."""
+    httpd = _HTTPServer((host, port), BaseHTTPRequestHandler, bind_and_activate=False)
+    try:
+        httpd.server_bind()
+    except OSError as e:
+        httpd.server_close()
+        raise OSError(_bind_error(host, port, e)) from None
+    return httpd
+
+
+def _bind_error(host: str, port: int, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return (f"config.serving.port={port} is in use (another server?); set --config.serving.port to a free port "
+                "or 0 for any free one.")
+    return (f"Cannot listen on config.serving.host={host!r}, config.serving.port={port}: {error.strerror or error}. "
+            "Set --config.serving.host to an address of this machine (127.0.0.1, or 0.0.0.0 for every interface) "
+            "and --config.serving.port to a free port (above 1023 without root) or 0 for any free one.")
+
+
+def _has_body(headers) -> bool:
+    return headers.get("Content-Length", "0").strip() != "0" or "Transfer-Encoding" in headers
+
+
 def _handler_class(server: ModelServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -312,21 +398,26 @@ def _handler_class(server: ModelServer):
 
         def _serve(self, method: str) -> None:
             start = time.perf_counter()
+            body_read = False
+
+            def read_body(length: int) -> bytes:
+                nonlocal body_read
+                body_read = True
+                return self.rfile.read(length)
+
             if not server.enter():
                 status, payload = HTTPStatus.SERVICE_UNAVAILABLE, {"error": "The server is shutting down."}
             else:
                 try:
-                    status, payload = server.handle(method, self.path, self.headers,
-                                                    lambda n: self.rfile.read(n))
+                    status, payload = server.handle(method, self.path, self.headers, read_body)
                 except _HttpError as e:
                     status, payload = e.status, {"error": str(e)}
-                    if e.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.LENGTH_REQUIRED):
-                        self.close_connection = True  # The unread body must not be taken for the next request.
                 except Exception as e:
                     log.exception("Unexpected server error.")
                     status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"Internal error: {e}"}
                 finally:
                     server.leave()
+            unread_body = not body_read and _has_body(self.headers)  # It must not be taken for the next request.
             text = payload if isinstance(payload, str) else json.dumps(payload)
             body = text.encode()
             # Counted before the answer leaves, so a client's next request already sees this one in /metrics.
@@ -335,6 +426,8 @@ def _handler_class(server: ModelServer):
             content_type = "text/plain; version=0.0.4" if isinstance(payload, str) else "application/json"
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if unread_body:
+                self.send_header("Connection", "close")  # Closes it after this answer, and tells the client.
             self.end_headers()
             self.wfile.write(body)
 
