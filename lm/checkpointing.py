@@ -36,7 +36,8 @@ class CheckpointError(RuntimeError):
 
 
 class StateMismatch(CheckpointError):
-    """A sound checkpoint of another model: its parameters differ in names or shapes from the state restoring it.
+    """A sound checkpoint of another model or optimizer: its arrays differ in names or shapes from the state
+    restoring it.
 
     Not damage: `restore_latest` raises it instead of setting the checkpoint aside."""
 
@@ -118,12 +119,12 @@ class Checkpointer:
         Raises CheckpointError, on every process alike, if any process fails to read the checkpoint or finds
         arrays that differ from the checksums recorded at save.
         """
-        differences = self.model_differences(step, abstract_state)
+        differences = integrity.agree(self.state_differences(step, abstract_state))  # Every process alike.
         if differences:
             raise StateMismatch(
-                f"{self.step_path(step)} holds another model than this config builds (is the model section the "
-                f"one the run trained with?): {len(differences)} parameter(s) differ, e.g. "
-                f"{'; '.join(differences[:4])}"
+                f"{self.step_path(step)} holds another model or optimizer state than this config builds (are the "
+                f"model and optimizer sections the ones the run trained with?): {len(differences)} array(s) differ, "
+                f"e.g. {'; '.join(differences[:4])}"
             )
         problems, restored, error = [], {}, None
         try:
@@ -183,18 +184,17 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"lm_checkpoint_set_aside_{step}")
         self.manager.reload()
 
-    def model_differences(self, step: int, abstract_state: Any) -> list[str]:
-        """The parameters and BatchNorm statistics whose names or shapes differ between checkpoint `step` and
-        `abstract_state` ([] when they agree, or when the checkpoint's metadata cannot be read: then the restore
-        itself reports the damage)."""
+    def state_differences(self, step: int, abstract_state: Any) -> list[str]:
+        """The arrays of the state (parameters, BatchNorm statistics, optimizer state...) whose names or shapes
+        differ between checkpoint `step` and `abstract_state`: [] when they agree, or when the checkpoint's
+        metadata cannot be read (then the restore itself reports the damage)."""
         try:
             saved = ocp.StandardCheckpointHandler().metadata(self.step_path(step) / "state").tree
         except Exception:  # A damaged or foreign directory: left to the restore's checks.
             return []
 
         def shapes(state) -> dict[str, tuple]:
-            trees = {key: state[key] for key in ("params", "batch_stats") if isinstance(state, dict) and key in state}
-            return {name: tuple(leaf.shape) for name, leaf in paths.flatten(trees).items()}
+            return {name: tuple(getattr(leaf, "shape", ())) for name, leaf in paths.flatten(state).items()}
 
         theirs, ours = shapes(saved), shapes(abstract_state)
         differences = [f"{name} is {theirs[name]} in the checkpoint, {ours[name]} here"

@@ -128,16 +128,17 @@ def _check_serving(serving: ml_collections.ConfigDict) -> None:
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:
     """Values that would train silently wrong: a negative rate ascends the loss, a warm-up beyond the run never
     reaches the peak rate, label smoothing outside [0, 1) is no smoothing."""
-    opt = config.optimizer
-    if not opt.learning_rate > 0:
-        raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate!r} must be positive (e.g. 5e-5 to "
-                         "fine-tune BERT, 1e-3 to train a small model from scratch).")
-    if not 0 <= opt.warmup_fraction <= 1:
+    opt = config.optimizer  # None: left to the recipe (lm/recipes.py), which fills it when the run starts.
+    if opt.learning_rate is not None and opt.learning_rate < 0:
+        raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate!r} must be >= 0 (e.g. 5e-5 to "
+                         "fine-tune BERT, 1e-3 to train a small model from scratch; 0 only updates BatchNorm "
+                         "statistics).")
+    if opt.warmup_fraction is not None and not 0 <= opt.warmup_fraction <= 1:
         raise ValueError(f"config.optimizer.warmup_fraction={opt.warmup_fraction!r} must be in [0, 1]: the fraction "
                          "of the training steps over which the rate rises to its peak (or set optimizer.warmup_steps).")
-    if opt.weight_decay < 0:
+    if opt.weight_decay is not None and opt.weight_decay < 0:
         raise ValueError(f"config.optimizer.weight_decay={opt.weight_decay!r} must be >= 0 (0 turns it off).")
-    if not 0 <= config.label_smoothing < 1:
+    if config.label_smoothing is not None and not 0 <= config.label_smoothing < 1:
         raise ValueError(f"config.label_smoothing={config.label_smoothing!r} must be in [0, 1): the probability "
                          "spread over the other classes (0 turns it off; 0.1 is usual).")
 

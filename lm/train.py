@@ -33,7 +33,6 @@ from lm import (
     files,
     hardware,
     metrics,
-    paths,
     preemption,
     preflight,
     progress,
@@ -199,17 +198,29 @@ def _previous_run_config(workdir: str) -> dict | None:
 
 
 # Keys that change what a resumed run computes from here on (the data position counts batches of the new size);
-# the others (steps, logging, evaluation, the machine's mesh...) may change freely between restarts.
-RESUME_KEYS = ("task", "model", "data", "optimizer", "global_batch_size", "grad_accum_steps", "seed",
-               "label_smoothing", "freeze", "trainable")
+# the others (steps, logging, evaluation, the machine's mesh...) may change freely between restarts. STATE_KEYS
+# also decide the train state's arrays (a change there stops the resume: the checkpoints no longer fit).
+STATE_KEYS = ("task", "model", "optimizer", "freeze", "trainable")
+RESUME_KEYS = (*STATE_KEYS, "data", "global_batch_size", "grad_accum_steps", "seed", "label_smoothing")
 
 
 def _changed(previous: dict, config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> list[str]:
-    """'key: old -> new' for the dotted keys under `sections` whose values differ (JSON lists read as tuples)."""
+    """'key: old -> new' for the keys under `sections` that the previous config.json records and this config
+    sets otherwise (keys an older config.json lacks are not changes); lists are compared whole."""
     written = json.loads(config.to_json_best_effort())  # As _write_config writes it.
-    old, new = (paths.flatten({key: values.get(key) for key in sections}) for values in (previous, written))
-    return [f"{name.replace('/', '.')}: {old.get(name)!r} -> {new.get(name)!r}"
-            for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+
+    def leaves(values: dict, prefix: str = "") -> dict[str, object]:
+        flat = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                flat.update(leaves(value, f"{prefix}{key}."))
+            else:
+                flat[prefix + key] = value
+        return flat
+
+    old = leaves({key: previous[key] for key in sections if key in previous})
+    new = leaves({key: written[key] for key in sections if key in written})
+    return [f"{name}: {old[name]!r} -> {new.get(name)!r}" for name in sorted(old) if new.get(name) != old[name]]
 
 
 def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str, previous: dict | None) -> dict:
@@ -220,9 +231,9 @@ def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str, pre
     try:
         found = checkpointer.restore_latest(exp.spec.abstract)
     except checkpointing.StateMismatch as error:
-        changes = _changed(previous, exp.config, ("task", "model")) if previous else []
+        changes = _changed(previous, exp.config, STATE_KEYS) if previous else []
         raise ValueError(
-            f"--workdir={workdir!r} holds checkpoints of another model than this config builds"
+            f"--workdir={workdir!r} holds checkpoints of another model or optimizer than this config builds"
             f"{' (changed since its run started: ' + '; '.join(changes[:6]) + ')' if changes else ''}. Resuming "
             "needs the same model: train in a new --workdir, or start there from this run's weights with "
             f"--config.init_from={workdir}. ({error})"

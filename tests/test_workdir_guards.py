@@ -3,6 +3,7 @@ over a directory that is not ours) stops before anything is compiled or overwrit
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -32,18 +33,36 @@ def _snapshot(workdir):
     return (workdir / "config.json").read_text(), sorted(p.name for p in (workdir / "checkpoints").iterdir())
 
 
-def test_resuming_another_model_is_refused_and_the_run_is_kept(trained, no_compile):  # noqa: F811
+@pytest.mark.parametrize("overrides, changed", [
+    ({"model.depth": 34}, "model.depth: 18 -> 34"),
+    ({"optimizer.name": "sgd"}, "optimizer.name: 'adamw' -> 'sgd'"),  # Another optimizer state.
+])
+def test_resuming_another_model_or_optimizer_is_refused_and_the_run_is_kept(trained, no_compile,  # noqa: F811
+                                                                            overrides, changed):
     before = _snapshot(trained)
-    with pytest.raises(ValueError, match=r"holds checkpoints of another model than this config builds \(changed "
-                                         r"since its run started: model.depth: 18 -> 34\).*--config.init_from="):
-        lm.run(_digits(**{"model.depth": 34}), str(trained), "train")
+    with pytest.raises(ValueError, match=r"holds checkpoints of another model or optimizer than this config builds "
+                                         rf"\(changed since its run started: {re.escape(changed)}\).*"
+                                         r"--config.init_from="):
+        lm.run(_digits(**overrides), str(trained), "train")
     assert _snapshot(trained) == before  # Nothing set aside, config.json not rewritten.
-    assert not (trained.parent / "checkpoints_rejected").exists()
+    assert not (trained / "checkpoints_rejected").exists()
+
+
+def test_a_key_an_older_config_json_lacks_is_no_change():
+    from lm import train
+
+    config = _digits()
+    written = json.loads(config.to_json_best_effort())
+    older = {**written, "model": {k: v for k, v in written["model"].items() if k != "depth"}}
+    assert train._changed(older, config, train.RESUME_KEYS) == []
+    older["data"] = {**written["data"], "image_size": 99}
+    assert train._changed(older, config, train.RESUME_KEYS) == ["data.image_size: 99 -> 16"]
 
 
 def test_evaluating_with_another_model_names_the_difference(trained, no_compile):  # noqa: F811
-    with pytest.raises(lm.checkpointing.CheckpointError, match=r"holds another model than this config builds.*"
-                                                                r"is \(16,\) in the checkpoint, \(8,\) here"):
+    with pytest.raises(lm.checkpointing.CheckpointError, match=r"holds another model or optimizer state than this "
+                                                                r"config builds.*array\(s\) differ, e\.g\. "
+                                                                r"batch_stats/blocks/10/norm1/mean only here"):
         lm.run(_digits(**{"model.depth": 34}), str(trained), "eval")
 
 
@@ -56,6 +75,12 @@ def test_resuming_with_other_data_settings_warns(tmp_path, caplog):
         lm.run(config, str(workdir), "train")
     warnings = [r.getMessage() for r in caplog.records if "differs from the one this run started" in r.getMessage()]
     assert len(warnings) == 1 and "global_batch_size: 16 -> 32" in warnings[0], warnings
+    caplog.clear()
+    config.num_train_steps = 6  # The same settings again: it resumes without a warning.
+    with caplog.at_level(logging.INFO, logger="lm.train"):
+        lm.run(config, str(workdir), "train")
+    assert any("Resumed from" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if "differs from the one this run started" in r.getMessage()]
     assert "num_train_steps" not in warnings[0]  # Steps, logging and evaluation may change freely.
     assert json.loads((workdir / "config.json").read_text())["global_batch_size"] == 32
 
