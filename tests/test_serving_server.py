@@ -243,8 +243,10 @@ def test_an_integer_label_that_is_also_a_class_name_elsewhere_is_ambiguous():
     assert server.feedback_label(0, ("1", "2", "3")) == "1"
     with pytest.raises(server.BadInstance, match="label 2 is ambiguous: the class named '2' or the class at index 2"):
         server.feedback_label(2, ("1", "2", "3"))
-    with pytest.raises(server.BadInstance, match="the class named '3' or index 3, out of range; send the class name"):
-        server.feedback_label(3, ("1", "2", "3"))
+    assert server.feedback_label(3, ("1", "2", "3")) == "3"  # Not an index (out of range): only the name fits.
+    assert server.feedback_label(5, ("a", "b", "5")) == "5"
+    with pytest.raises(server.BadInstance, match="label index 4 is out of range"):
+        server.feedback_label(4, ("1", "2", "3"))
 
 
 def test_remembered_predictions_stay_within_the_byte_limit(tmp_path):
@@ -330,6 +332,22 @@ def test_the_port_is_bound_at_once_and_listens_once_the_server_is_built():
     finally:
         model_server.drain_and_stop()
         thread.join(10)
+
+
+def test_two_servers_bound_to_one_port_the_second_to_listen_fails_clearly():
+    """Two serve processes started together both bind (SO_REUSEADDR) while neither listens yet: the one that listens
+    second fails with the same message as a port already in use, not a bare OSError."""
+    first, second = server.bind("127.0.0.1", 0), None
+    port = first.server_address[1]
+    try:
+        second = server.bind("127.0.0.1", port)
+        servable = FakeTextServable()
+        metrics = monitor.ServingMetrics(servable.label_names, 8)
+        first.server_activate()
+        with pytest.raises(OSError, match=f"config.serving.port={port} is in use"):
+            server.ModelServer(servable, server.ServeOptions(port=port), metrics, second)
+    finally:
+        first.server_close()
 
 
 def test_sigterm_drains_in_flight_requests_and_exits(tmp_path):

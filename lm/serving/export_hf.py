@@ -135,10 +135,9 @@ def write_vit(params, model: ml_collections.ConfigDict, directory: str, *, label
 
 def _run_data(workdir: str) -> dict:
     """The `data` section of the run's WORKDIR/config.json, or {} without one."""
-    path = files.join(workdir, "config.json")
-    if not files.is_file(path):
+    if not files.is_file(files.join(workdir, "config.json")):
         return {}
-    return files.read_json(path).get("data", {})
+    return files.read_run_config(workdir).get("data", {})
 
 
 def _export_bert(params, model, directory: str, config: ml_collections.ConfigDict, run: dict) -> None:

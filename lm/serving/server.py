@@ -108,7 +108,11 @@ class ModelServer:
         self._draining = False
         self.httpd = bound if bound is not None else bind(options.host, options.port)
         self.httpd.RequestHandlerClass = _handler_class(self)
-        self.httpd.server_activate()  # Listens: from now on a client waits in the backlog until serve_forever.
+        try:
+            self.httpd.server_activate()  # Listens: from now on a client waits in the backlog until serve_forever.
+        except OSError as e:  # Another server bound the port too (SO_REUSEADDR) and listened first.
+            self.httpd.server_close()
+            raise OSError(_bind_error(options.host, self.httpd.server_address[1], e)) from None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -311,7 +315,7 @@ def _parse_json(body: bytes) -> object:
 def feedback_label(label: object, names: tuple[str, ...]) -> str:
     """The class name a feedback label means: a class name, or a class index (an integer, 0 <= i < len(names), in
     the order of the predictions' probabilities). An integer that is also a class name at another index is refused
-    as ambiguous; true and false are not indices."""
+    as ambiguous (out of range, it is the name); true and false are not indices."""
     expected = f"send a class name, one of {list(names)}, or its index 0..{len(names) - 1}"
     if isinstance(label, str):
         if label not in names:
@@ -320,10 +324,11 @@ def feedback_label(label: object, names: tuple[str, ...]) -> str:
     if isinstance(label, bool) or not isinstance(label, int):
         raise BadInstance(f"label is {_json_kind(label)}; {expected}.")
     in_range = 0 <= label < len(names)
-    if str(label) in names and not (in_range and names[label] == str(label)):
-        at_index = f"the class at index {label}, {names[label]!r}" if in_range else f"index {label}, out of range"
-        raise BadInstance(f"label {label} is ambiguous: the class named {str(label)!r} or {at_index}; send the class "
-                          "name as a string.")
+    if str(label) in names and not in_range:  # Not an index: only the name can be meant.
+        return str(label)
+    if str(label) in names and names[label] != str(label):
+        raise BadInstance(f"label {label} is ambiguous: the class named {str(label)!r} or the class at index {label}, "
+                          f"{names[label]!r}; send the class name as a string.")
     if not in_range:
         raise BadInstance(f"label index {label} is out of range; {expected}.")
     return names[label]
