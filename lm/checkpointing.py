@@ -126,6 +126,10 @@ class Checkpointer:
                 f"model and optimizer sections the ones the run trained with?): {len(differences)} array(s) differ, "
                 f"e.g. {'; '.join(differences[:4])}"
             )
+        return self._restore_verified(step, abstract_state)
+
+    def _restore_verified(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """`restore` once the state's arrays are known to match: reads, then checks the checksums."""
         problems, restored, error = [], {}, None
         try:
             restored = self.manager.restore(
@@ -189,7 +193,7 @@ class Checkpointer:
         differ between checkpoint `step` and `abstract_state`: [] when they agree, or when the checkpoint's
         metadata cannot be read (then the restore itself reports the damage)."""
         try:
-            saved = ocp.StandardCheckpointHandler().metadata(self.step_path(step) / "state").tree
+            saved = self._saved_arrays(step)
         except Exception:  # A damaged or foreign directory: left to the restore's checks.
             return []
 
@@ -210,13 +214,16 @@ class Checkpointer:
         restore, and would give None: Orbax would then restore onto the saved devices, which a run on another
         topology, e.g. several processes, does not have).
         """
-        metadata = ocp.StandardCheckpointHandler().metadata(self.step_path(step) / "state").tree
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata,
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), self._saved_arrays(step),
             is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
         )
-        return self.restore(step, abstract)
+        return self._restore_verified(step, abstract)  # Its arrays are the checkpoint's own: nothing to compare.
+
+    def _saved_arrays(self, step: int) -> Any:
+        """The state item's metadata tree (a shape and dtype per array), read without the arrays."""
+        return ocp.StandardCheckpointHandler().metadata(self.step_path(step) / "state").tree
 
     def wait(self) -> None:
         """Blocks until the last save is on disk (CheckpointError if it failed), then applies retention."""

@@ -23,6 +23,11 @@ def join(location: str | os.PathLike, *parts: str) -> str:
     return str(epath.Path(location).joinpath(*parts))
 
 
+def absolute_path(location: str) -> str:
+    """A local path made absolute, "." and ".." resolved (symbolic links are kept); a URL (gs://...) as it is."""
+    return location if "://" in location else os.path.abspath(location)
+
+
 def exists(location: str | os.PathLike) -> bool:
     return bool(location) and epath.Path(location).exists()
 

@@ -226,8 +226,8 @@ def _changed(previous: dict, config: ml_collections.ConfigDict, sections: tuple[
 def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str, previous: dict | None) -> dict:
     """The newest checkpoint that verifies (bad ones are set aside with a warning), else a fresh state.
 
-    Checkpoints of another model (a changed architecture, class count or task) stop the run with what changed
-    since the run in `workdir` started; nothing is set aside or overwritten."""
+    Checkpoints whose arrays no longer fit (another architecture, class count, task or optimizer) stop the run with
+    what changed since the run in `workdir` started; nothing is set aside or overwritten."""
     try:
         found = checkpointer.restore_latest(exp.spec.abstract)
     except checkpointing.StateMismatch as error:

@@ -17,7 +17,7 @@ import pytest
 
 from configs import bert_sentiment
 from lm.serving import batcher as batcher_lib
-from lm.serving import monitor, serve, server, trained
+from lm.serving import monitor, serve, server, trained, transport
 from tests.serving_fakes import FakeTextServable, probabilities_of
 
 
@@ -316,7 +316,7 @@ def test_a_port_in_use_fails_before_the_model_loads_naming_the_key_and_the_fix(b
 def test_the_port_is_bound_at_once_and_listens_once_the_server_is_built():
     """Bound (port 0: any free one, which `server_address` names) but refusing clients while the model would load
     and compile; ModelServer listens."""
-    bound = server.bind("127.0.0.1", 0)
+    bound = transport.bind("127.0.0.1", 0)
     port = bound.server_address[1]
     assert port > 0
     with pytest.raises(ConnectionRefusedError):
@@ -337,10 +337,10 @@ def test_the_port_is_bound_at_once_and_listens_once_the_server_is_built():
 def test_two_servers_bound_to_one_port_the_second_to_listen_fails_clearly():
     """Two serve processes started together both bind (SO_REUSEADDR) while neither listens yet: the one that listens
     second fails with the same message as a port already in use, not a bare OSError."""
-    first, second = server.bind("127.0.0.1", 0), None
+    first, second = transport.bind("127.0.0.1", 0), None
     port = first.server_address[1]
     try:
-        second = server.bind("127.0.0.1", port)
+        second = transport.bind("127.0.0.1", port)
         servable = FakeTextServable()
         metrics = monitor.ServingMetrics(servable.label_names, 8)
         first.server_activate()

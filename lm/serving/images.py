@@ -106,16 +106,16 @@ def list_images(value: str) -> list[str]:
 
 def read_inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
     """(id, path) of every image of config.serving.input_files, the id being the path (made absolute:
-    lm.serving.select.absolute_path); an image that does not decode follows config.on_bad_example (stops the run
+    lm.files.absolute_path); an image that does not decode follows config.on_bad_example (stops the run
     naming the file, or is skipped and counted)."""
     from input_pipeline.common import BadExamples
     from input_pipeline.sources import folder
-    from lm.serving import select
+    from lm import files
 
     if not config.serving.input_files:
         raise ValueError("--mode=predict and --mode=select on an image model need config.serving.input_files "
                          "(comma-separated image folders, JPEG/PNG files or globs).")
-    paths = [select.absolute_path(path) for path in list_images(config.serving.input_files)]
+    paths = [files.absolute_path(path) for path in list_images(config.serving.input_files)]
     broken = folder.undecodable_images(paths)  # Training's check: one parallel decoding pass.
     bad = BadExamples(config.on_bad_example)
     for path in paths:

@@ -42,14 +42,14 @@ TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl
 
 def read_inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
     """(id, text) of every row of config.serving.input_files, in file and row order; the id is "FILE line N",
-    FILE's path made absolute (lm.serving.select.absolute_path).
+    FILE's path made absolute (lm.files.absolute_path).
 
     The text column is config.data.text_field; no label column is needed. An empty text or a row without
     the column follows config.on_bad_example: it stops the run, naming file and line, or is skipped and counted.
     """
     from input_pipeline.common import BadExamples
     from input_pipeline.sources import files
-    from lm.serving import select
+    from lm import files as lm_files
 
     if not config.serving.input_files:
         raise ValueError("--mode=predict and --mode=select need config.serving.input_files (comma-separated CSV, "
@@ -58,7 +58,7 @@ def read_inputs(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
     bad = BadExamples(config.on_bad_example)
     rows = []
     for found in files.expand_files("serving.input_files", config.serving.input_files, TEXT_FORMATS):
-        path = select.absolute_path(found)
+        path = lm_files.absolute_path(found)
         for where, record, problem in files.read_records(path, ("text",), reading, TEXT_FORMATS):
             text = None if record is None else record["text"]
             if not problem and (text is None or not str(text).strip()):

@@ -15,11 +15,12 @@ absolute, still matches when read from the same directory.
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable
 
 import numpy as np
+
+from lm import files
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,12 @@ def read_labelled_ids(paths: Iterable[str], id_field: str = "id") -> set[str]:
 _ROW_ID = re.compile(r"^(?P<path>.+) (?P<unit>line|record) (?P<number>\d+)$")
 
 
-def absolute_path(path: str) -> str:
-    """A local path made absolute, "." and ".." resolved (symbolic links are kept); a URL (gs://...) as it is."""
-    return path if "://" in path else os.path.abspath(path)
-
-
 def canonical_id(row_id: str) -> str:
     """An input id with its path made absolute: "../tmp/x.tsv line 3" and "/tmp/x.tsv line 3" are one row."""
     match = _ROW_ID.match(row_id)
     if match:
-        return f"{absolute_path(match['path'])} {match['unit']} {match['number']}"
-    return absolute_path(row_id)
+        return f"{files.absolute_path(match['path'])} {match['unit']} {match['number']}"
+    return files.absolute_path(row_id)
 
 
 def excluded_rows(input_ids: list[str], labelled_ids: set[str]) -> np.ndarray:

@@ -13,7 +13,7 @@ import ml_collections
 import tensorflow as tf
 
 from lm import config_checks
-from lm.serving import monitor, servable, server, trained
+from lm.serving import monitor, servable, server, trained, transport
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer
     """The server, its model loaded and every batch shape compiled; not yet serving. The port is bound first:
     one in use fails in a moment, not after the model loaded and compiled."""
     config_checks.check_static(config)
-    bound = server.bind(config.serving.host, config.serving.port)
+    bound = transport.bind(config.serving.host, config.serving.port)
     log.info("Bound %s:%d; the server listens once the model is loaded and compiled.", *bound.server_address[:2])
     try:
         served, metrics = _load(config, workdir)
