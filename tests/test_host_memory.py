@@ -12,9 +12,10 @@ from lm import host_memory
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A program whose temporary buffer (sorted 16 MB intermediates) XLA:CPU allocates at every run. Prints the minor
-# page faults (the pages the kernel had to map afresh) of each of 5 runs after 2 warm-up runs. With reuse a
-# run may still fault now and then (a small block freed into the middle of the heap can split the free
-# space), so the test reads the median.
+# page faults (the pages the kernel had to map afresh) of each of `runs` runs after 2 warm-up runs. With reuse a
+# run still faults now and then, in bursts of up to 3 runs anywhere in the sequence (a small block allocated into
+# the freed space splits it; measured: 13 of 120 runs over 8 processes), so the test counts the runs that faulted
+# over many: a median of 5 failed when a burst fell inside them.
 PROGRAM = textwrap.dedent("""
     import resource, sys
     sys.path.insert(0, {root!r})
@@ -31,34 +32,39 @@ PROGRAM = textwrap.dedent("""
     x = jnp.ones((2048, 2048), jnp.float32) * 1e-3
     f(x).block_until_ready()
     f(x).block_until_ready()
-    for _ in range(5):
+    for _ in range({runs}):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         f(x).block_until_ready()
         print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """)
 
 
-def _faults(malloc: str) -> tuple[str, int]:
-    """Whether keep_freed_memory applied, and the median page faults of a run, in a fresh process."""
+RUNS = 15
+
+
+def _faults(malloc: str, runs: int) -> tuple[str, list[int]]:
+    """Whether keep_freed_memory applied, and the page faults of each of `runs` runs, in a fresh process."""
     env = {**os.environ, host_memory.MALLOC_ENV: malloc, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    run = subprocess.run([sys.executable, "-c", PROGRAM.format(root=ROOT)], env=env, capture_output=True, text=True,
-                         timeout=300)
+    program = PROGRAM.format(root=ROOT, runs=runs)
+    run = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     applied = [line.split()[1] for line in out.splitlines() if line.startswith("applied")]
-    faults = sorted(int(line.split()[1]) for line in out.splitlines() if line.startswith("faults"))
-    return applied[0], faults[len(faults) // 2]
+    faults = [int(line.split()[1]) for line in out.splitlines() if line.startswith("faults")]
+    assert len(faults) == runs, out
+    return applied[0], faults
 
 
 @pytest.mark.skipif(host_memory.glibc() is None, reason="needs glibc's malloc")
 def test_second_run_reuses_the_pages_of_the_first():
-    applied, kept = _faults("reuse")
-    system_applied, system = _faults("system")
+    applied, kept = _faults("reuse", RUNS)
+    system_applied, system = _faults("system", 3)  # glibc's defaults fault every run: a few runs show it.
     assert (applied, system_applied) == ("True", "False")
     pages = 2048 * 2048 * 4 // 4096  # One 16 MB intermediate: the temporary buffer holds several.
-    assert system > pages, f"glibc's defaults should map the temporary buffer afresh each run ({system} faults)"
-    assert kept < pages // 4, f"the run should reuse the freed pages, yet it faulted {kept} ({system} without)"
+    assert all(faults > pages for faults in system), f"glibc's defaults should map the buffer afresh each run: {system}"
+    faulted = sum(faults > pages // 4 for faults in kept)
+    assert faulted <= RUNS // 3, f"the runs should reuse the freed pages, yet {faulted} of {RUNS} faulted: {kept}"
 
 
 def test_too_late_it_changes_nothing(monkeypatch):
