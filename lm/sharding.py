@@ -82,7 +82,7 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules) -> Any:
 
     def one(variable):
         names = _logical_names(variable)
-        shape = np.shape(variable.value)
+        shape = np.shape(variable.get_value())
         if not names:
             return NamedSharding(mesh, P())
         return NamedSharding(mesh, logical_to_mesh_spec(tuple(names), rules, shape, mesh))

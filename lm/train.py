@@ -91,7 +91,7 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
         if nan_steps:
             inject = jnp.isin(state["step"] + 1, jnp.asarray(nan_steps))
             grads = jax.tree.map(lambda g: jnp.where(inject, jnp.nan, g), grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         # A non-finite gradient anywhere makes the norm non-finite (as does a norm beyond float32's range).
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 

@@ -58,7 +58,11 @@ def test_remat_gives_the_same_gradients(name, remat, monkeypatch):
     reference = _gradients(config(), inputs(), "none")
     rematerialised = _gradients(config(), inputs(), remat)
     for expected, actual in zip(jax.tree.leaves(reference), jax.tree.leaves(rematerialised), strict=True):
-        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-7)
+        # Relative to the leaf's largest value: recomputing sums in another order moves a small element of a
+        # large leaf by float32 rounding of the large ones (ViT's position gradient used 87% of an element-wise
+        # rtol=1e-5 on one CPU). A wrong recompute (another dropout mask) is off by the gradient's own size.
+        scale = float(np.abs(expected).max())
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * scale + 1e-7)
     assert all(float(jnp.abs(grad).sum()) > 0 for grad in jax.tree.leaves(reference[1]))  # None is trivially 0.
 
 

@@ -359,9 +359,10 @@ def test_sigterm_drains_in_flight_requests_and_exits(tmp_path):
     result = {}
     slow = threading.Thread(target=lambda: result.update(r=request(address, "POST", PREDICT, {"instances": ["x"]})))
     slow.start()
-    for _ in range(200):  # Wait until the request is in flight (the batch takes 1 s).
-        if "lm_batch_size_count 1" in request(address, "GET", "/metrics")[1]:
-            break
+    deadline = time.monotonic() + 30
+    while "lm_batch_size_count 1" not in request(address, "GET", "/metrics")[1]:  # In flight: the batch takes 1 s.
+        assert time.monotonic() < deadline, "the request never reached the batcher"
+        time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     slow.join(30)
     assert result["r"][0] == 200
