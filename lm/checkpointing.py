@@ -232,6 +232,13 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
 
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Closes the manager on every path out, an error's included."""
+        self.close()
+
     def _confirm_pending(self) -> None:
         if self._pending is None:
             return

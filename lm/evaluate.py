@@ -90,11 +90,10 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not files.is_dir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
     exp = experiment.build(config)
-    checkpointer = checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
-                                              best_mode=config.best_mode)
-    step = select_step(checkpointer, str(config.eval_checkpoint))
-    state, _ = checkpointer.restore(step, exp.spec.abstract)
-    checkpointer.close()
+    with checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
+                                    best_mode=config.best_mode) as checkpointer:
+        step = select_step(checkpointer, str(config.eval_checkpoint))
+        state, _ = checkpointer.restore(step, exp.spec.abstract)
     eval_step = make_eval_step(exp)
     with jax.set_mesh(exp.mesh):
         result = evaluate_split(eval_step, state, exp.data, config.eval_split, exp.mesh, exp.task)

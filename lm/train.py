@@ -163,7 +163,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
         checkpointing.checkpoint_dir(workdir), keep=config.keep_checkpoints,
         best_metric=config.best_metric, best_mode=config.best_mode,
     )
-    state = _resume_or_start(exp, checkpointer, workdir, previous)
+    try:
+        state = _resume_or_start(exp, checkpointer, workdir, previous)
+    except BaseException:  # A refused resume (another model or optimizer, a bad init_from): close, then raise.
+        checkpointer.close()
+        raise
     _write_config(config, workdir, exp.data)  # After the resume check: a refused run leaves the old one intact.
     from clu import metric_writers  # Here, not at the top: it imports TensorFlow, which the step itself never needs.
 

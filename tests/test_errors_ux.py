@@ -146,3 +146,29 @@ def test_a_folder_without_config_json_is_named_as_the_user_gave_it(tmp_path, con
         workdir_source.configure(config.copy_and_resolve_references(), str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"workdir='.*' has no config.json"):
         report.run_row(str(tmp_path))
+
+
+# --- A damaged checkpoint -------------------------------------------------------------------------------------
+
+
+def test_main_ends_with_the_checkpoint_error(tmp_path):
+    """--mode=eval on a truncated checkpoint, through main.py as a user runs it: exit status 1, and the last line
+    on stderr is our CheckpointError (the other saved steps, --config.eval_checkpoint), nothing printed after it."""
+    from lm import checkpointing, config_checks, experiment
+    from tests.test_reliability import _corrupt
+
+    args = ["--config=configs/vision_classification.py:resnet_small,digits,smoke", f"--workdir={tmp_path}"]
+    exp = experiment.build(config_checks.resolved_copy(vision_classification.get_config("resnet_small,digits,smoke")))
+    with checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(tmp_path))) as checkpointer:
+        for step in (1, 2):
+            checkpointer.save(step, experiment.initial_state(exp), {"step": step}, force=True)
+        checkpointer.wait()
+    _corrupt("truncated", tmp_path / "checkpoints" / "2")
+    result = subprocess.run([sys.executable, "main.py", *args, "--mode=eval", "--config.eval_checkpoint=2"],
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                            timeout=600)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and lines, result.stderr[-4000:]
+    assert lines[-1].startswith("lm.checkpointing.CheckpointError: "), result.stderr[-4000:]
+    assert "checkpoints/2 cannot be restored" in lines[-1] and "Other saved steps: [1]" in lines[-1], lines[-1]
+    assert "--config.eval_checkpoint=STEP" in lines[-1]

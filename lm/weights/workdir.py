@@ -61,12 +61,11 @@ def load(workdir: str, params: dict, batch_stats: dict | None = None) -> tuple[d
     """
     from lm import checkpointing  # Orbax loads only when a workdir is imported.
 
-    checkpointer = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
-    step = checkpointer.best_step()
-    if step is None:
-        raise FileNotFoundError(f"config.init_from={workdir!r} has no checkpoint under checkpoints/.")
-    state, _ = checkpointer.restore_raw(step)
-    checkpointer.close()
+    with checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True) as checkpointer:
+        step = checkpointer.best_step()
+        if step is None:
+            raise FileNotFoundError(f"config.init_from={workdir!r} has no checkpoint under checkpoints/.")
+        state, _ = checkpointer.restore_raw(step)
     report = ImportReport(source=f"{workdir} step {step}")
     new_params = _merge(params, jax.device_get(state["params"]), report)
     if not report.loaded:
