@@ -151,6 +151,7 @@ def test_a_folder_without_config_json_is_named_as_the_user_gave_it(tmp_path, con
 # --- A damaged checkpoint -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~17 s: a run of main.py in its own process.
 def test_main_ends_with_the_checkpoint_error(tmp_path):
     """--mode=eval on a truncated checkpoint, through main.py as a user runs it: exit status 1, and the last line
     on stderr is our CheckpointError (the other saved steps, --config.eval_checkpoint), nothing printed after it."""
