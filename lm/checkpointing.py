@@ -236,7 +236,7 @@ class Checkpointer:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        """Closes the manager on every path out, an error's included."""
+        """Closes the manager on every path out, an error's included (it does not `wait` for a save: call that)."""
         self.close()
 
     def _confirm_pending(self) -> None:

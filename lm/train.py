@@ -10,6 +10,7 @@ whose loss or gradients are not finite changes nothing and is counted, and `max_
 them in a row halt the run before any checkpoint could hold a bad value.
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -159,23 +160,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
     config = config_checks.resolved_copy(config, overrides)
     previous = _previous_run_config(workdir)
     exp = experiment.build(config)
-    checkpointer = checkpointing.Checkpointer(
-        checkpointing.checkpoint_dir(workdir), keep=config.keep_checkpoints,
-        best_metric=config.best_metric, best_mode=config.best_mode,
-    )
-    try:
+    with contextlib.ExitStack() as opened:  # Closes what was opened, in reverse, on every way out.
+        checkpointer = opened.enter_context(checkpointing.Checkpointer(
+            checkpointing.checkpoint_dir(workdir), keep=config.keep_checkpoints,
+            best_metric=config.best_metric, best_mode=config.best_mode,
+        ))
         state = _resume_or_start(exp, checkpointer, workdir, previous)
-    except BaseException:  # A refused resume (another model or optimizer, a bad init_from): close, then raise.
-        checkpointer.close()
-        raise
-    _write_config(config, workdir, exp.data)  # After the resume check: a refused run leaves the old one intact.
-    from clu import metric_writers  # Here, not at the top: it imports TensorFlow, which the step itself never needs.
+        _write_config(config, workdir, exp.data)  # After the resume check: a refused run leaves the old one intact.
+        from clu import metric_writers  # Here, not at the top: it imports TensorFlow, which the step never needs.
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
-    eval_step = evaluate.make_eval_step(exp)
-    watch = preemption.PreemptionWatch()
-    debug_log = step_log.StepLog(workdir, int(jax.device_get(state["step"]))) if config.debug.step_log else None
-    try:
+        writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
+                                                      asynchronous=True)
+        opened.callback(writer.flush)
+        eval_step = evaluate.make_eval_step(exp)
+        watch = preemption.PreemptionWatch()
+        opened.callback(watch.close)
+        debug_log = step_log.StepLog(workdir, int(jax.device_get(state["step"]))) if config.debug.step_log else None
+        if debug_log is not None:
+            opened.callback(debug_log.close)
         with jax.set_mesh(exp.mesh):
             state, preempted = _train_loop(exp, state, checkpointer, eval_step, writer, watch, debug_log)
             checkpointer.wait()
@@ -185,12 +187,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
                             workdir)
                 return {"preempted_at_step": step}
             return _final_evaluation(exp, state, checkpointer, eval_step, writer, workdir)
-    finally:
-        watch.close()
-        if debug_log is not None:
-            debug_log.close()
-        writer.flush()
-        checkpointer.close()
 
 
 def _previous_run_config(workdir: str) -> dict | None:

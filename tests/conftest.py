@@ -19,9 +19,6 @@ import tensorflow as tf  # noqa: E402
 CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lm-test-jax-cache"))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-# Entries of older code and JAX versions are never read again: least recently used ones go past 1 GiB (a full run
-# writes ~150 MB).
-jax.config.update("jax_compilation_cache_max_size", 1 << 30)
 
 # tf.data must not grab the accelerator or all the cores' memory: it only feeds numpy to JAX.
 tf.config.set_visible_devices([], "GPU")

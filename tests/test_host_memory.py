@@ -12,10 +12,12 @@ from lm import host_memory
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A program whose temporary buffer (sorted 16 MB intermediates) XLA:CPU allocates at every run. Prints the minor
-# page faults (the pages the kernel had to map afresh) of each of `runs` runs after 2 warm-up runs. With reuse a
-# run still faults now and then, in bursts of up to 3 runs anywhere in the sequence (a small block allocated into
-# the freed space splits it; measured: 13 of 120 runs over 8 processes), so the test counts the runs that faulted
-# over many: a median of 5 failed when a burst fell inside them.
+# page faults (the pages the kernel had to map afresh) of each of `runs` runs after 4 warm-up runs. With reuse a
+# run still faults now and then, in bursts of up to 4 runs, most often soon after warm-up (a small block allocated
+# into the freed space splits it). Measured on a 2-core machine, 12 processes of 15 runs or more, 4 of them beside
+# a test run: at most 5 of a process's first 15 runs faulted, 0 to 5; with glibc's defaults all 60 runs of 2
+# processes did. So the test counts the runs that faulted and allows half of them: a median of 5 failed when a
+# burst fell inside them, and a reuse that did nothing still faults every run.
 PROGRAM = textwrap.dedent("""
     import resource, sys
     sys.path.insert(0, {root!r})
@@ -30,8 +32,8 @@ PROGRAM = textwrap.dedent("""
         return x.sum()
 
     x = jnp.ones((2048, 2048), jnp.float32) * 1e-3
-    f(x).block_until_ready()
-    f(x).block_until_ready()
+    for _ in range(4):
+        f(x).block_until_ready()
     for _ in range({runs}):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         f(x).block_until_ready()
@@ -64,7 +66,7 @@ def test_second_run_reuses_the_pages_of_the_first():
     pages = 2048 * 2048 * 4 // 4096  # One 16 MB intermediate: the temporary buffer holds several.
     assert all(faults > pages for faults in system), f"glibc's defaults should map the buffer afresh each run: {system}"
     faulted = sum(faults > pages // 4 for faults in kept)
-    assert faulted <= RUNS // 3, f"the runs should reuse the freed pages, yet {faulted} of {RUNS} faulted: {kept}"
+    assert faulted <= RUNS // 2, f"the runs should reuse the freed pages, yet {faulted} of {RUNS} faulted: {kept}"
 
 
 def test_too_late_it_changes_nothing(monkeypatch):
