@@ -16,6 +16,8 @@ when a metric is named, the best one by that metric stay; older ones are deleted
 is confirmed, so the last good checkpoint is never deleted before its successor is committed.
 """
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -23,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src import asyncio_utils as orbax_asyncio  # Private: see _leftover_reads_cancelled.
 
 from lm import integrity, paths
 
@@ -132,11 +135,12 @@ class Checkpointer:
         """`restore` once the state's arrays are known to match: reads, then checks the checksums."""
         problems, restored, error = [], {}, None
         try:
-            restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
-                                        checksums=ocp.args.JsonRestore()),
-            )
+            with _leftover_reads_cancelled():
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                            meta=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()),
+                )
             if not restored.get("checksums"):
                 problems = ["it holds no checksums (not written by this version of lm)"]
             else:
@@ -265,6 +269,41 @@ class Checkpointer:
         for step in steps:
             if step not in keep:
                 self.manager.delete(step)
+
+
+def _run_on_a_drained_loop(coro):
+    """Orbax's `_run_sync_via_new_loop`, except that the tasks a failure leaves behind are cancelled (which cancels
+    their TensorStore reads) and awaited before the loop closes."""
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    finally:
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+@contextlib.contextmanager
+def _leftover_reads_cancelled():
+    """Orbax 0.12.8 runs a restore in an event loop of its own and closes it as soon as one read fails, with the
+    reads of the other shards still pending: TensorStore then reports each to the closed loop ("RuntimeError: Event
+    loop is closed"), and asyncio logs their never-retrieved errors with TensorStore's whole spec, after our
+    CheckpointError. Until Orbax drains its loop itself, its helper is swapped, for our restore only, for one that
+    does; with an Orbax that lacks the helper, nothing is swapped."""
+    original = getattr(orbax_asyncio, "_run_sync_via_new_loop", None)
+    if original is None:
+        yield
+        return
+    orbax_asyncio._run_sync_via_new_loop = _run_on_a_drained_loop
+    try:
+        yield
+    finally:
+        orbax_asyncio._run_sync_via_new_loop = original
 
 
 def _is_scalar(value: Any) -> bool:

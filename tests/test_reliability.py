@@ -258,6 +258,42 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tmp_path, caplog, kind):
     ckpt.close()
 
 
+# Restores a truncated checkpoint of 4 arrays of 16 MB sharded over 8 devices, in a fresh process (the noise comes
+# from TensorStore's threads and at interpreter exit).
+RESTORE_TRUNCATED = """
+import sys
+sys.path.insert(0, {root!r})
+import jax, numpy as np
+from lm import checkpointing
+mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+abstract = {{f"w{{i}}": jax.ShapeDtypeStruct((2048, 2048), np.float32, sharding=sharded) for i in range(4)}}
+with checkpointing.Checkpointer({directory!r}, read_only=True) as checkpointer:
+    checkpointer.restore(1, abstract)
+"""
+
+
+def test_a_failed_restore_ends_with_our_error_alone(tmp_path):
+    """A restore that fails on one shard while other shards' reads are pending: Orbax 0.12.8 closed its event loop
+    under them, and "Event loop is closed" tracebacks and never-retrieved task errors followed our CheckpointError
+    (every run of this program before the fix); now the pending reads are cancelled and awaited first."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    rng = np.random.default_rng(0)
+    state = {f"w{i}": jax.device_put(rng.normal(size=(2048, 2048)).astype(np.float32), sharded) for i in range(4)}
+    with checkpointing.Checkpointer(str(tmp_path / "checkpoints")) as checkpointer:
+        checkpointer.save(1, state, {"step": 1}, force=True)
+        checkpointer.wait()
+    _corrupt("truncated", tmp_path / "checkpoints" / "1")
+    program = RESTORE_TRUNCATED.format(root=str(ROOT), directory=str(tmp_path / "checkpoints"))
+    run = subprocess.run([sys.executable, "-c", program], env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=300)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 1 and lines[-1].startswith("lm.checkpointing.CheckpointError: "), run.stderr[-3000:]
+    for noise in ("Event loop is closed", "Task exception was never retrieved", "Exception ignored in"):
+        assert noise not in run.stderr, run.stderr[-3000:]
+
+
 def test_run_continues_from_the_previous_good_checkpoint(data, straight, tmp_path, caplog):
     """The newest checkpoint of a finished run is bit-flipped: the run restarts from the one before, redoes the
     last steps, and ends bitwise where the uninterrupted run ended."""
