@@ -273,19 +273,24 @@ class Checkpointer:
 
 def _run_on_a_drained_loop(coro):
     """Orbax's `_run_sync_via_new_loop`, except that the tasks a failure leaves behind are cancelled (which cancels
-    their TensorStore reads) and awaited before the loop closes."""
+    their TensorStore reads) and awaited before the loop closes, as `asyncio.run` does."""
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(coro)
     finally:
-        leftover = asyncio.all_tasks(loop)
-        for task in leftover:
-            task.cancel()
-        if leftover:
-            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
-        asyncio.set_event_loop(None)
-        loop.close()
+        try:
+            for _ in range(10):  # Cancelling may start more tasks (their clean-up): a few rounds end them all.
+                leftover = asyncio.all_tasks(loop)
+                if not leftover:
+                    break
+                for task in leftover:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 @contextlib.contextmanager
@@ -293,10 +298,12 @@ def _leftover_reads_cancelled():
     """Orbax 0.12.8 runs a restore in an event loop of its own and closes it as soon as one read fails, with the
     reads of the other shards still pending: TensorStore then reports each to the closed loop ("RuntimeError: Event
     loop is closed"), and asyncio logs their never-retrieved errors with TensorStore's whole spec, after our
-    CheckpointError. Until Orbax drains its loop itself, its helper is swapped, for our restore only, for one that
-    does; with an Orbax that lacks the helper, nothing is swapped."""
+    CheckpointError. Until Orbax drains its loop itself, its helper is swapped for one that does while our restore
+    runs (another thread's Orbax calls in that window get it too: it only cancels what a closed loop would drop).
+    With an Orbax that lacks the helper nothing is swapped; a restore that overlaps one that swapped leaves the
+    swap to it, so the original always comes back."""
     original = getattr(orbax_asyncio, "_run_sync_via_new_loop", None)
-    if original is None:
+    if original is None or original is _run_on_a_drained_loop:
         yield
         return
     orbax_asyncio._run_sync_via_new_loop = _run_on_a_drained_loop

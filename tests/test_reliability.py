@@ -6,6 +6,7 @@ which writes `step loss sha256-of-batch` per step: two runs that saw the same ba
 losses have the same lines.
 """
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -292,6 +293,30 @@ def test_a_failed_restore_ends_with_our_error_alone(tmp_path):
     assert run.returncode == 1 and lines[-1].startswith("lm.checkpointing.CheckpointError: "), run.stderr[-3000:]
     for noise in ("Event loop is closed", "Task exception was never retrieved", "Exception ignored in"):
         assert noise not in run.stderr, run.stderr[-3000:]
+
+
+def test_a_failed_restore_cancels_the_reads_it_leaves_pending():
+    """The race-free half of the test above: inside a restore, Orbax runs its coroutines through our loop helper
+    (an Orbax that renamed it fails here, not by chance), and a coroutine that fails with a read still pending
+    leaves that read cancelled, not abandoned to a closed loop."""
+    from orbax.checkpoint._src import asyncio_utils
+
+    pending = {}
+
+    async def fails_with_a_read_pending():
+        pending["read"] = asyncio.ensure_future(asyncio.Event().wait())  # Never set: a read that has not ended.
+        await asyncio.sleep(0)
+        raise ValueError("one shard failed")
+
+    with checkpointing._leftover_reads_cancelled():
+        assert asyncio_utils._run_sync_via_new_loop is checkpointing._run_on_a_drained_loop
+        with pytest.raises(ValueError, match="one shard failed"):
+            asyncio_utils.run_sync(fails_with_a_read_pending())
+        with checkpointing._leftover_reads_cancelled():  # Nested: the outer swap stays in charge.
+            pass
+        assert asyncio_utils._run_sync_via_new_loop is checkpointing._run_on_a_drained_loop
+    assert pending["read"].cancelled()
+    assert asyncio_utils._run_sync_via_new_loop is not checkpointing._run_on_a_drained_loop
 
 
 def test_run_continues_from_the_previous_good_checkpoint(data, straight, tmp_path, caplog):
