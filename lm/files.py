@@ -60,12 +60,16 @@ def write_json(location: str | os.PathLike, value: Any) -> None:
     write_text(location, json.dumps(value, indent=2))
 
 
-def read_run_config(workdir: str | os.PathLike, given_as: str = "--workdir") -> dict:
+def read_run_config(workdir: str | os.PathLike, given_as: str = "--workdir", missing_ok: bool = False) -> dict | None:
     """The resolved config that the run in `workdir` wrote at its start (WORKDIR/config.json), as a dict.
 
-    `given_as` names where the user gave the workdir ("--workdir", "config.init_from"), for the error."""
+    `given_as` names where the user gave the workdir ("--workdir", "config.init_from"), for the error. Without a
+    config.json: None if `missing_ok` (a workdir no run has used yet), else an error. A config.json that lm did
+    not write (a Hugging Face directory) is an error either way."""
     file = join(workdir, "config.json")
     if not is_file(file):
+        if missing_ok:
+            return None
         raise FileNotFoundError(f"{given_as}={str(workdir)!r} has no config.json: it is not the workdir of a run of "
                                 "ours (main.py --mode=train --workdir=...).")
     config = read_json(file)

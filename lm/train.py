@@ -158,7 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
     A run stopped by SIGTERM saves, skips the final evaluation and returns {"preempted_at_step": step}.
     """
     config = config_checks.resolved_copy(config, overrides)
-    previous = _previous_run_config(workdir)
+    # The run already in `workdir` (None for a new one), read before anything there is overwritten.
+    previous = files.read_run_config(workdir, missing_ok=True)
     exp = experiment.build(config)
     with contextlib.ExitStack() as opened:  # Closes what was opened, in reverse, on every way out.
         checkpointer = opened.enter_context(checkpointing.Checkpointer(
@@ -187,14 +188,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
                             workdir)
                 return {"preempted_at_step": step}
             return _final_evaluation(exp, state, checkpointer, eval_step, writer, workdir)
-
-
-def _previous_run_config(workdir: str) -> dict | None:
-    """The config.json of the run already in `workdir` (None for a new workdir); a config.json that lm did not
-    write (a Hugging Face directory given as the workdir) is an error, before anything overwrites it."""
-    if not files.is_file(files.join(workdir, "config.json")):
-        return None
-    return files.read_run_config(workdir)
 
 
 # Keys that change what a resumed run computes from here on (the data position counts batches of the new size);

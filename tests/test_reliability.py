@@ -229,11 +229,14 @@ def _corrupt(kind: str, step_dir: pathlib.Path) -> None:
         shutil.rmtree(step_dir / "checksums")
 
 
-def _small_state(value: float) -> dict:
+def _rows_over_8_devices() -> jax.sharding.NamedSharding:
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+
+def _small_state(value: float) -> dict:
     weights = np.random.default_rng(int(value)).normal(size=(64, 64)).astype(np.float32)
-    return {"w": jax.device_put(weights, sharded), "step": jnp.int32(value)}
+    return {"w": jax.device_put(weights, _rows_over_8_devices()), "step": jnp.int32(value)}
 
 
 @pytest.mark.parametrize("kind", ["truncated", "deleted", "bit_flip", "empty", "foreign"])
@@ -278,8 +281,7 @@ def test_a_failed_restore_ends_with_our_error_alone(tmp_path):
     """A restore that fails on one shard while other shards' reads are pending: Orbax 0.12.8 closed its event loop
     under them, and "Event loop is closed" tracebacks and never-retrieved task errors followed our CheckpointError
     (every run of this program before the fix); now the pending reads are cancelled and awaited first."""
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    sharded = _rows_over_8_devices()
     rng = np.random.default_rng(0)
     state = {f"w{i}": jax.device_put(rng.normal(size=(2048, 2048)).astype(np.float32), sharded) for i in range(4)}
     with checkpointing.Checkpointer(str(tmp_path / "checkpoints")) as checkpointer:

@@ -135,9 +135,7 @@ def write_vit(params, model: ml_collections.ConfigDict, directory: str, *, label
 
 def _run_data(workdir: str) -> dict:
     """The `data` section of the run's WORKDIR/config.json, or {} without one."""
-    if not files.is_file(files.join(workdir, "config.json")):
-        return {}
-    return files.read_run_config(workdir).get("data", {})
+    return (files.read_run_config(workdir, missing_ok=True) or {}).get("data", {})
 
 
 def _export_bert(params, model, directory: str, config: ml_collections.ConfigDict, run: dict) -> None:
@@ -187,13 +185,10 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
     if not files.is_dir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
-    checkpointer = checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
-                                              best_mode=config.best_mode)
-    try:
+    with checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
+                                    best_mode=config.best_mode) as checkpointer:
         step = evaluate.select_step(checkpointer, str(config.eval_checkpoint))
         state, meta = checkpointer.restore_raw(step)
-    finally:
-        checkpointer.close()
     model = ml_collections.ConfigDict(meta["model"])  # The shape the weights were trained with.
     directory = config.export_dir or files.join(workdir, "hf_export")
     if jax.process_index() == 0:

@@ -109,13 +109,10 @@ def load(workdir: str, which: str = "best", length_buckets: bool = True) -> Trai
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
     if not tf.io.gfile.isdir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
-    checkpointer = checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=run.best_metric,
-                                              best_mode=run.best_mode)
-    try:
+    with checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=run.best_metric,
+                                    best_mode=run.best_mode) as checkpointer:
         step = evaluate.select_step(checkpointer, which)
         state, meta = checkpointer.restore_raw(step)
-    finally:
-        checkpointer.close()
     model = ml_collections.ConfigDict(meta["model"])
     with nnx.use_eager_sharding(False):
         graphdef = nnx.split(nnx.eval_shape(lambda: models.create_model(model, rngs=nnx.Rngs(0))),
