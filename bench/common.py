@@ -31,6 +31,7 @@ import numpy as np
 
 from lm import experiment, metrics, optimizers, sharding, train
 from lm import state as state_lib
+from lm.models import packing
 
 TOTAL_STEPS = 10_000  # Only shapes the learning-rate schedule; no contender runs that long.
 WARMUP_STEPS = 2  # Untimed steps after building: compilation, allocations, oneDNN primitive caches.
@@ -83,7 +84,8 @@ class Ours(Contender):
         with jax.set_mesh(self.mesh):
             self.state = state_lib.init_state(config.model, tx, spec, config.seed)
             self.batch = sharding.global_batch(batch, self.mesh)
-            self.step = train.jit_train_step(exp).lower(self.state, self.batch).compile()
+            packed = packing.packs(config, self.mesh, batch)  # As the trainer decides (lm/models/packing.py).
+            self.step = train.jit_train_step(exp, packed).lower(self.state, self.batch).compile()
         self.flops = train.step_flops(self.step)
         self.metrics = None
 

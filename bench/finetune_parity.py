@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import configs.bert_sentiment  # noqa: E402
 from lm import config_checks, experiment, optimizers, sharding, train  # noqa: E402
 from lm import state as state_lib  # noqa: E402
-from lm.models import layers  # noqa: E402
+from lm.models import layers, packing  # noqa: E402
 from lm.weights import hf_bert, pretrained  # noqa: E402
 
 NUM_CLASSES = 2
@@ -135,13 +135,15 @@ class Ours:
             params, _, _ = pretrained.load_into(config, state["params"])
             params = dict(params, classifier=dict(head))
             self.state = state_lib.replace_params(state, params, spec, tx)
-        self.step_fn = train.jit_train_step(self.exp)
+        # As the trainer: a batch that fits unpad_fraction takes the packed step (lm/models/packing.py).
+        self.step_fns = {packed: train.jit_train_step(self.exp, packed) for packed in (False, True)}
         self.steps_taken = 0
 
     def step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         learning_rate = float(self.schedule(self.steps_taken))
         with jax.set_mesh(self.mesh):
-            self.state, metrics = self.step_fn(self.state, sharding.global_batch(batch, self.mesh))
+            step_fn = self.step_fns[packing.packs(self.config, self.mesh, batch)]
+            self.state, metrics = step_fn(self.state, sharding.global_batch(batch, self.mesh))
         self.steps_taken += 1
         return {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]), "lr": learning_rate}
 
@@ -273,8 +275,8 @@ def compare(model_dir: str, recipe: Recipe, shared_masks: bool = False) -> list[
     """Runs both sides `recipe.steps` steps; one record per step: each side's loss, grad_norm, lr, and the
     largest parameter difference after the step (and where)."""
     head = classifier_head(hf_bert.read_config(model_dir)["hidden_size"], recipe.seed)
-    # Shared masks pair our k-th dropout call with torch's: unpadding traces a packed and a padded layer stack (other
-    # calls, other shapes), so that comparison runs padded; without shared masks our step is the default config's.
+    # Shared masks pair our k-th dropout call with torch's: unpadding draws dropout on packed rows (other shapes),
+    # so that comparison runs padded; without shared masks our step is the default config's.
     ours, reference = Ours(model_dir, recipe, head, padded=shared_masks), Torch(model_dir, recipe, head)
     masks = SharedMasks(recipe.seed) if shared_masks else None
     records = []

@@ -108,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant.smoke:
         config.data.max_length = 32
         config.data.bucket_lengths = ()  # One batch shape: one compiled step per test run.
-        config.model.unpad_fraction = 1.0  # One encoder in the step (not two branches): faster to compile.
+        config.model.unpad_fraction = 1.0  # One step: batches that fit and ones that do not would compile two.
         config.data.shuffle_buffer = 64
         config.global_batch_size = 16
         config.eval_batch_size = 16

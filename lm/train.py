@@ -42,6 +42,7 @@ from lm import (
 )
 from lm import distributed as hosts
 from lm import state as state_lib
+from lm.models import packing
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ SERVING_FACTS = "serving_facts.json"  # What predict, export and serve read of t
 
 def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False,
                     nan_steps: tuple[int, ...] = (), grad_accum_steps: int = 1, mesh: jax.sharding.Mesh | None = None,
-                    skip_with_branch: bool | None = None):
+                    skip_with_branch: bool | None = None, packed: bool = False):
     """The pure train step: (state, batch) -> (new state, metrics). Jitted by the caller with donation.
 
     Only the parameters that `trainable` marks are differentiated and updated; the frozen ones pass
@@ -68,6 +69,8 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
     place): under 1% of a MiniLM step's time, 64 MiB more temporary memory (bench/README.md, `step_parts.py`).
     On accelerators, where a branch can cost a host round trip, the choice stays elementwise.
     `skip_with_branch` overrides that choice (None: a branch where the mesh's devices are CPUs).
+    `packed`: the step for text batches whose real tokens fit `config.model.unpad_fraction` of their positions
+    (the trainer decides per batch on the host, `packing.packs`): BERT's layers run on those tokens only.
     """
     if skip_with_branch is None:
         platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
@@ -87,8 +90,9 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
             (loss, (aux, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             return (loss, aux), new_stats, grads
 
-        (loss, aux), batch_stats, grads = accumulation.accumulate(
-            grad_fn, params, state["batch_stats"], batch, key, grad_accum_steps, mesh)
+        with packing.packed_layers(packed):  # Read while tracing the model (lm/models/packing.py).
+            (loss, aux), batch_stats, grads = accumulation.accumulate(
+                grad_fn, params, state["batch_stats"], batch, key, grad_accum_steps, mesh)
         if nan_steps:
             inject = jnp.isin(state["step"] + 1, jnp.asarray(nan_steps))
             grads = jax.tree.map(lambda g: jnp.where(inject, jnp.nan, g), grads)
@@ -117,13 +121,14 @@ def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable:
     return train_step
 
 
-def jit_train_step(exp: experiment.Experiment):
-    """The jitted train step; with config.trainable="head" the frozen backbone runs in eval mode."""
+def jit_train_step(exp: experiment.Experiment, packed: bool = False):
+    """The jitted train step; with config.trainable="head" the frozen backbone runs in eval mode. `packed`: the
+    step for the batches that `packing.packs(exp.config, exp.mesh, host_batch)` says fit (make_train_step)."""
     spec = exp.spec
     return jax.jit(
         make_train_step(spec.graphdef, exp.task, exp.tx, spec.trainable, deterministic=exp.config.trainable == "head",
                         nan_steps=tuple(exp.config.debug.nan_steps), grad_accum_steps=exp.config.grad_accum_steps,
-                        mesh=exp.mesh),
+                        mesh=exp.mesh, packed=packed),
         in_shardings=(spec.shardings, sharding.batch_sharding(exp.mesh)),
         out_shardings=(spec.shardings, sharding.replicated(exp.mesh)),
         donate_argnums=0,
@@ -278,8 +283,9 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     log.info("MFU (train/%s) is quoted against %.4g FLOP/s per device: %s.", metrics.mfu_name(peak),
              peak.flops_per_second, peak.label)
     meta = {"model": config.model.to_dict(), "task": config.task}
-    # One compiled step per batch shape (text length buckets): compiled ahead of time when a shape first comes.
-    jitted_step, compiled_steps, window_flops = jit_train_step(exp), {}, 0.0
+    # One compiled step per batch shape (text length buckets) and per choice of packed or padded layers (decided
+    # on the host: lm/models/packing.py): compiled ahead of time when such a batch first comes.
+    jitted_steps, compiled_steps, window_flops = {}, {}, 0.0
     if start_step == 0 and config.eval_at_start:  # The starting point, e.g. of continued pretraining.
         eval_metrics = evaluate.evaluate_split(eval_step, state, data, "validation", mesh, exp.task)
         evaluate.write_eval_scalars(writer, 0, "validation", eval_metrics)
@@ -291,15 +297,19 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         with timer.waiting_for_input():
             host_batch = next(train_iter)
             batch = sharding.global_batch(host_batch, mesh)
-        shapes = tuple((key, value.shape) for key, value in sorted(batch.items()))
-        if shapes not in compiled_steps:  # Ahead of time, once per batch shape, with the pre-flight report.
+        packed = packing.packs(config, mesh, host_batch)
+        kind = (tuple((key, value.shape) for key, value in sorted(batch.items())), packed)
+        if kind not in compiled_steps:  # Ahead of time, once per kind of batch, with the pre-flight report.
             compile_start = time.perf_counter()
-            compiled_steps[shapes] = _compile(exp, jitted_step, state, batch)
-            log.info("compiled the train step for batch shapes %s (%d so far)", dict(shapes), len(compiled_steps))
+            if packed not in jitted_steps:
+                jitted_steps[packed] = jit_train_step(exp, packed)
+            compiled_steps[kind] = _compile(exp, jitted_steps[packed], state, batch)
+            log.info("compiled the train step for batch shapes %s%s (%d so far)", dict(kind[0]),
+                     ", packed" if packed else "", len(compiled_steps))
             if len(compiled_steps) == 1:
                 hosts.wait_for_all("train_step_compiled", config.distributed.initialization_timeout_s)
             timer.start += time.perf_counter() - compile_start  # Compiling is not step time.
-        train_step, flops = compiled_steps[shapes]
+        train_step, flops = compiled_steps[kind]
         window_flops += flops
         last = step == exp.total_steps
         window_end = step % config.log_every == 0 or last

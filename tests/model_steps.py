@@ -14,7 +14,7 @@ import numpy as np
 from configs import bert_sentiment, vision_classification
 from lm import config_checks, experiment, optimizers, sharding, train
 from lm import state as state_lib
-from lm.models import vit
+from lm.models import packing, vit
 
 # A ViT small enough for tests, with heads and MLP divisible by a tensor axis of 2: (hidden, layers, heads).
 TEST_VIT = ("Test", (64, 2, 4))
@@ -85,15 +85,17 @@ def image_batch(seed: int, batch_size: int = 16, size: int = 16) -> dict[str, np
 
 
 def train_losses(exp: experiment.Experiment, batches: list[dict]) -> tuple[np.ndarray, dict, object]:
-    """(the loss of each step, the final state, the compiled step) of training from a fresh state."""
-    state = experiment.initial_state(exp)
+    """(the loss of each step, the final state, the first batch's compiled step) of training from a fresh state;
+    as the trainer does, a batch that packs (lm/models/packing.py) runs the packed step."""
+    state, steps, losses = experiment.initial_state(exp), {}, []
     with jax.set_mesh(exp.mesh):
-        step = train.jit_train_step(exp).lower(state, sharding.global_batch(batches[0], exp.mesh)).compile()
-        losses = []
         for batch in batches:
-            state, metrics = step(state, sharding.global_batch(batch, exp.mesh))
+            packed, global_batch = packing.packs(exp.config, exp.mesh, batch), sharding.global_batch(batch, exp.mesh)
+            if packed not in steps:
+                steps[packed] = train.jit_train_step(exp, packed).lower(state, global_batch).compile()
+            state, metrics = steps[packed](state, global_batch)
             losses.append(float(metrics["loss"]))
-    return np.array(losses), state, step
+    return np.array(losses), state, steps[packing.packs(exp.config, exp.mesh, batches[0])]
 
 
 def copies_of_size(hlo: str, sizes: tuple[int, ...]) -> list[str]:

@@ -134,23 +134,15 @@ class BertEncoder(nnx.Module):
             return layer(x, attention_mask, deterministic=deterministic, rngs=rngs, packing=packing)
 
         run_layer = layers.remat(run_layer, self.config.remat)
-
-        def padded(encoder_layers, x, attention_mask, packing, rngs):
-            for layer in encoder_layers:
-                x = layers.constrain_batch(run_layer(layer, x, attention_mask, rngs, None))
-            return x
-
-        def packed(encoder_layers, x, attention_mask, packing, rngs):
+        if not deterministic and packing_lib.requested():  # Training a batch that fits (lm/models/packing.py).
+            packing = packing_lib.token_packing(attention_mask, self.config.unpad_fraction)
             rows = packing_lib.pack(x, packing)
-            for layer in encoder_layers:
+            for layer in self.layers:
                 rows = run_layer(layer, rows, attention_mask, rngs, packing)
-            return packing_lib.unpack(rows, packing, *attention_mask.shape)
-
-        if deterministic or not packing_lib.saves(attention_mask.size, self.config.unpad_fraction):
-            x = padded(self.layers, x, attention_mask, None, rngs)
-        else:  # Training on one CPU device: packed when the batch fits (data), else as it is; both compiled in.
-            packing, fits = packing_lib.token_packing(attention_mask, self.config.unpad_fraction)
-            x = nnx.cond(fits, packed, padded, self.layers, x, attention_mask, packing, rngs)
+            x = packing_lib.unpack(rows, packing, *attention_mask.shape)
+        else:
+            for layer in self.layers:
+                x = layers.constrain_batch(run_layer(layer, x, attention_mask, rngs, None))
         pooled = jnp.tanh(self.pooler(x[:, 0]))
         return x, pooled
 

@@ -5,22 +5,33 @@ batches padded to 48 or 64), and every per-token layer (the projections, the fee
 dropout) works on the padding as hard as on the text. `token_packing` gathers the batch's real tokens (in order,
 then padding positions up to a static count: `fraction` of the positions) into rows [tokens, features] that
 those layers run on; `unpack` puts the rows back at their positions for the attention, which needs [batch,
-length]. The count is static (jit compiles one program per shape), so it is a fraction of the padded positions;
-whether a batch fits is data, so the caller branches with `lax.cond` on `fits` and runs padded when it does not.
-Both directions are gathers, and so are their gradients (a gather's own transpose would be a scatter-add, which
-XLA:CPU runs as a loop).
+length]. Both directions are gathers, and so are their gradients (a gather's own transpose would be a
+scatter-add, which XLA:CPU runs as a loop).
 
-One CPU device only (`available`). On a data x fsdp x tensor = 2 x 2 x 2 mesh of 8 CPU devices the conditional
-gave wrong losses (each branch alone, run without the conditional, was right, and so were the meshes 2 x 1 x 2,
-1 x 2 x 2, 2 x 2 x 1 and 4 x 1 x 2; the cause was not found), so a batch split over devices runs padded. On GPU
-and TPU it is not measured, and a branch can cost a host round trip there: the step stays padded.
+The count is static (jit compiles one program per shape), so whether a batch fits it is decided on the host,
+before the batch goes to the device: `packs(config, mesh, batch)` (numpy, no device round trip). The trainer
+compiles one step per batch shape and per answer (lm/train.py), and the step it builds for the batches that fit
+traces the encoder inside `packed_layers(True)`, which is how `BertEncoder` knows to pack: a trace-time switch,
+as `jax.set_mesh` is one for sharding. The step for the other batches is the padded step, unchanged, so only
+the programs the data needs are compiled, and neither holds the other's intermediate arrays.
+
+One CPU device only (`available`). A batch split over devices stays padded: gathering real tokens across the
+data-parallel devices would move activations between them, and it is not measured. On GPU and TPU it is not
+measured either: the step stays padded.
 """
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+_PACKED = contextvars.ContextVar("lm_packed_layers", default=False)
 
 
 class Packing(NamedTuple):
@@ -31,20 +42,28 @@ class Packing(NamedTuple):
     slot_of_row: jax.Array
 
 
-def available() -> bool:
-    """Whether the step runs on one CPU device: outside a mesh (`jax.set_mesh`, which the trainer always sets), or
-    on a mesh of one device. Not on accelerators, where it is not measured and a branch can cost a host round trip
-    for its predicate (the reason lm/train.py keeps its non-finite skip elementwise there)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty and mesh.size > 1:
-        return False
-    device = None if mesh.empty else mesh.abstract_device
-    return (device.platform if device is not None else jax.default_backend()) == "cpu"
+@contextlib.contextmanager
+def packed_layers(on: bool = True) -> Iterator[None]:
+    """While tracing inside it, `BertEncoder` in training runs its layers on packed rows (`requested`).
+
+    Only for steps whose every batch fits (`fits`): rows beyond the capacity are left out, not checked on device.
+    """
+    token = _PACKED.set(on)
+    try:
+        yield
+    finally:
+        _PACKED.reset(token)
 
 
-def saves(positions: int, fraction: float) -> bool:
-    """Whether packing can run here and leaves out any of `positions` (else the step stays as it was)."""
-    return available() and capacity(positions, fraction) < positions
+def requested() -> bool:
+    """Whether the step being traced packs (inside `packed_layers(True)`)."""
+    return _PACKED.get()
+
+
+def available(mesh: jax.sharding.Mesh) -> bool:
+    """Whether `mesh` is one CPU device. Not on accelerators, where it is not measured (and where lm/train.py keeps
+    its non-finite skip elementwise, a branch there can cost a host round trip)."""
+    return mesh.size == 1 and mesh.devices.flat[0].platform == "cpu"
 
 
 def capacity(positions: int, fraction: float) -> int:
@@ -52,13 +71,33 @@ def capacity(positions: int, fraction: float) -> int:
     return min(positions, 8 * math.ceil(positions * fraction / 8))
 
 
-def token_packing(attention_mask: jax.Array, fraction: float) -> tuple[Packing, jax.Array]:
-    """The packing of a [batch, length] mask, and whether its real tokens fit (a boolean scalar)."""
+def fits(attention_mask: np.ndarray, fraction: float, micro_batches: int = 1) -> bool:
+    """Whether the real tokens of each micro-batch of a host batch's [batch, length] mask fit its packed rows and
+    leave some out (else packing saves nothing). Micro-batch i holds rows i, i + k, ... (lm/accumulation.py)."""
+    mask = np.asarray(attention_mask) != 0
+    per_micro = mask.reshape(mask.shape[0] // micro_batches, micro_batches, -1)
+    positions = per_micro.shape[0] * per_micro.shape[2]
+    rows = capacity(positions, fraction)
+    return rows < positions and bool(np.all(per_micro.sum(axis=(0, 2)) <= rows))
+
+
+def packs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, batch: Mapping[str, np.ndarray]) -> bool:
+    """Whether the trainer runs this host batch through the packed step: a text batch on one CPU device, training
+    the whole model (config.trainable="head" runs the backbone in eval mode, padded), with
+    config.model.unpad_fraction < 1, and every micro-batch's real tokens fit."""
+    fraction = config.model.get("unpad_fraction", 1.0)
+    if fraction >= 1.0 or "attention_mask" not in batch or config.trainable == "head" or not available(mesh):
+        return False
+    return fits(batch["attention_mask"], fraction, config.grad_accum_steps)
+
+
+def token_packing(attention_mask: jax.Array, fraction: float) -> Packing:
+    """The packing of a [batch, length] mask into `capacity(batch * length, fraction)` rows (inside the step)."""
     real = attention_mask.reshape(-1) != 0
     tokens = capacity(real.size, fraction)
     order = jnp.argsort(jnp.logical_not(real), stable=True).astype(jnp.int32)  # Real tokens first, in order.
     slot = jnp.argsort(order).astype(jnp.int32)  # Each position's place in `order`.
-    return Packing(order[:tokens], jnp.where(slot < tokens, slot, tokens)), jnp.sum(real) <= tokens
+    return Packing(order[:tokens], jnp.where(slot < tokens, slot, tokens))
 
 
 def _take(rows: jax.Array, index: jax.Array) -> jax.Array:
