@@ -114,7 +114,9 @@ def serving_defaults() -> ml_collections.ConfigDict:
     serving.max_queue = 1024  # Instances waiting at most; a request that does not fit gets 503.
     serving.max_body_bytes = 10 * 2**20  # Larger request bodies get 413.
     serving.max_instances = 256  # Instances per request at most; more get 413.
-    serving.feedback_path = ""  # JSONL file that :feedback appends labelled examples to; "" turns feedback off.
+    # JSONL file that :feedback appends labelled examples to; "" turns feedback off. Checked (its directory created
+    # if missing) when the server starts, before the model loads.
+    serving.feedback_path = ""
     serving.drift_window = 1000  # Live predictions compared with the validation reference.
     serving.drift_threshold = 0.25  # PSI above this logs a warning.
     return serving

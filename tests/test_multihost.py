@@ -1,6 +1,7 @@
 """Many hosts in real processes on 127.0.0.1: 2 processes x 4 CPU devices against 1 process x 8 devices.
 
-Each process is main.py, as a user starts it on each host; the coordinator listens on a free local port.
+Each process is main.py, as a user starts it on each host; the coordinator listens on a free local port
+(tests/cluster.py: started again on another port if that one was taken before the coordinator bound it).
 The real multi-process tests take 1.5-2 minutes each on 2 shared cores: they are marked slow (make test-all).
 """
 
@@ -11,7 +12,6 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +24,13 @@ import lm
 from input_pipeline.image_classification import ImageClassificationData
 from input_pipeline.text_classification import TextClassificationData
 from lm import checkpointing, config_checks, distributed, experiment
-from tests import text_data
+from tests import cluster, text_data
+from tests.cluster import wait_all
 from tests.test_image_pipeline import folder_config, image_folder  # noqa: F401, F811 (a fixture)
 from tests.test_text_pipeline import NAMES, make_config, make_rows, write
 from tests.test_train import files_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main_args(vocab, csv_path, workdir, **overrides) -> list[str]:
@@ -62,28 +57,13 @@ def start(args: list[str], devices: int, log: pathlib.Path, **env) -> subprocess
 
 def start_hosts(args: list[str], logs: pathlib.Path, timeout_s: int = 100, **env) -> list[subprocess.Popen]:
     """Two main.py processes of 4 devices each, joined by the config (process 0 is the coordinator)."""
-    port = free_port()
-    return [
-        start([*args, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-               "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
-               f"--config.distributed.timeout_s={timeout_s}", "--config.distributed.initialization_timeout_s=120"],
-              4, logs / f"process{i}.log", **env)
-        for i in range(2)
-    ]
+    def launch(port: int, i: int) -> subprocess.Popen:
+        return start([*args, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                      "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+                      f"--config.distributed.timeout_s={timeout_s}",
+                      "--config.distributed.initialization_timeout_s=120"], 4, logs / f"process{i}.log", **env)
 
-
-def wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path], timeout: float = 600) -> None:
-    """Waits for every process (killing what is left after `timeout`); each must exit 0."""
-    deadline = time.monotonic() + timeout
-    try:
-        for process in processes:
-            process.wait(timeout=max(deadline - time.monotonic(), 1))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    for process, log in zip(processes, logs):
-        assert process.returncode == 0, log.read_text()[-6000:]
+    return cluster.start(launch, 2, logs / "process0.log")
 
 
 def digest(state) -> dict[str, str]:
@@ -127,10 +107,12 @@ def test_two_processes_equal_one_and_restore_elsewhere(data):
     overrides = {"model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0}
     # The single process joins a one-process "cluster": its collectives are then gloo's, as between processes.
     single_args = [*main_args(vocab, csv_path, root / "single", **overrides),
-                   f"--config.distributed.coordinator_address=127.0.0.1:{free_port()}",
                    "--config.distributed.num_processes=1", "--config.distributed.process_id=0"]
-    single = start(single_args, 8, root / "single.log")
-    wait_all([single], [root / "single.log"])
+    def launch_single(port: int, _) -> subprocess.Popen:
+        return start([*single_args, f"--config.distributed.coordinator_address=127.0.0.1:{port}"], 8,
+                     root / "single.log")
+
+    wait_all(cluster.start(launch_single, 1, root / "single.log"), [root / "single.log"])
     hosts = start_hosts(main_args(vocab, csv_path, root / "two", **overrides), root)
     wait_all(hosts, [root / "process0.log", root / "process1.log"])
 
@@ -297,15 +279,18 @@ def test_processes_meet_before_the_first_collective(tmp_path):
     """A process that reaches its first collective 40 s after the other still joins it: `distributed.wait_for_all`
     lines them up first, as lm.train does once the train step is compiled. (Without it, XLA's gloo set-up, whose
     rendezvous gives up after 30 s, fails the run: docs/RELIABILITY.md.)"""
-    port = free_port()
     environment = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                        PYTHONPATH=str(ROOT))
-    processes = [subprocess.Popen([sys.executable, "-c", SKEWED_START, str(port), str(i)], cwd=ROOT, env=environment,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=400)[0] for p in processes]
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
-        assert "sum [6.0, 6.0, 6.0]" in output, output[-3000:]
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+
+    def launch(port: int, i: int) -> subprocess.Popen:
+        with logs[i].open("w") as out:
+            return subprocess.Popen([sys.executable, "-c", SKEWED_START, str(port), str(i)], cwd=ROOT, env=environment,
+                                    stdout=out, stderr=subprocess.STDOUT)
+
+    wait_all(cluster.start(launch, 2, logs[0]), logs, timeout=400)
+    for log in logs:
+        assert "sum [6.0, 6.0, 6.0]" in log.read_text(), log.read_text()[-3000:]
 
 
 def test_settings_from_config_and_environment():

@@ -25,7 +25,7 @@ import pytest
 
 import lm
 from lm import checkpointing, step_log
-from tests import text_data
+from tests import cluster, text_data
 from tests.test_train import files_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -443,18 +443,17 @@ def test_consecutive_non_finite_steps_halt_the_run(data, tmp_path):
 def test_two_processes_agree_on_a_mismatch_only_one_can_see(tmp_path):
     """Two processes of 4 devices: the checksums of an array sharded across them are all recorded; a digest that
     only process 1 can check is altered, and both processes skip that checkpoint for the previous one."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS", None)
-    processes = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "multiprocess_checkpoint.py"), str(port),
-                                   str(i), str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    for i, (process, output) in enumerate(zip(processes, outputs)):
-        assert process.returncode == 0, output[-3000:]
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+
+    def launch(port: int, i: int) -> subprocess.Popen:
+        with logs[i].open("w") as out:
+            return subprocess.Popen([sys.executable, str(ROOT / "tests" / "multiprocess_checkpoint.py"), str(port),
+                                     str(i), str(tmp_path)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    cluster.wait_all(cluster.start(launch, 2, logs[0]), logs, timeout=300)
+    for i, log in enumerate(logs):
+        output = log.read_text()
         assert f"process {i}: restored step 1, equal True, steps [1]" in output, output[-3000:]
         assert "checkpoints/2 cannot be restored: 1 problem(s), e.g. w[48:56,0:64]: sha256 differs" in output

@@ -313,6 +313,39 @@ def test_a_port_in_use_fails_before_the_model_loads_naming_the_key_and_the_fix(b
         server.ModelServer(servable, server.ServeOptions(port=busy_port), metrics)
 
 
+def test_a_feedback_path_that_cannot_be_written_fails_before_the_model_loads(monkeypatch, tmp_path):
+    """Checked at the start of serving (its directory created if missing, as for other outputs), not at the first
+    feedback after the model loaded and compiled."""
+    loaded = []
+
+    def load(*args, **kwargs):
+        loaded.append(args)
+        raise RuntimeError("stop at the model")
+
+    monkeypatch.setattr(trained, "load", load)
+    config = bert_sentiment.get_config("files")
+    config.serving.port = 0
+    (tmp_path / "a_file").write_text("not a directory")
+    fix = ("Set --config.serving.feedback_path to a file in a directory this server can write (a missing directory "
+           "is created), or to '' to turn feedback off.")
+    for path, reason in ((tmp_path / "a_file" / "feedback.jsonl", "a_file is not a directory"),
+                         (tmp_path, "it is a directory")):
+        config.serving.feedback_path = str(path)
+        with pytest.raises(OSError) as raised:
+            serve.build(config, str(tmp_path))
+        assert str(raised.value).startswith(f"config.serving.feedback_path={str(path)!r} cannot be written: ")
+        assert reason in str(raised.value) and str(raised.value).endswith(fix)
+        servable = FakeTextServable()
+        with pytest.raises(OSError, match="config.serving.feedback_path=.* cannot be written"):
+            server.ModelServer(servable, server.ServeOptions(port=0, feedback_path=str(path)),
+                               monitor.ServingMetrics(servable.label_names, 8))
+    assert not loaded
+    config.serving.feedback_path = str(tmp_path / "new" / "folder" / "feedback.jsonl")
+    with pytest.raises(RuntimeError, match="stop at the model"):
+        serve.build(config, str(tmp_path))
+    assert loaded and os.listdir(tmp_path / "new" / "folder") == []  # Created; the probe file removed.
+
+
 def test_the_port_is_bound_at_once_and_listens_once_the_server_is_built():
     """Bound (port 0: any free one, which `server_address` names) but refusing clients while the model would load
     and compile; ModelServer listens."""

@@ -13,7 +13,7 @@ import ml_collections
 import tensorflow as tf
 
 from lm import config_checks
-from lm.serving import monitor, servable, server, trained, transport
+from lm.serving import feedback, monitor, servable, server, trained, transport
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,12 @@ def options(config: ml_collections.ConfigDict) -> server.ServeOptions:
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer:
-    """The server, its model loaded and every batch shape compiled; not yet serving. The port is bound first:
-    one in use fails in a moment, not after the model loaded and compiled."""
+    """The server, its model loaded and every batch shape compiled; not yet serving. The feedback file is checked
+    and the port bound first: a path that cannot be written or a port in use fails in a moment, not after the model
+    loaded and compiled."""
     config_checks.check_static(config)
+    if config.serving.feedback_path:
+        feedback.check_writable(config.serving.feedback_path)
     bound = transport.bind(config.serving.host, config.serving.port)
     log.info("Bound %s:%d; the server listens once the model is loaded and compiled.", *bound.server_address[:2])
     try:
