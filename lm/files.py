@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +43,45 @@ def is_dir(location: str | os.PathLike) -> bool:
 
 def makedirs(location: str | os.PathLike) -> None:
     epath.Path(location).mkdir(parents=True, exist_ok=True)
+
+
+def check_writable(location: str, name: str, fix: str, *, directory: bool = False) -> None:
+    """Raises OSError "NAME cannot be written: REASON. FIX" unless lm can write `location`; a mode calls it at its
+    start, so that a bad output path fails in a moment, not after the model was restored, compiled and run.
+
+    A file (`directory` False): not a directory, its directory there (created if missing, as the writers do) and
+    taking new files. A directory (`directory` True): not a file, there (created if missing) and taking new files;
+    what it holds is kept. `name` names the setting for the user, e.g. "config.serving.output='out.jsonl'".
+    A probe file with a unique name is written beside the file (in the directory) and removed: nothing of the
+    user's is overwritten and nothing is left behind but the directories created. Goes through tf.io.gfile, so
+    `gs://` and the other file systems TensorFlow knows are checked as local paths are.
+    """
+    import tensorflow as tf
+
+    location = os.fspath(location)
+    folder = location if directory else os.path.dirname(location)
+    try:
+        if directory and tf.io.gfile.exists(location) and not tf.io.gfile.isdir(location):
+            raise OSError("it is a file, not a directory")
+        if not directory and tf.io.gfile.isdir(location):
+            raise OSError("it is a directory")
+        if not directory and location.endswith("/"):
+            raise OSError("it names a directory (it ends with '/')")
+        if folder:
+            tf.io.gfile.makedirs(folder)
+        probe = os.path.join(folder, f".lm_write_check_{uuid.uuid4().hex}")
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as e:
+        reason = e.message if isinstance(e, tf.errors.OpError) else (e.strerror or str(e))
+        raise OSError(f"{name} cannot be written: {reason}. {fix}") from None
+
+
+def setting(key: str, value: str, location: str) -> str:
+    """How an error names the setting `key` that resolved to `location`: "KEY='VALUE'", or, for an empty value
+    that stands for a default location, "KEY='' (the default, 'LOCATION')"."""
+    return f"{key}={value!r}" if value else f"{key}='' (the default, {location!r})"
 
 
 def read_text(location: str | os.PathLike) -> str:

@@ -87,3 +87,35 @@ def test_train_eval_export_with_a_ram_workdir(ram_workdir, tmp_path, small_vocab
     assert sorted(weights) == sorted(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(weights[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("scheme", ["local", "ram"])
+def test_check_writable_refuses_the_wrong_kind_and_leaves_nothing_behind(scheme, tmp_path):
+    """files.check_writable, which the modes call before the model loads: a file must not be a directory, a
+    directory not a file; missing directories are created, what is there is kept, the probe file is removed."""
+    root = str(tmp_path) if scheme == "local" else f"ram://{uuid.uuid4().hex}"
+    fix = "Do this."
+    with tf.io.gfile.GFile(f"{root}/a_file", "w") as f:
+        f.write("kept")
+    tf.io.gfile.makedirs(f"{root}/a_dir")
+    with tf.io.gfile.GFile(f"{root}/a_dir/old", "w") as f:
+        f.write("kept")
+    for location, directory, reason in ((f"{root}/a_dir", False, "it is a directory"),
+                                        (f"{root}/new/", False, "it names a directory (it ends with '/')"),
+                                        (f"{root}/a_file", True, "it is a file, not a directory")):
+        with pytest.raises(OSError) as raised:
+            files.check_writable(location, f"key={location!r}", fix, directory=directory)
+        assert str(raised.value) == f"key={location!r} cannot be written: {reason}. {fix}"
+    if scheme == "local":  # ram:// keeps "a_file/x" beside the file "a_file", as a bucket would.
+        with pytest.raises(OSError, match=r"key cannot be written: .*a_file is not a directory\. Do this\.$"):
+            files.check_writable(f"{root}/a_file/out.jsonl", "key", fix)
+    files.check_writable(f"{root}/a_file", "key", fix)  # An existing file is written over by the mode, not here.
+    files.check_writable(f"{root}/a_dir", "key", fix, directory=True)
+    files.check_writable(f"{root}/new/folder/out.jsonl", "key", fix)
+    files.check_writable(f"{root}/other/folder", "key", fix, directory=True)
+    assert tf.io.gfile.GFile(f"{root}/a_file").read() == "kept" and tf.io.gfile.listdir(f"{root}/a_dir") == ["old"]
+    assert tf.io.gfile.listdir(f"{root}/new/folder") == [] and tf.io.gfile.listdir(f"{root}/other/folder") == []
+    assert files.setting("key", "", "/w/out") == "key='' (the default, '/w/out')"
+    assert files.setting("key", "/x/out", "/x/out") == "key='/x/out'"
+    if scheme == "ram":
+        tf.io.gfile.rmtree(root)

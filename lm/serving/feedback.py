@@ -13,28 +13,20 @@ import threading
 
 import tensorflow as tf
 
+from lm import files
+
 
 def check_writable(path: str) -> None:
     """Raises OSError, naming config.serving.feedback_path, its value and the fix, unless feedback can be appended
-    to `path`: not a directory, its directory there (created if missing, as for other outputs) and writable.
+    to `path`: not a directory, its directory there (created if missing, as for other outputs) and writable
+    (`lm.files.check_writable`).
 
     The server checks at its start, before the model loads and compiles: a bad path fails in a moment, not at
-    the first feedback a user sends. Writes and removes the file that `append` writes first (`path`.tmp).
+    the first feedback a user sends.
     """
-    try:
-        if tf.io.gfile.isdir(path):
-            raise OSError("it is a directory")
-        parent = os.path.dirname(path)
-        if parent:
-            tf.io.gfile.makedirs(parent)
-        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-            f.write("")
-        tf.io.gfile.remove(path + ".tmp")
-    except (OSError, tf.errors.OpError) as e:
-        reason = e.message if isinstance(e, tf.errors.OpError) else (e.strerror or str(e))
-        raise OSError(f"config.serving.feedback_path={path!r} cannot be written: {reason}. Set "
-                      "--config.serving.feedback_path to a file in a directory this server can write (a missing "
-                      "directory is created), or to '' to turn feedback off.") from None
+    files.check_writable(path, f"config.serving.feedback_path={path!r}",
+                         "Set --config.serving.feedback_path to a file in a directory this server can write (a "
+                         "missing directory is created), or to '' to turn feedback off.")
 
 
 class FeedbackLog:
