@@ -96,7 +96,9 @@ def serving_defaults() -> ml_collections.ConfigDict:
     # predict/select: comma-separated CSV/TSV/JSONL/TXT files or globs (no label needed); for an image model, image
     # folders (every JPEG/PNG under them), image files or globs.
     serving.input_files = ""
-    serving.output = ""  # predict/select JSONL; "" = WORKDIR/predictions.jsonl or WORKDIR/selection.jsonl.
+    # predict/select JSONL; "" = WORKDIR/predictions.jsonl or WORKDIR/selection.jsonl. Checked (its directory created
+    # if missing) when the mode starts, before the model loads.
+    serving.output = ""
     serving.strategy = "least_confidence"  # select: least_confidence | margin | entropy.
     serving.top_k = 100  # select: how many of the most uncertain inputs to write.
     serving.exclude_files = ""  # select: files of ids already labelled (JSONL with "id", or one id a line).

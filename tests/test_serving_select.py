@@ -8,7 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lm.serving import monitor, predict, select
+import lm
+from configs import bert_sentiment
+from lm.serving import monitor, predict, select, trained
 
 P = np.array([
     [0.50, 0.30, 0.20],
@@ -130,3 +132,55 @@ def test_drift_rises_when_live_predictions_move_away_from_the_reference(caplog):
         metrics.observe_predictions(np.array([[0.6, 0.4]] * 100))
     assert metrics.drift()["class"] > 1.0 and metrics.drift()["confidence"] > 1.0
     assert "drift" in caplog.text.lower()
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """trained.load replaced: the calls it got (none when a check fails first); the checkpoint is step 7."""
+    calls = []
+
+    def load(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("stop at the model")
+
+    monkeypatch.setattr(trained, "checkpoint_step", lambda workdir, which="best": 7)
+    monkeypatch.setattr(trained, "load", load)
+    return calls
+
+
+def test_an_output_that_cannot_be_written_fails_before_the_model_loads(loads, tmp_path):
+    """config.serving.output of predict and select (and select's Label Studio file beside it) is checked at the
+    start of the mode, not when the result is written after the model ran over every input."""
+    config = bert_sentiment.get_config("files")
+    workdir = tmp_path / "run"
+    (workdir / "selection.jsonl").mkdir(parents=True)
+    (tmp_path / "a_file").write_text("not a directory")
+    fix = "Set --config.serving.output to a file in a directory you can write (a missing directory is created)."
+    cases = [("predict", str(tmp_path), f"config.serving.output={str(tmp_path)!r}", "it is a directory"),
+             ("predict", str(tmp_path / "a_file" / "out.jsonl"),
+              f"config.serving.output={str(tmp_path / 'a_file' / 'out.jsonl')!r}", "a_file is not a directory"),
+             ("select", "", f"config.serving.output='' (the default, {str(workdir / 'selection.jsonl')!r})",
+              "it is a directory")]
+    for mode, output, named, reason in cases:
+        config.serving.output = output
+        with pytest.raises(OSError) as raised:
+            lm.run(config, str(workdir), mode)
+        assert str(raised.value).startswith(f"{named} cannot be written: ") and str(raised.value).endswith(fix)
+        assert reason in str(raised.value)
+    config.serving.output, config.serving.label_studio = str(tmp_path / "picked.jsonl"), True
+    (tmp_path / "picked_label_studio.json").mkdir()
+    with pytest.raises(OSError, match=r"^the Label Studio tasks file .*picked_label_studio.json' \(config.serving."
+                                      r"label_studio=True\) cannot be written: it is a directory\. Set --config"):
+        lm.run(config, str(workdir), "select")
+    assert not loads
+    config.serving.label_studio = False
+    (tmp_path / "out.jsonl").write_text("an earlier result")
+    for mode, output in (("select", str(tmp_path / "picked.jsonl")), ("predict", str(tmp_path / "out.jsonl")),
+                         ("predict", str(tmp_path / "new" / "folder" / "out.jsonl"))):
+        config.serving.output = output
+        with pytest.raises(RuntimeError, match="stop at the model"):
+            lm.run(config, str(workdir), mode)
+    assert [args[:2] for args in loads] == [(str(workdir), "7")] * 3  # The step chosen before the check.
+    assert (tmp_path / "out.jsonl").read_text() == "an earlier result"  # Written only once the model ran.
+    assert os.listdir(tmp_path / "new" / "folder") == []  # Created, as the writer would; the probe file removed.
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "new", "out.jsonl", "picked_label_studio.json", "run"]

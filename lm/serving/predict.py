@@ -113,15 +113,45 @@ def probabilities_over(model: TrainedModel, inputs: list, batch_size: int, mesh:
     return np.concatenate(rows)
 
 
-def load_inputs(config: ml_collections.ConfigDict, workdir: str) -> tuple[TrainedModel, list[tuple[str, str]]]:
-    """The trained model and the (id, input) rows of config.serving.input_files; nothing compiled yet."""
+def load_inputs(config: ml_collections.ConfigDict, workdir: str, default_output: str,
+                label_studio: bool = False) -> tuple[TrainedModel, list[tuple[str, str]], str]:
+    """The trained model, the (id, input) rows of config.serving.input_files and the output path; nothing compiled
+    yet. The output is checked (`check_output`) once the checkpoint is chosen, before it is restored: a bad path
+    fails in a moment, not after the model ran over every input."""
     from lm import config_checks
     from lm.serving import images, trained
 
     config_checks.check_static(config)
-    model = trained.load(workdir, str(config.eval_checkpoint), config.serving.length_buckets)
+    step = trained.checkpoint_step(workdir, str(config.eval_checkpoint))  # A wrong --workdir fails here.
+    path = check_output(config, workdir, default_output, label_studio)
+    model = trained.load(workdir, str(step), config.serving.length_buckets)
     rows = images.read_inputs(config) if model.modality == "image" else read_inputs(config)
-    return model, rows
+    return model, rows, path
+
+
+def label_studio_path(output: str) -> str:
+    """Where select writes the Label Studio tasks (config.serving.label_studio): beside config.serving.output."""
+    return os.path.splitext(output)[0] + "_label_studio.json"
+
+
+def check_output(config: ml_collections.ConfigDict, workdir: str, default_name: str,
+                 label_studio: bool = False) -> str:
+    """config.serving.output, else WORKDIR/`default_name`, checked where it is written (process 0) with
+    `lm.files.check_writable`: not a directory, its directory created if missing, writable; with `label_studio`,
+    the Label Studio file beside it too."""
+    from lm import files
+
+    path = config.serving.output or os.path.join(workdir, default_name)
+    if jax.process_index() == 0:
+        fix = "Set --config.serving.output to a file in a directory you can write (a missing directory is created)."
+        files.check_writable(path, files.setting("config.serving.output", config.serving.output, path), fix)
+        if label_studio:
+            tasks = label_studio_path(path)
+            files.check_writable(tasks, f"the Label Studio tasks file {tasks!r} (config.serving.label_studio=True)",
+                                 "Set --config.serving.output to another file: the tasks go beside it, to "
+                                 "OUTPUT_label_studio.json for OUTPUT.jsonl (or set --config.serving.label_studio="
+                                 "False).")
+    return path
 
 
 def predict_rows(config: ml_collections.ConfigDict, model: TrainedModel,
@@ -155,9 +185,8 @@ def write_jsonl(path: str, records: list[dict]) -> None:
 
 def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=predict: one JSONL line per input row, in input order -> config.serving.output."""
-    model, rows = load_inputs(config, workdir)
+    model, rows, path = load_inputs(config, workdir, "predictions.jsonl")
     records, _ = predict_rows(config, model, rows)
-    path = config.serving.output or os.path.join(workdir, "predictions.jsonl")
     write_jsonl(path, records)
     log.info("Wrote %d predictions of step %d to %s.", len(records), model.step, path)
     return {"predictions": path, "count": len(records), "step": model.step}
@@ -168,16 +197,15 @@ def run_select(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from lm.serving import select
 
     labelled = select.read_labelled_ids([p.strip() for p in config.serving.exclude_files.split(",") if p.strip()])
-    model, rows = load_inputs(config, workdir)
+    model, rows, path = load_inputs(config, workdir, "selection.jsonl", config.serving.label_studio)
     exclude = select.excluded_rows([row_id for row_id, _ in rows], labelled)  # Logged before the model runs.
     records, probabilities = predict_rows(config, model, rows)
     chosen = select.selection_records(records, probabilities, config.serving.strategy, config.serving.top_k, exclude)
-    path = config.serving.output or os.path.join(workdir, "selection.jsonl")
     write_jsonl(path, chosen)
     result = {"selection": path, "count": len(chosen), "step": model.step}
     if config.serving.label_studio:
         tasks = [select.label_studio_task(r, model.label_names, model.modality) for r in chosen]
-        result["label_studio"] = os.path.splitext(path)[0] + "_label_studio.json"
+        result["label_studio"] = label_studio_path(path)
         if jax.process_index() == 0:
             import tensorflow as tf
 

@@ -94,13 +94,8 @@ def _lay_over(config: ml_collections.ConfigDict, values: dict, keep: set[str], p
             config[key] = value
 
 
-def load(workdir: str, which: str = "best", length_buckets: bool = True) -> TrainedModel:
-    """Checkpoint `which` (best | latest | a step number) of a classification run in `workdir`.
-
-    `length_buckets`: text batches are cut to the run's data.bucket_lengths (False: every batch at max_length).
-
-    The run's task must predict classes (`lm.tasks.TaskSpec.predicts_classes`): its logits become probabilities.
-    """
+def _classifier_run(workdir: str) -> tuple[ml_collections.ConfigDict, tasks.TaskSpec, str]:
+    """The run's config, its task and its checkpoint directory; an error unless it is a classifier with one."""
     run = run_config(workdir)
     spec = tasks.task_spec(run.task)
     if not spec.predicts_classes:
@@ -109,6 +104,27 @@ def load(workdir: str, which: str = "best", length_buckets: bool = True) -> Trai
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
     if not tf.io.gfile.isdir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
+    return run, spec, ckpt_dir
+
+
+def checkpoint_step(workdir: str, which: str = "best") -> int:
+    """The step that `load(workdir, which)` restores, chosen from the checkpoints' metadata without restoring one:
+    a mode checks the workdir and what it will write (the SavedModel's version is this step) before the model
+    loads, then loads this step."""
+    run, _, ckpt_dir = _classifier_run(workdir)
+    with checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=run.best_metric,
+                                    best_mode=run.best_mode) as checkpointer:
+        return evaluate.select_step(checkpointer, which)
+
+
+def load(workdir: str, which: str = "best", length_buckets: bool = True) -> TrainedModel:
+    """Checkpoint `which` (best | latest | a step number) of a classification run in `workdir`.
+
+    `length_buckets`: text batches are cut to the run's data.bucket_lengths (False: every batch at max_length).
+
+    The run's task must predict classes (`lm.tasks.TaskSpec.predicts_classes`): its logits become probabilities.
+    """
+    run, spec, ckpt_dir = _classifier_run(workdir)
     with checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=run.best_metric,
                                     best_mode=run.best_mode) as checkpointer:
         step = evaluate.select_step(checkpointer, which)
