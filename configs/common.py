@@ -104,7 +104,9 @@ def serving_defaults() -> ml_collections.ConfigDict:
     serving.exclude_files = ""  # select: files of ids already labelled (JSONL with "id", or one id a line).
     serving.label_studio = False  # select: also write the selection as Label Studio import tasks.
     serving.model_name = ""  # The name in /v1/models/<name> and in the export; "" = the workdir's folder name.
-    serving.export_dir = ""  # --mode=export_savedmodel writes <export_dir>/<step>/; "" = WORKDIR/savedmodel.
+    # --mode=export_savedmodel writes <export_dir>/<step>/; "" = WORKDIR/savedmodel. Checked (created if missing; an
+    # existing <step>/ is refused) when the mode starts, before the model loads.
+    serving.export_dir = ""
     serving.host = "127.0.0.1"  # --mode=serve listens here; "0.0.0.0" for every interface.
     serving.port = 8501  # TF Serving's REST port.
     serving.max_batch_size = 32  # Instances per model batch; batches are padded to powers of two up to it.

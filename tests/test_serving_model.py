@@ -93,6 +93,44 @@ def test_savedmodel_matches_jax_in_a_fresh_process(text_run, tmp_path):
     assert "inputs['texts']" in shown.stdout and "inputs['input_ids']" in shown.stdout
 
 
+def test_an_export_dir_that_cannot_be_written_fails_before_the_model_loads(monkeypatch, tmp_path, small_vocab):
+    """config.serving.export_dir is checked at the start of --mode=export_savedmodel, not after the model ran over
+    the validation split and was converted: it must be a directory (created if missing; its other versions kept)
+    without the version about to be written, <export_dir>/<step>/."""
+    loaded = []
+
+    def load(*args, **kwargs):
+        loaded.append(args)
+        raise RuntimeError("stop at the model")
+
+    monkeypatch.setattr(trained, "checkpoint_step", lambda workdir, which="best": 7)
+    monkeypatch.setattr(trained, "load", load)
+    config = files_config(small_vocab, tmp_path / "reviews.csv")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (tmp_path / "a_file").write_text("not a directory")
+    (workdir / "savedmodel").write_text("not a directory")
+    (tmp_path / "export" / "7").mkdir(parents=True)
+    fix = ("Set --config.serving.export_dir to a directory you can write (a missing one is created; each export adds "
+           "a version <export_dir>/<step>/).")
+    for export_dir, named in ((str(tmp_path / "a_file"), f"config.serving.export_dir={str(tmp_path / 'a_file')!r}"),
+                              ("", "config.serving.export_dir='' (the default, "
+                                   f"{str(workdir / 'savedmodel')!r})")):
+        config.serving.export_dir = export_dir
+        with pytest.raises(OSError) as raised:
+            lm.run(config, str(workdir), "export_savedmodel")
+        assert str(raised.value) == f"{named} cannot be written: it is a file, not a directory. {fix}"
+    config.serving.export_dir = str(tmp_path / "export")
+    with pytest.raises(FileExistsError, match=r"config.serving.export_dir=.*export' holds version 7 already "
+                                              r"\(.*7'; the step of config.eval_checkpoint='best'\): export another"):
+        lm.run(config, str(workdir), "export_savedmodel")
+    assert not loaded
+    (tmp_path / "export" / "7").rename(tmp_path / "export" / "6")
+    with pytest.raises(RuntimeError, match="stop at the model"):
+        lm.run(config, str(workdir), "export_savedmodel")
+    assert loaded == [(str(workdir), "7")] and os.listdir(tmp_path / "export") == ["6"]  # No probe file left.
+
+
 def test_export_reads_the_runs_data_also_from_an_older_run(text_run, tmp_path):
     """The drift reference's config (`trained.data_config`): the run's config.json over today's defaults; a key it
     lacks keeps its default, the weights `init_from` named need not exist, the flags the user gave win, and the

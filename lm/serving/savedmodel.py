@@ -73,7 +73,8 @@ def export(
                                    autograph=False)
     path = os.path.join(directory, str(version))
     if tf.io.gfile.exists(path):
-        raise FileExistsError(f"{path} exists already; export to a new version (config.export_version) or remove it.")
+        raise FileExistsError(f"{path} exists already; export another step (config.eval_checkpoint), to another "
+                              "config.serving.export_dir, or remove it.")
     signatures = {"serving_default": module.serve_raw.get_concrete_function(),
                   "serve_inputs": module.serve_inputs.get_concrete_function()}
     tf.saved_model.save(module, path, signatures=signatures)
@@ -98,6 +99,24 @@ def _write_warmup(path: str, raw_name: str, raw: list, model_name: str) -> None:
         writer.write(record.SerializeToString())
 
 
+def check_export_dir(config, workdir: str, step: int) -> str:
+    """config.serving.export_dir, else WORKDIR/savedmodel, checked before the model loads: a directory (created if
+    missing; the versions it holds are kept) that can be written (`lm.files.check_writable`), without a version
+    `step` yet. Every process checks: every process writes the export."""
+    from lm import files
+
+    directory = config.serving.export_dir or os.path.join(workdir, "savedmodel")
+    setting = files.setting("config.serving.export_dir", config.serving.export_dir, directory)
+    files.check_writable(directory, setting, "Set --config.serving.export_dir to a directory you can write (a "
+                         "missing one is created; each export adds a version <export_dir>/<step>/).", directory=True)
+    version = os.path.join(directory, str(step))
+    if tf.io.gfile.exists(version):
+        raise FileExistsError(f"{setting} holds version {step} already ({version!r}; the step of "
+                              f"config.eval_checkpoint={str(config.eval_checkpoint)!r}): export another step "
+                              "(config.eval_checkpoint), to another config.serving.export_dir, or remove it.")
+    return directory
+
+
 def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
     """--mode=export_savedmodel: checkpoint `config.eval_checkpoint` of `workdir` -> `<export dir>/<step>/`.
 
@@ -107,12 +126,13 @@ def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
     """
     from lm.serving import predict, serve, trained
 
-    model = trained.load(workdir, str(config.eval_checkpoint))
+    step = trained.checkpoint_step(workdir, str(config.eval_checkpoint))  # The version; a wrong --workdir fails here.
+    directory = check_export_dir(config, workdir, step)
+    model = trained.load(workdir, str(step))
     # The run's own validation split, read as the run read it (its config.json: data, vocabulary, classes), as
     # predict and serve read the run's data keys: the command line needs no data flags for this mode, and the
     # flags it gives (`overrides`: moved files, a smaller eval_batch_size) win.
     reference = predict.validation_reference(trained.data_config(config, workdir, tuple(overrides)), model)
-    directory = config.serving.export_dir or os.path.join(workdir, "savedmodel")
     name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
     metadata = {"model_name": name, "step": model.step, "label_names": list(model.label_names),
                 "raw_input": model.raw_name, "reference": reference}
