@@ -157,7 +157,9 @@ def training_defaults() -> ml_collections.ConfigDict:
     config.eval_splits_at_end = ("test",)
     config.eval_split = "test"  # --mode=eval evaluates this split.
     config.eval_checkpoint = "best"  # --mode=eval: best | latest | a step number.
-    config.export_dir = ""  # --mode=export_hf writes the Hugging Face directory here; "" = WORKDIR/hf_export.
+    # --mode=export_hf writes the Hugging Face directory here; "" = WORKDIR/hf_export. Checked (created if missing)
+    # when the mode starts, before the checkpoint is restored.
+    config.export_dir = ""
     # What trains. "all"; "head": only the classification head (linear probing: 'classifier' for BERT, 'head' for
     # ResNet, VGG and ViT; the frozen backbone then runs in eval mode: no dropout, BatchNorm keeps its running
     # statistics); or a regular expression searched in each '/'-joined parameter path

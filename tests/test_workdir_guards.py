@@ -3,6 +3,7 @@ over a directory that is not ours) stops before anything is compiled or overwrit
 
 import json
 import logging
+import os
 import re
 
 import pytest
@@ -105,3 +106,35 @@ def test_export_hf_refuses_to_write_into_a_workdir(tmp_path, small_vocab, no_com
     with pytest.raises(ValueError, match=r"config.export_dir=.* is a training workdir \(it holds checkpoints/\)"):
         lm.run(config, str(tmp_path), "export_hf")
     assert (tmp_path / "config.json").read_text() == "{}"
+
+
+def test_an_export_dir_that_cannot_be_written_fails_before_the_restore(tmp_path, small_vocab, monkeypatch,
+                                                                        no_compile):  # noqa: F811
+    """config.export_dir must be a directory (created if missing; an earlier export there is written over, as
+    before): checked at the start of --mode=export_hf, not when the files are written after the restore."""
+    from lm import checkpointing
+
+    opened = []
+
+    def checkpointer(*args, **kwargs):
+        opened.append(args)
+        raise RuntimeError("stop at the checkpoint")
+
+    monkeypatch.setattr(checkpointing, "Checkpointer", checkpointer)
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "hf_export").write_text("not a directory")
+    (tmp_path / "a_file").write_text("not a directory")
+    fix = ("Set --config.export_dir to a directory you can write (a missing one is created; the files of an earlier "
+           "export there are replaced).")
+    for export_dir, named in ((str(tmp_path / "a_file"), f"config.export_dir={str(tmp_path / 'a_file')!r}"),
+                              ("", f"config.export_dir='' (the default, {str(workdir / 'hf_export')!r})")):
+        with pytest.raises(OSError) as raised:
+            lm.run(smoke_config(small_vocab, export_dir=export_dir), str(workdir), "export_hf")
+        assert str(raised.value) == f"{named} cannot be written: it is a file, not a directory. {fix}"
+    assert not opened
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "config.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="stop at the checkpoint"):
+        lm.run(smoke_config(small_vocab, export_dir=str(tmp_path / "earlier")), str(workdir), "export_hf")
+    assert opened and os.listdir(tmp_path / "earlier") == ["config.json"]  # No probe file left.
