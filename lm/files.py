@@ -6,7 +6,9 @@ file (safetensors, zip archives, HDF5) get the local path, or a temporary local 
 """
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -45,16 +47,18 @@ def makedirs(location: str | os.PathLike) -> None:
     epath.Path(location).mkdir(parents=True, exist_ok=True)
 
 
-def check_writable(location: str, name: str, fix: str, *, directory: bool = False) -> None:
+def check_writable(location: str, name: str, fix: str, *, directory: bool = False, writes_beside: bool = False) -> None:
     """Raises OSError "NAME cannot be written: REASON. FIX" unless lm can write `location`; a mode calls it at its
     start, so that a bad output path fails in a moment, not after the model was restored, compiled and run.
 
     A file (`directory` False): not a directory, its directory there (created if missing, as the writers do) and
-    taking new files. A directory (`directory` True): not a file, there (created if missing) and taking new files;
-    what it holds is kept. `name` names the setting for the user, e.g. "config.serving.output='out.jsonl'".
-    A probe file with a unique name is written beside the file (in the directory) and removed: nothing of the
-    user's is overwritten and nothing is left behind but the directories created. Goes through tf.io.gfile, so
-    `gs://` and the other file systems TensorFlow knows are checked as local paths are.
+    taking new files; a local file that exists already only needs to be writable itself (e.g. /dev/stdout), unless
+    `writes_beside` (the writer also creates files beside it: feedback writes a .tmp and renames it). A directory
+    (`directory` True): not a file, there (created if missing) and taking new files; what it holds is kept. `name`
+    names the setting for the user, e.g. "config.serving.output='out.jsonl'". A probe file with a unique name is
+    written in the directory and removed: nothing of the user's is overwritten and nothing is left behind but the
+    directories created (storage that lets lm create files but not delete them keeps the probe, with a warning).
+    Goes through tf.io.gfile, so `gs://` and the other file systems TensorFlow knows are checked as local paths are.
     """
     import tensorflow as tf
 
@@ -67,15 +71,23 @@ def check_writable(location: str, name: str, fix: str, *, directory: bool = Fals
             raise OSError("it is a directory")
         if not directory and location.endswith("/"):
             raise OSError("it names a directory (it ends with '/')")
+        if not (directory or writes_beside or "://" in location) and os.path.exists(location):
+            if not os.access(location, os.W_OK):
+                raise PermissionError(errno.EACCES, "the file exists and is not writable")
+            return
         if folder:
             tf.io.gfile.makedirs(folder)
         probe = os.path.join(folder, f".lm_write_check_{uuid.uuid4().hex}")
         with tf.io.gfile.GFile(probe, "w") as f:
             f.write("")
-        tf.io.gfile.remove(probe)
     except (OSError, tf.errors.OpError) as e:
         reason = e.message if isinstance(e, tf.errors.OpError) else (e.strerror or str(e))
         raise OSError(f"{name} cannot be written: {reason}. {fix}") from None
+    try:
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as e:
+        logging.getLogger(__name__).warning("Could not remove the write check's probe file %s (%s); delete it.",
+                                            probe, e)
 
 
 def setting(key: str, value: str, location: str) -> str:

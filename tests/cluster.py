@@ -3,9 +3,11 @@
 `free_port` can only name a port that was free a moment ago: another process (a test running beside this one, or
 the OS handing out a source port) may take it before process 0's coordinator binds it, seconds later. JAX then
 fails process 0 at once (gRPC prints `Failed to add port to server` and the process dies) while the other processes
-wait for a coordinator that never comes, or join someone else's. `start` starts process 0 alone, starts the others
-only once process 0 listens on the port, and picks a fresh port when that bind failed; any other failure is the
-test's to report.
+wait for a coordinator that never comes, or join someone else's. Another JAX coordinator on the port is worse: gRPC
+shares the port with it (SO_REUSEPORT), so the bind succeeds and the two clusters' processes meet each other.
+`start` starts process 0 alone, starts the others only once process 0 listens on the port and is the only
+process listening there, and picks a fresh port when the bind failed or the port is shared; any other failure is
+the test's to report.
 """
 
 import pathlib
@@ -33,6 +35,12 @@ def could_not_bind(output: str, port: int) -> bool:
     return any(COULD_NOT_BIND in line and f":{port}'" in line for line in output.splitlines())
 
 
+def popen(command: list[str], log: pathlib.Path, **kwargs) -> subprocess.Popen:
+    """`command` started with its stdout and stderr written to `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+
+
 def _listening(process: subprocess.Popen, port: int) -> bool:
     try:
         return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
@@ -41,13 +49,27 @@ def _listening(process: subprocess.Popen, port: int) -> bool:
         return False
 
 
+def _shared(process: subprocess.Popen, port: int) -> bool:
+    """Whether a process other than `process` also listens on `port` (None: one this user may not see)."""
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid != process.pid
+               for c in psutil.net_connections("tcp"))
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
 def start(launch: Callable[[int, int], subprocess.Popen], count: int, coordinator_log: pathlib.Path,
           attempts: int = 3, timeout_s: float = 300) -> list[subprocess.Popen]:
     """Starts `count` processes, `launch(port, process_id)` each; process 0, the coordinator, writes `coordinator_log`.
 
     Process 0 first; the others once it listens on the port (or has exited 0). If process 0 exits because it could
-    not bind the port, a fresh port, up to `attempts` times in all. Raises AssertionError, with process 0's output,
-    if process 0 exits non-zero for any other reason or is not listening within `timeout_s`.
+    not bind the port, or another process listens there too, a fresh port, up to `attempts` times in all. Raises
+    AssertionError, with process 0's output, if process 0 exits non-zero for any other reason or is not listening
+    within `timeout_s`.
     """
     for attempt in range(1, attempts + 1):
         port = free_port()
@@ -60,8 +82,20 @@ def start(launch: Callable[[int, int], subprocess.Popen], count: int, coordinato
                 raise AssertionError(f"process 0 was not listening on port {port} after {timeout_s} s:\n"
                                      + coordinator_log.read_text()[-3000:])
             time.sleep(0.1)
+        if coordinator.returncode is None and _shared(coordinator, port):
+            _stop([coordinator])
+            print(f"Attempt {attempt} of {attempts}: another process listens on port {port} too.", file=sys.stderr)
+            output = coordinator_log.read_text()
+            continue
         if coordinator.returncode in (None, 0):
-            return [coordinator, *(launch(port, i) for i in range(1, count))]
+            processes = [coordinator]
+            try:
+                for i in range(1, count):
+                    processes.append(launch(port, i))
+            except BaseException:
+                _stop(processes)
+                raise
+            return processes
         output = coordinator_log.read_text()
         if not could_not_bind(output, port):
             raise AssertionError(f"process 0 exited with status {coordinator.returncode}:\n{output[-3000:]}")
@@ -76,9 +110,9 @@ def wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path], timeou
     try:
         for process in processes:
             process.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        pass  # Killed below; the assertion shows its log.
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+        _stop(processes)
     for process, log in zip(processes, logs):
-        assert process.returncode == 0, log.read_text()[-6000:]
+        assert process.returncode == 0, f"exit status {process.returncode}:\n{log.read_text()[-6000:]}"

@@ -48,3 +48,20 @@ def small_vocab(tmp_path_factory) -> pathlib.Path:
     from tests import text_data
 
     return text_data.write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """lm.serving.trained.load replaced, for checks that must come before the model loads: the calls it got (none
+    when a check failed first); it raises "stop at the model". The run's checkpoint is step 7."""
+    from lm.serving import trained
+
+    calls = []
+
+    def load(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("stop at the model")
+
+    monkeypatch.setattr(trained, "checkpoint_step", lambda workdir, which="best": 7)
+    monkeypatch.setattr(trained, "load", load)
+    return calls

@@ -9,6 +9,7 @@ directory and asserts that nothing else of the workdir lands on the local disk.
 """
 
 import os
+import pathlib
 import uuid
 
 import numpy as np
@@ -119,3 +120,34 @@ def test_check_writable_refuses_the_wrong_kind_and_leaves_nothing_behind(scheme,
     assert files.setting("key", "/x/out", "/x/out") == "key='/x/out'"
     if scheme == "ram":
         tf.io.gfile.rmtree(root)
+
+
+def test_check_writable_of_an_existing_local_file_asks_the_file_and_tolerates_a_probe_it_cannot_remove(
+        tmp_path, monkeypatch, caplog):
+    """An existing local file that the mode writes in place needs no new file beside it (e.g. /dev/stdout, or a
+    file in a directory only it may be written in); a writer that creates files beside it (feedback) does. Storage
+    that creates files but refuses to delete them keeps the probe, with a warning, and the check passes."""
+    existing = tmp_path / "out.jsonl"
+    existing.write_text("kept")
+    probes = []
+    real_gfile = tf.io.gfile.GFile
+
+    def gfile(path, mode="r"):
+        probes.append(path)
+        return real_gfile(path, mode)
+
+    monkeypatch.setattr(tf.io.gfile, "GFile", gfile)
+    files.check_writable(str(existing), "key", "Do this.")
+    assert probes == []  # The file alone decided.
+    files.check_writable(str(existing), "key", "Do this.", writes_beside=True)
+    assert len(probes) == 1 and not pathlib.Path(probes[0]).exists()
+
+    def refuse(path):
+        raise tf.errors.PermissionDeniedError(None, None, "deleting is not allowed here")
+
+    monkeypatch.setattr(tf.io.gfile, "remove", refuse)
+    with caplog.at_level("WARNING", logger="lm.files"):
+        files.check_writable(str(tmp_path / "new"), "key", "Do this.", directory=True)
+    left = list((tmp_path / "new").iterdir())
+    assert len(left) == 1 and left[0].name.startswith(".lm_write_check_")
+    assert f"Could not remove the write check's probe file {left[0]}" in caplog.text

@@ -23,9 +23,8 @@ def launcher(tmp_path, program: str, launched: list):
 
     def launch(port: int, i: int) -> subprocess.Popen:
         launched.append((port, i))
-        with (tmp_path / f"process{i}.log").open("w") as out:
-            return subprocess.Popen([sys.executable, "-c", program, str(port), str(i)], env=environment, stdout=out,
-                                    stderr=subprocess.STDOUT)
+        return cluster.popen([sys.executable, "-c", program, str(port), str(i)], tmp_path / f"process{i}.log",
+                             env=environment)
 
     return launch
 
@@ -47,6 +46,28 @@ def test_a_taken_port_is_replaced_before_the_other_processes_start(tmp_path, tak
     logs = [tmp_path / "process0.log", tmp_path / "process1.log"]
     cluster.wait_all(cluster.start(launcher(tmp_path, JOIN, launched), 2, logs[0]), logs, timeout=120)
     assert launched == [(taken, 0), (free, 0), (free, 1)]
+    assert [log.read_text().strip().splitlines()[-1] for log in logs] == ["joined 0", "joined 1"]
+
+
+@pytest.fixture
+def shared():
+    """A port that this process listens on as another JAX coordinator would: with SO_REUSEPORT, which gRPC sets
+    too, so a coordinator's bind there succeeds."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("::", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_a_port_another_process_listens_on_too_is_replaced(tmp_path, shared, monkeypatch):
+    free = cluster.free_port()
+    ports = iter([shared, free])
+    monkeypatch.setattr(cluster, "free_port", lambda: next(ports))
+    launched = []
+    logs = [tmp_path / "process0.log", tmp_path / "process1.log"]
+    cluster.wait_all(cluster.start(launcher(tmp_path, JOIN, launched), 2, logs[0]), logs, timeout=120)
+    assert launched == [(shared, 0), (free, 0), (free, 1)]
     assert [log.read_text().strip().splitlines()[-1] for log in logs] == ["joined 0", "joined 1"]
 
 

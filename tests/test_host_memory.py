@@ -58,6 +58,7 @@ def _faults(malloc: str, runs: int) -> tuple[str, list[int]]:
     return applied[0], faults
 
 
+@pytest.mark.slow  # ~40 s: 22 runs of a program in subprocesses.
 @pytest.mark.skipif(host_memory.glibc() is None, reason="needs glibc's malloc")
 def test_second_run_reuses_the_pages_of_the_first():
     applied, kept = _faults("reuse", RUNS)

@@ -50,9 +50,7 @@ def start(args: list[str], devices: int, log: pathlib.Path, **env) -> subprocess
         os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT), **env,
     )
-    with log.open("w") as out:
-        return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=environment,
-                                stdout=out, stderr=subprocess.STDOUT)
+    return cluster.popen([sys.executable, str(ROOT / "main.py"), *args], log, cwd=ROOT, env=environment)
 
 
 def start_hosts(args: list[str], logs: pathlib.Path, timeout_s: int = 100, **env) -> list[subprocess.Popen]:
@@ -284,9 +282,8 @@ def test_processes_meet_before_the_first_collective(tmp_path):
     logs = [tmp_path / f"process{i}.log" for i in range(2)]
 
     def launch(port: int, i: int) -> subprocess.Popen:
-        with logs[i].open("w") as out:
-            return subprocess.Popen([sys.executable, "-c", SKEWED_START, str(port), str(i)], cwd=ROOT, env=environment,
-                                    stdout=out, stderr=subprocess.STDOUT)
+        return cluster.popen([sys.executable, "-c", SKEWED_START, str(port), str(i)], logs[i], cwd=ROOT,
+                             env=environment)
 
     wait_all(cluster.start(launch, 2, logs[0]), logs, timeout=400)
     for log in logs:

@@ -106,8 +106,9 @@ def test_batches_that_fit_run_packed_and_the_others_padded():
     """Each batch goes to the step for it (the host decides): packed, padded, packed, on one state."""
     batches = [short_batch(0), model_steps.text_batch(1), short_batch(2)]  # The middle one: 4-16 real tokens of 16.
     assert [packing.fits(batch["attention_mask"], 0.5) for batch in batches] == [True, False, True]
-    padded, _, _ = train(batches, 1.0)
-    mixed, _, _ = train(batches, 0.5)
+    padded, _, padded_step = train(batches, 1.0)
+    mixed, _, first_step = train(batches, 0.5)
+    assert lm_train.step_flops(first_step) < 0.8 * lm_train.step_flops(padded_step)  # The first batch ran packed.
     np.testing.assert_allclose(mixed, padded, rtol=1e-5, atol=1e-6)
 
 
@@ -242,14 +243,18 @@ def test_the_trainer_packs_the_batches_that_fit_and_pads_the_others(tmp_path, sm
 
 
 @pytest.mark.slow
-def test_a_run_that_packs_resumes_exactly(tmp_path, small_vocab, monkeypatch):
-    """Stopped at step 5, resumed from step 4: the run ends where a straight run ends, bit for bit."""
+def test_a_run_that_packs_resumes_exactly(tmp_path, small_vocab, monkeypatch, caplog):
+    """Stopped at step 5, resumed from step 4: the run ends where a straight run ends, bit for bit (the resumed
+    part runs packed steps too)."""
     from tests.test_train import _final_params
 
     trainer_run(tmp_path, small_vocab, monkeypatch, "straight")
     with pytest.raises(KeyboardInterrupt):
         trainer_run(tmp_path, small_vocab, monkeypatch, "stopped", stop_after=5)
-    trainer_run(tmp_path, small_vocab, monkeypatch, "stopped")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lm.train"):
+        trainer_run(tmp_path, small_vocab, monkeypatch, "stopped")
+    assert any(", packed" in r.getMessage() for r in caplog.records if "compiled the train step" in r.getMessage())
     straight, straight_step = _final_params(tmp_path / "straight")
     resumed, resumed_step = _final_params(tmp_path / "stopped")
     assert straight_step == resumed_step == 8

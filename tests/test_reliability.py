@@ -448,9 +448,8 @@ def test_two_processes_agree_on_a_mismatch_only_one_can_see(tmp_path):
     logs = [tmp_path / f"process{i}.log" for i in range(2)]
 
     def launch(port: int, i: int) -> subprocess.Popen:
-        with logs[i].open("w") as out:
-            return subprocess.Popen([sys.executable, str(ROOT / "tests" / "multiprocess_checkpoint.py"), str(port),
-                                     str(i), str(tmp_path)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return cluster.popen([sys.executable, str(ROOT / "tests" / "multiprocess_checkpoint.py"), str(port), str(i),
+                              str(tmp_path)], logs[i], cwd=ROOT, env=env)
 
     cluster.wait_all(cluster.start(launch, 2, logs[0]), logs, timeout=300)
     for i, log in enumerate(logs):

@@ -93,18 +93,10 @@ def test_savedmodel_matches_jax_in_a_fresh_process(text_run, tmp_path):
     assert "inputs['texts']" in shown.stdout and "inputs['input_ids']" in shown.stdout
 
 
-def test_an_export_dir_that_cannot_be_written_fails_before_the_model_loads(monkeypatch, tmp_path, small_vocab):
+def test_an_export_dir_that_cannot_be_written_fails_before_the_model_loads(loads, tmp_path, small_vocab):
     """config.serving.export_dir is checked at the start of --mode=export_savedmodel, not after the model ran over
     the validation split and was converted: it must be a directory (created if missing; its other versions kept)
     without the version about to be written, <export_dir>/<step>/."""
-    loaded = []
-
-    def load(*args, **kwargs):
-        loaded.append(args)
-        raise RuntimeError("stop at the model")
-
-    monkeypatch.setattr(trained, "checkpoint_step", lambda workdir, which="best": 7)
-    monkeypatch.setattr(trained, "load", load)
     config = files_config(small_vocab, tmp_path / "reviews.csv")
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -124,11 +116,16 @@ def test_an_export_dir_that_cannot_be_written_fails_before_the_model_loads(monke
     with pytest.raises(FileExistsError, match=r"config.serving.export_dir=.*export' holds version 7 already "
                                               r"\(.*7'; the step of config.eval_checkpoint='best'\): export another"):
         lm.run(config, str(workdir), "export_savedmodel")
-    assert not loaded
     (tmp_path / "export" / "7").rename(tmp_path / "export" / "6")
+    (workdir / "serving_reference.json").mkdir()  # The drift reference the export writes into the workdir at its end.
+    with pytest.raises(OSError, match=r"--workdir=.*, where the export writes serving_reference.json \(the drift "
+                                      r"reference of --mode=serve\), cannot be written: it is a directory\. Export"):
+        lm.run(config, str(workdir), "export_savedmodel")
+    assert not loads
+    (workdir / "serving_reference.json").rmdir()
     with pytest.raises(RuntimeError, match="stop at the model"):
         lm.run(config, str(workdir), "export_savedmodel")
-    assert loaded == [(str(workdir), "7")] and os.listdir(tmp_path / "export") == ["6"]  # No probe file left.
+    assert loads == [(str(workdir), "7")] and os.listdir(tmp_path / "export") == ["6"]  # No probe file left.
 
 
 def test_export_reads_the_runs_data_also_from_an_older_run(text_run, tmp_path):

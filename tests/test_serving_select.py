@@ -10,7 +10,7 @@ import pytest
 
 import lm
 from configs import bert_sentiment
-from lm.serving import monitor, predict, select, trained
+from lm.serving import monitor, predict, select
 
 P = np.array([
     [0.50, 0.30, 0.20],
@@ -132,20 +132,6 @@ def test_drift_rises_when_live_predictions_move_away_from_the_reference(caplog):
         metrics.observe_predictions(np.array([[0.6, 0.4]] * 100))
     assert metrics.drift()["class"] > 1.0 and metrics.drift()["confidence"] > 1.0
     assert "drift" in caplog.text.lower()
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """trained.load replaced: the calls it got (none when a check fails first); the checkpoint is step 7."""
-    calls = []
-
-    def load(*args, **kwargs):
-        calls.append(args)
-        raise RuntimeError("stop at the model")
-
-    monkeypatch.setattr(trained, "checkpoint_step", lambda workdir, which="best": 7)
-    monkeypatch.setattr(trained, "load", load)
-    return calls
 
 
 def test_an_output_that_cannot_be_written_fails_before_the_model_loads(loads, tmp_path):

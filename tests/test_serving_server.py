@@ -313,16 +313,9 @@ def test_a_port_in_use_fails_before_the_model_loads_naming_the_key_and_the_fix(b
         server.ModelServer(servable, server.ServeOptions(port=busy_port), metrics)
 
 
-def test_a_feedback_path_that_cannot_be_written_fails_before_the_model_loads(monkeypatch, tmp_path):
+def test_a_feedback_path_that_cannot_be_written_fails_before_the_model_loads(loads, tmp_path):
     """Checked at the start of serving (its directory created if missing, as for other outputs), not at the first
     feedback after the model loaded and compiled."""
-    loaded = []
-
-    def load(*args, **kwargs):
-        loaded.append(args)
-        raise RuntimeError("stop at the model")
-
-    monkeypatch.setattr(trained, "load", load)
     config = bert_sentiment.get_config("files")
     config.serving.port = 0
     (tmp_path / "a_file").write_text("not a directory")
@@ -339,11 +332,11 @@ def test_a_feedback_path_that_cannot_be_written_fails_before_the_model_loads(mon
         with pytest.raises(OSError, match="config.serving.feedback_path=.* cannot be written"):
             server.ModelServer(servable, server.ServeOptions(port=0, feedback_path=str(path)),
                                monitor.ServingMetrics(servable.label_names, 8))
-    assert not loaded
+    assert not loads
     config.serving.feedback_path = str(tmp_path / "new" / "folder" / "feedback.jsonl")
     with pytest.raises(RuntimeError, match="stop at the model"):
         serve.build(config, str(tmp_path))
-    assert loaded and os.listdir(tmp_path / "new" / "folder") == []  # Created; the probe file removed.
+    assert loads and os.listdir(tmp_path / "new" / "folder") == []  # Created; the probe file removed.
 
 
 def test_the_port_is_bound_at_once_and_listens_once_the_server_is_built():

@@ -111,16 +111,28 @@ def test_export_hf_refuses_to_write_into_a_workdir(tmp_path, small_vocab, no_com
 def test_an_export_dir_that_cannot_be_written_fails_before_the_restore(tmp_path, small_vocab, monkeypatch,
                                                                         no_compile):  # noqa: F811
     """config.export_dir must be a directory (created if missing; an earlier export there is written over, as
-    before): checked at the start of --mode=export_hf, not when the files are written after the restore."""
-    from lm import checkpointing
+    before): checked once --mode=export_hf has chosen the step (a wrong eval_checkpoint creates nothing), before
+    the checkpoint is restored, not when the files are written after it."""
+    from lm import checkpointing, evaluate
 
-    opened = []
+    restored = []
 
-    def checkpointer(*args, **kwargs):
-        opened.append(args)
-        raise RuntimeError("stop at the checkpoint")
+    class Checkpointer:
+        def __init__(self, *args, **kwargs):
+            pass
 
-    monkeypatch.setattr(checkpointing, "Checkpointer", checkpointer)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def restore_raw(self, step):
+            restored.append(step)
+            raise RuntimeError("stop at the restore")
+
+    monkeypatch.setattr(checkpointing, "Checkpointer", Checkpointer)
+    monkeypatch.setattr(evaluate, "select_step", lambda checkpointer, which: 7)
     workdir = tmp_path / "run"
     (workdir / "checkpoints").mkdir(parents=True)
     (workdir / "hf_export").write_text("not a directory")
@@ -132,9 +144,9 @@ def test_an_export_dir_that_cannot_be_written_fails_before_the_restore(tmp_path,
         with pytest.raises(OSError) as raised:
             lm.run(smoke_config(small_vocab, export_dir=export_dir), str(workdir), "export_hf")
         assert str(raised.value) == f"{named} cannot be written: it is a file, not a directory. {fix}"
-    assert not opened
+    assert not restored
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "config.json").write_text("{}")
-    with pytest.raises(RuntimeError, match="stop at the checkpoint"):
+    with pytest.raises(RuntimeError, match="stop at the restore"):
         lm.run(smoke_config(small_vocab, export_dir=str(tmp_path / "earlier")), str(workdir), "export_hf")
-    assert opened and os.listdir(tmp_path / "earlier") == ["config.json"]  # No probe file left.
+    assert restored == [7] and os.listdir(tmp_path / "earlier") == ["config.json"]  # No probe file left.

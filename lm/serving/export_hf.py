@@ -186,13 +186,13 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
     if not files.is_dir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
     directory = config.export_dir or files.join(workdir, "hf_export")
-    if jax.process_index() == 0:  # The process that writes it; checked before the checkpoint is restored.
-        files.check_writable(directory, files.setting("config.export_dir", config.export_dir, directory),
-                             "Set --config.export_dir to a directory you can write (a missing one is created; the "
-                             "files of an earlier export there are replaced).", directory=True)
     with checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
                                     best_mode=config.best_mode) as checkpointer:
         step = evaluate.select_step(checkpointer, str(config.eval_checkpoint))
+        if jax.process_index() == 0:  # The process that writes it; checked before the checkpoint is restored.
+            files.check_writable(directory, files.setting("config.export_dir", config.export_dir, directory),
+                                 "Set --config.export_dir to a directory you can write (a missing one is created; "
+                                 "the files of an earlier export there are replaced).", directory=True)
         state, meta = checkpointer.restore_raw(step)
     model = ml_collections.ConfigDict(meta["model"])  # The shape the weights were trained with.
     if jax.process_index() == 0:

@@ -26,7 +26,7 @@ def check_writable(path: str) -> None:
     """
     files.check_writable(path, f"config.serving.feedback_path={path!r}",
                          "Set --config.serving.feedback_path to a file in a directory this server can write (a "
-                         "missing directory is created), or to '' to turn feedback off.")
+                         "missing directory is created), or to '' to turn feedback off.", writes_beside=True)
 
 
 class FeedbackLog:

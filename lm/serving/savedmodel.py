@@ -102,8 +102,10 @@ def _write_warmup(path: str, raw_name: str, raw: list, model_name: str) -> None:
 def check_export_dir(config, workdir: str, step: int) -> str:
     """config.serving.export_dir, else WORKDIR/savedmodel, checked before the model loads: a directory (created if
     missing; the versions it holds are kept) that can be written (`lm.files.check_writable`), without a version
-    `step` yet. Every process checks: every process writes the export."""
+    `step` yet; and WORKDIR/serving_reference.json, written after the export. Every process checks: every
+    process writes them."""
     from lm import files
+    from lm.serving import serve
 
     directory = config.serving.export_dir or os.path.join(workdir, "savedmodel")
     setting = files.setting("config.serving.export_dir", config.serving.export_dir, directory)
@@ -114,6 +116,9 @@ def check_export_dir(config, workdir: str, step: int) -> str:
         raise FileExistsError(f"{setting} holds version {step} already ({version!r}; the step of "
                               f"config.eval_checkpoint={str(config.eval_checkpoint)!r}): export another step "
                               "(config.eval_checkpoint), to another config.serving.export_dir, or remove it.")
+    reference = os.path.join(workdir, serve.REFERENCE_FILE)
+    files.check_writable(reference, f"--workdir={workdir!r}, where the export writes {serve.REFERENCE_FILE} (the drift "
+                         "reference of --mode=serve),", "Export from a workdir you can write to.")
     return directory
 
 
