@@ -38,17 +38,6 @@ def taken():
         yield s.getsockname()[1]
 
 
-def test_a_taken_port_is_replaced_before_the_other_processes_start(tmp_path, taken, monkeypatch):
-    free = cluster.free_port()
-    ports = iter([taken, free])
-    monkeypatch.setattr(cluster, "free_port", lambda: next(ports))
-    launched = []
-    logs = [tmp_path / "process0.log", tmp_path / "process1.log"]
-    cluster.wait_all(cluster.start(launcher(tmp_path, JOIN, launched), 2, logs[0]), logs, timeout=120)
-    assert launched == [(taken, 0), (free, 0), (free, 1)]
-    assert [log.read_text().strip().splitlines()[-1] for log in logs] == ["joined 0", "joined 1"]
-
-
 @pytest.fixture
 def shared():
     """A port that this process listens on as another JAX coordinator would: with SO_REUSEPORT, which gRPC sets
@@ -60,14 +49,16 @@ def shared():
         yield s.getsockname()[1]
 
 
-def test_a_port_another_process_listens_on_too_is_replaced(tmp_path, shared, monkeypatch):
-    free = cluster.free_port()
-    ports = iter([shared, free])
+@pytest.mark.parametrize("holder", ["taken", "shared"])
+def test_a_port_in_use_is_replaced_before_the_other_processes_start(tmp_path, holder, request, monkeypatch):
+    """A port another server holds (the coordinator fails to bind it) or shares (it binds, beside another)."""
+    used, free = request.getfixturevalue(holder), cluster.free_port()
+    ports = iter([used, free])
     monkeypatch.setattr(cluster, "free_port", lambda: next(ports))
     launched = []
     logs = [tmp_path / "process0.log", tmp_path / "process1.log"]
     cluster.wait_all(cluster.start(launcher(tmp_path, JOIN, launched), 2, logs[0]), logs, timeout=120)
-    assert launched == [(shared, 0), (free, 0), (free, 1)]
+    assert launched == [(used, 0), (free, 0), (free, 1)]
     assert [log.read_text().strip().splitlines()[-1] for log in logs] == ["joined 0", "joined 1"]
 
 
