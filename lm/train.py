@@ -285,7 +285,8 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
     meta = {"model": config.model.to_dict(), "task": config.task}
     # One compiled step per batch shape (text length buckets) and per choice of packed or padded layers (decided
     # on the host: lm/models/packing.py): compiled ahead of time when such a batch first comes.
-    jitted_steps, compiled_steps, window_flops = {}, {}, 0.0
+    jitted_steps = {packed: jit_train_step(exp, packed) for packed in (False, True)}  # jax.jit traces lazily.
+    compiled_steps, window_flops = {}, 0.0
     if start_step == 0 and config.eval_at_start:  # The starting point, e.g. of continued pretraining.
         eval_metrics = evaluate.evaluate_split(eval_step, state, data, "validation", mesh, exp.task)
         evaluate.write_eval_scalars(writer, 0, "validation", eval_metrics)
@@ -301,8 +302,6 @@ def _train_loop(exp: experiment.Experiment, state: dict, checkpointer, eval_step
         kind = (tuple((key, value.shape) for key, value in sorted(batch.items())), packed)
         if kind not in compiled_steps:  # Ahead of time, once per kind of batch, with the pre-flight report.
             compile_start = time.perf_counter()
-            if packed not in jitted_steps:
-                jitted_steps[packed] = jit_train_step(exp, packed)
             compiled_steps[kind] = _compile(exp, jitted_steps[packed], state, batch)
             log.info("compiled the train step for batch shapes %s%s (%d so far)", dict(kind[0]),
                      ", packed" if packed else "", len(compiled_steps))
