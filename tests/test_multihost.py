@@ -24,6 +24,7 @@ import lm
 from input_pipeline.image_classification import ImageClassificationData
 from input_pipeline.text_classification import TextClassificationData
 from lm import checkpointing, config_checks, distributed, experiment
+from lm.serving import serve
 from tests import cluster, text_data
 from tests.cluster import wait_all
 from tests.test_image_pipeline import folder_config, image_folder  # noqa: F401, F811 (a fixture)
@@ -235,6 +236,35 @@ def test_predict_in_two_processes_equals_one_and_computes_each_batch_once(data, 
         np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-6)
     assert f"global batches of {train.eval_batch_size} examples on 8 devices in 2 process(es)" in \
         (tmp_path / "process0.log").read_text()
+
+
+@pytest.mark.slow
+def test_export_savedmodel_in_two_processes_writes_once_what_one_process_writes(data, tmp_path):
+    """--mode=export_savedmodel in 2 processes x 4 devices: process 0 writes the one SavedModel, with the drift
+    reference of the whole validation split as 1 process measures it; process 1 waits for it. (Before, each
+    process measured its own share of the split and wrote it into the same directory.)"""
+    root, csv_path, vocab = data
+    workdir = tmp_path / "run"
+    train = files_config(pathlib.Path(vocab), csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
+                         eval_splits_at_end=())
+    lm.run(train, str(workdir), "train")
+    one = train.copy_and_resolve_references()
+    one.serving.export_dir = str(tmp_path / "one")
+    lm.run(one, str(workdir), "export_savedmodel")
+    expected = json.loads((workdir / serve.REFERENCE_FILE).read_text())
+    (workdir / serve.REFERENCE_FILE).unlink()
+
+    args = [*main_args(vocab, csv_path, workdir, **{"serving.export_dir": tmp_path / "two"}),
+            "--mode=export_savedmodel"]
+    hosts = start_hosts(args, tmp_path)
+    wait_all(hosts, [tmp_path / "process0.log", tmp_path / "process1.log"])
+    assert os.listdir(tmp_path / "two") == os.listdir(tmp_path / "one") == ["2"]
+    for got in (json.loads((workdir / serve.REFERENCE_FILE).read_text()),
+                json.loads((tmp_path / "two" / "2" / "assets.extra" / "lm_export.json").read_text())["reference"]):
+        assert got["num_examples"] == expected["num_examples"] > 0
+        for key in ("class_distribution", "confidence_histogram"):
+            np.testing.assert_allclose(got[key], expected[key], atol=1e-6)
+    assert "Process 1: process 0 writes the SavedModel; waiting for it." in (tmp_path / "process1.log").read_text()
 
 
 ORBAX_BARRIER_CHECK = """

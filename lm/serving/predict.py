@@ -18,13 +18,14 @@ log = logging.getLogger(__name__)
 
 def validation_reference(config: ml_collections.ConfigDict, model: TrainedModel) -> dict:
     """The drift reference: predicted-class distribution and confidence histogram on the validation split,
-    read by the training pipeline from `config.data`; `config` reads the run's data (`trained.data_config`)."""
+    read by the training pipeline from `config.data`; `config` reads the run's data (`trained.data_config`).
+    The whole split, in this process alone (no collective: on many hosts, the process that writes the export)."""
     import input_pipeline
     from lm import config_checks, models, tasks
 
     config = config_checks.resolved_copy(config)
     pipeline = tasks.task_spec(config.task).pipeline(models.model_family(config.model))
-    data = input_pipeline.create_data(config, jax.process_index(), jax.process_count(), pipeline=pipeline)
+    data = input_pipeline.create_data(config, 0, 1, pipeline=pipeline)
     forward = jax.jit(model.probabilities)
     variables = jax.device_put(model.variables)
     rows = []

@@ -99,15 +99,20 @@ def _write_warmup(path: str, raw_name: str, raw: list, model_name: str) -> None:
         writer.write(record.SerializeToString())
 
 
+def export_directory(config, workdir: str) -> str:
+    """Where the versions go: config.serving.export_dir, else WORKDIR/savedmodel."""
+    return config.serving.export_dir or os.path.join(workdir, "savedmodel")
+
+
 def check_export_dir(config, workdir: str, step: int) -> str:
     """config.serving.export_dir, else WORKDIR/savedmodel, checked before the model loads: a directory (created if
     missing; the versions it holds are kept) that can be written (`lm.files.check_writable`), without a version
-    `step` yet; and WORKDIR/serving_reference.json, written after the export. Every process checks: every
-    process writes them."""
+    `step` yet; and WORKDIR/serving_reference.json, written after the export. Process 0 writes them: only it
+    calls this."""
     from lm import files
     from lm.serving import serve
 
-    directory = config.serving.export_dir or os.path.join(workdir, "savedmodel")
+    directory = export_directory(config, workdir)
     setting = files.setting("config.serving.export_dir", config.serving.export_dir, directory)
     files.check_writable(directory, setting, "Set --config.serving.export_dir to a directory you can write (a "
                          "missing one is created; each export adds a version <export_dir>/<step>/).", directory=True)
@@ -128,12 +133,22 @@ def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
     Also records the validation set's predicted-class distribution and confidence histogram (the drift
     reference of `--mode=serve`) in the export and in WORKDIR/serving_reference.json; the validation split is the
     one the run's WORKDIR/config.json defines, with the keys the user set (`overrides`) as given.
+
+    On many hosts every process restores the checkpoint (Orbax's restore meets all of them), then process 0 alone
+    measures the whole validation split and writes the export, while the others wait for it (at most
+    config.distributed.initialization_timeout_s); each returns the export's path.
     """
+    from lm import distributed
     from lm.serving import predict, serve, trained
 
     step = trained.checkpoint_step(workdir, str(config.eval_checkpoint))  # The version; a wrong --workdir fails here.
-    directory = check_export_dir(config, workdir, step)
+    writer = jax.process_index() == 0
+    directory = check_export_dir(config, workdir, step) if writer else export_directory(config, workdir)
     model = trained.load(workdir, str(step))
+    if not writer:
+        log.info("Process %d: process 0 writes the SavedModel; waiting for it.", jax.process_index())
+        distributed.wait_for_all("savedmodel_written", config.distributed.initialization_timeout_s)
+        return {"export_dir": os.path.join(directory, str(model.step))}
     # The run's own validation split, read as the run read it (its config.json: data, vocabulary, classes), as
     # predict and serve read the run's data keys: the command line needs no data flags for this mode, and the
     # flags it gives (`overrides`: moved files, a smaller eval_batch_size) win.
@@ -145,4 +160,5 @@ def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
                   model.label_names, directory, model.step, [model.warmup_raw], metadata)
     with tf.io.gfile.GFile(os.path.join(workdir, serve.REFERENCE_FILE), "w") as f:
         json.dump(reference, f, indent=2)
+    distributed.wait_for_all("savedmodel_written", config.distributed.initialization_timeout_s)
     return {"export_dir": path}
