@@ -53,7 +53,8 @@ def small_vocab(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture
 def loads(monkeypatch):
     """lm.serving.trained.load replaced, for checks that must come before the model loads: the calls it got (none
-    when a check failed first); it raises "stop at the model". The run's checkpoint is step 7."""
+    when a check failed first); it raises "stop at the model". The run's checkpoint is step 7, its model a text
+    classifier."""
     from lm.serving import trained
 
     calls = []
@@ -63,5 +64,6 @@ def loads(monkeypatch):
         raise RuntimeError("stop at the model")
 
     monkeypatch.setattr(trained, "checkpoint_step", lambda workdir, which="best": 7)
+    monkeypatch.setattr(trained, "modality", lambda workdir: "text")
     monkeypatch.setattr(trained, "load", load)
     return calls

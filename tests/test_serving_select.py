@@ -138,6 +138,8 @@ def test_an_output_that_cannot_be_written_fails_before_the_model_loads(loads, tm
     """config.serving.output of predict and select (and select's Label Studio file beside it) is checked at the
     start of the mode, not when the result is written after the model ran over every input."""
     config = bert_sentiment.get_config("files")
+    (tmp_path / "pool.txt").write_text("a text to predict\n")
+    config.serving.input_files = str(tmp_path / "pool.txt")
     workdir = tmp_path / "run"
     (workdir / "selection.jsonl").mkdir(parents=True)
     (tmp_path / "a_file").write_text("not a directory")
@@ -169,4 +171,25 @@ def test_an_output_that_cannot_be_written_fails_before_the_model_loads(loads, tm
     assert [args[:2] for args in loads] == [(str(workdir), "7")] * 3  # The step chosen before the check.
     assert (tmp_path / "out.jsonl").read_text() == "an earlier result"  # Written only once the model ran.
     assert os.listdir(tmp_path / "new" / "folder") == []  # Created, as the writer would; the probe file removed.
-    assert sorted(os.listdir(tmp_path)) == ["a_file", "new", "out.jsonl", "picked_label_studio.json", "run"]
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "new", "out.jsonl", "picked_label_studio.json", "pool.txt",
+                                            "run"]
+
+
+@pytest.mark.parametrize("mode", ["predict", "select"])
+def test_missing_inputs_fail_before_the_model_loads(loads, tmp_path, monkeypatch, mode):
+    """config.serving.input_files is read once the checkpoint is chosen, before it is restored (the run's
+    config.json says whether the model reads text or images)."""
+    from lm.serving import trained
+
+    config = bert_sentiment.get_config("files")
+    config.serving.output = str(tmp_path / "out.jsonl")
+    with pytest.raises(ValueError, match="need config.serving.input_files"):
+        lm.run(config, str(tmp_path), mode)
+    config.serving.input_files = str(tmp_path / "missing.tsv")
+    with pytest.raises(FileNotFoundError, match=r"^config\.serving\.input_files='.*missing\.tsv': .* matches no file"):
+        lm.run(config, str(tmp_path), mode)
+    monkeypatch.setattr(trained, "modality", lambda workdir: "image")
+    config.serving.input_files = str(tmp_path / "no_images")
+    with pytest.raises(FileNotFoundError, match=r"config\.serving\.input_files: .*no_images' matches no file"):
+        lm.run(config, str(tmp_path), mode)
+    assert not loads

@@ -117,16 +117,16 @@ def probabilities_over(model: TrainedModel, inputs: list, batch_size: int, mesh:
 def load_inputs(config: ml_collections.ConfigDict, workdir: str, default_output: str,
                 label_studio: bool = False) -> tuple[TrainedModel, list[tuple[str, str]], str]:
     """The trained model, the (id, input) rows of config.serving.input_files and the output path; nothing compiled
-    yet. The output is checked (`check_output`) once the checkpoint is chosen, before it is restored: a bad path
-    fails in a moment, not after the model ran over every input."""
+    yet. The output (`check_output`) and the inputs are checked once the checkpoint is chosen, before it is
+    restored: a bad path or a missing file fails in a moment, not after the model loaded or ran over every input."""
     from lm import config_checks
     from lm.serving import images, trained
 
     config_checks.check_static(config)
     step = trained.checkpoint_step(workdir, str(config.eval_checkpoint))  # A wrong --workdir fails here.
     path = check_output(config, workdir, default_output, label_studio)
+    rows = images.read_inputs(config) if trained.modality(workdir) == "image" else read_inputs(config)
     model = trained.load(workdir, str(step), config.serving.length_buckets)
-    rows = images.read_inputs(config) if model.modality == "image" else read_inputs(config)
     return model, rows, path
 
 

@@ -117,6 +117,12 @@ def checkpoint_step(workdir: str, which: str = "best") -> int:
         return evaluate.select_step(checkpointer, which)
 
 
+def modality(workdir: str) -> str:
+    """What the classifier in `workdir` reads ("text" or "image"), from its config.json, before it loads."""
+    run, _, _ = _classifier_run(workdir)
+    return models.model_family(run.model).modality
+
+
 def load(workdir: str, which: str = "best", length_buckets: bool = True) -> TrainedModel:
     """Checkpoint `which` (best | latest | a step number) of a classification run in `workdir`.
 
