@@ -12,6 +12,7 @@
       --config.data.train_files=corpus.txt   # learns /tmp/vocab/vocab.txt from the corpus
 """
 
+import os
 import sys
 
 import lm
@@ -47,7 +48,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with an unknown `--config.KEY` reported in a few lines instead of a traceback."""
+    """absl's flag parsing, with an unknown `--config.KEY` or a missing config file reported in a few lines."""
+    value = _config_argument(argv)
+    path = (value or "").split(":", 1)[0]
+    if path and not os.path.isfile(path):  # ml_collections would defer this error to the first use of the config.
+        experiments = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+        sys.stderr.write(f"FATAL Flags parsing error: --config={value}: there is no file {path!r} (a relative path is "
+                         f"read from the current directory, {os.getcwd()}). The experiments are the files of "
+                         f"{experiments}, e.g. --config=configs/vision_classification.py:resnet_small,digits.\n")
+        sys.exit(1)
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError):  # How ml_collections reports an override of a key the config lacks.
@@ -59,14 +68,20 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(1)
 
 
-def _config_alone(argv: list[str]):
-    """The experiment config from the --config argument, without the overrides; None if there is none."""
+def _config_argument(argv: list[str]) -> str | None:
+    """The value of the --config argument (`FILE.py:ARG`); None if there is none."""
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
-            return FLAGS["config"].parser.parse(arg.split("=", 1)[1])
+            return arg.split("=", 1)[1]
         if arg == "--config" and i + 1 < len(argv):
-            return FLAGS["config"].parser.parse(argv[i + 1])
+            return argv[i + 1]
     return None
+
+
+def _config_alone(argv: list[str]):
+    """The experiment config from the --config argument, without the overrides; None if there is none."""
+    value = _config_argument(argv)
+    return None if value is None else FLAGS["config"].parser.parse(value)
 
 
 def main(argv: list[str]) -> None:

@@ -59,6 +59,22 @@ def test_main_reports_an_unknown_key_in_a_few_lines(tmp_path):
     assert not (tmp_path / "config.json").exists()
 
 
+def test_main_reports_a_missing_config_file_in_a_few_lines(tmp_path):
+    """ml_collections defers this error to the config's first use: a double traceback from inside lm.run."""
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--config", "configs/vision_classification.py:resnet_small,digits",
+         f"--workdir={workdir}"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "there is no file 'configs/vision_classification.py'" in lines[0], result.stderr
+    assert str(tmp_path) in lines[0] and str(ROOT / "configs") in lines[0]
+    assert not workdir.exists()
+
+
 def test_models_build_outside_create_model():
     """No `nnx.use_eager_sharding(False)` and no mesh: the classes build (and run) as in a notebook."""
     config = bert.BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)

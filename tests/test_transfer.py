@@ -306,6 +306,19 @@ def test_vit_round_trip_to_transformers(tmp_path):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
+def test_vit_export_names_the_classes_of_the_run(tmp_path):
+    """An image run's class names are in WORKDIR/serving_facts.json (its config has no label_names): the
+    export's id2label carries them, as predict and serve do, instead of LABEL_0..."""
+    config = vision_classification.get_config("vit_ti16,digits,smoke")
+    config.num_train_steps, config.eval_every, config.checkpoint_every, config.eval_splits_at_end = 2, 2, 2, ()
+    workdir = tmp_path / "run"
+    lm.run(config, str(workdir), "train")
+    config.export_dir = str(tmp_path / "hf")
+    lm.run(config, str(workdir), "export_hf")
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["id2label"] == {str(i): str(i) for i in range(10)}
+
+
 def test_export_rejects_gap_pooling(tmp_path):
     model_config = vision_classification.get_config("vit_ti16,digits,smoke").model
     model_config.pooling = "gap"

@@ -21,6 +21,7 @@ import safetensors.numpy
 
 from lm import checkpointing, config_checks, evaluate, files, models, paths
 from lm.models import vit
+from lm.train import SERVING_FACTS
 from lm.weights import assign, hf_bert, hf_vit
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,13 @@ def write_vit(params, model: ml_collections.ConfigDict, directory: str, *, label
 
 
 def _run_data(workdir: str) -> dict:
-    """The `data` section of the run's WORKDIR/config.json, or {} without one."""
-    return (files.read_run_config(workdir, missing_ok=True) or {}).get("data", {})
+    """The `data` section of the run's WORKDIR/config.json, or {} without one; without `label_names` there, the
+    class names training recorded in WORKDIR/serving_facts.json (an image run's: its config has no such key)."""
+    data = dict((files.read_run_config(workdir, missing_ok=True) or {}).get("data", {}))
+    facts = files.join(workdir, SERVING_FACTS)
+    if not data.get("label_names") and files.exists(facts):
+        data["label_names"] = files.read_json(facts).get("label_names", ())
+    return data
 
 
 def _export_bert(params, model, directory: str, config: ml_collections.ConfigDict, run: dict) -> None:
@@ -164,7 +170,8 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes checkpoint `config.eval_checkpoint` (best | latest | a step) of `workdir` to `config.export_dir`.
 
     The model's shape comes from the checkpoint; the vocabulary and label names from `config.data`, or from
-    the run's WORKDIR/config.json where `config` leaves them empty.
+    the run's WORKDIR/config.json where `config` leaves them empty (an image run's class names: from
+    WORKDIR/serving_facts.json).
     """
     config = config_checks.resolved_copy(config)
     family = models.model_family(config.model)
