@@ -7,6 +7,7 @@ optimizer.learning_rate?") from difflib, over the full dotted paths and over the
 """
 
 import difflib
+import json
 from collections.abc import Iterable, Sequence
 
 import ml_collections
@@ -104,3 +105,22 @@ def overrides(argv: Iterable[str]) -> list[str]:
 def unknown_override(config: ml_collections.ConfigDict, argv: Sequence[str]) -> str | None:
     """The first overridden key that the config does not have, or None."""
     return next((key for key in overrides(argv) if not exists(config, key)), None)
+
+
+def changed(previous: dict, config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> list[str]:
+    """'key: old -> new' for the keys under `sections` that a run's earlier config.json (`previous`) records and
+    `config` sets otherwise (keys an older config.json lacks are not changes); lists are compared whole."""
+    written = json.loads(config.to_json_best_effort())  # As the trainer writes config.json.
+
+    def leaves(values: dict, prefix: str = "") -> dict[str, object]:
+        flat = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                flat.update(leaves(value, f"{prefix}{key}."))
+            else:
+                flat[prefix + key] = value
+        return flat
+
+    old = leaves({key: previous[key] for key in sections if key in previous})
+    new = leaves({key: written[key] for key in sections if key in written})
+    return [f"{name}: {old[name]!r} -> {new.get(name)!r}" for name in sorted(old) if new.get(name) != old[name]]

@@ -10,7 +10,7 @@ import logging
 import jax
 import ml_collections
 
-from lm import checkpointing, compiler, config_checks, experiment, files, metrics, progress, sharding
+from lm import checkpointing, compiler, config_checks, config_keys, experiment, files, metrics, progress, sharding
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,25 @@ def select_step(checkpointer: checkpointing.Checkpointer, which: str) -> int:
     return step
 
 
+# What the metrics of a checkpoint depend on besides its weights: set otherwise than the run set them, the numbers
+# are not the run's (another vocabulary, max_length or label order reads the same text differently).
+EVAL_KEYS = ("task", "data", "label_smoothing")
+
+
 def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """--mode=eval: restores a checkpoint of `workdir`, evaluates `config.eval_split`, writes JSON."""
+    """--mode=eval: restores a checkpoint of `workdir`, evaluates `config.eval_split` of the data `config` defines,
+    writes JSON. Where `config` sets EVAL_KEYS otherwise than the run's WORKDIR/config.json, a warning lists them."""
     config = config_checks.resolved_copy(config)
     ckpt_dir = checkpointing.checkpoint_dir(workdir)
     if not files.is_dir(ckpt_dir):
         raise FileNotFoundError(f"--workdir={workdir!r} has no checkpoints/ directory; train there first.")
     exp = experiment.build(config)
+    previous = files.read_run_config(workdir, missing_ok=True)
+    changes = config_keys.changed(previous, exp.config, EVAL_KEYS) if previous else []
+    if changes:
+        log.warning("Evaluating with settings that differ from the run's (its config.json): %s. A file of the "
+                    "split you evaluate may differ on purpose; other keys (vocabulary, max_length, label names, "
+                    "preprocessing) make metrics that are not the run's: give the run's values.", "; ".join(changes))
     with checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
                                     best_mode=config.best_mode) as checkpointer:
         step = select_step(checkpointer, str(config.eval_checkpoint))

@@ -29,6 +29,7 @@ from lm import (
     checkpointing,
     compiler,
     config_checks,
+    config_keys,
     evaluate,
     experiment,
     files,
@@ -202,25 +203,6 @@ STATE_KEYS = ("task", "model", "optimizer", "freeze", "trainable")
 RESUME_KEYS = (*STATE_KEYS, "data", "global_batch_size", "grad_accum_steps", "seed", "label_smoothing")
 
 
-def _changed(previous: dict, config: ml_collections.ConfigDict, sections: tuple[str, ...]) -> list[str]:
-    """'key: old -> new' for the keys under `sections` that the previous config.json records and this config
-    sets otherwise (keys an older config.json lacks are not changes); lists are compared whole."""
-    written = json.loads(config.to_json_best_effort())  # As _write_config writes it.
-
-    def leaves(values: dict, prefix: str = "") -> dict[str, object]:
-        flat = {}
-        for key, value in values.items():
-            if isinstance(value, dict):
-                flat.update(leaves(value, f"{prefix}{key}."))
-            else:
-                flat[prefix + key] = value
-        return flat
-
-    old = leaves({key: previous[key] for key in sections if key in previous})
-    new = leaves({key: written[key] for key in sections if key in written})
-    return [f"{name}: {old[name]!r} -> {new.get(name)!r}" for name in sorted(old) if new.get(name) != old[name]]
-
-
 def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str, previous: dict | None) -> dict:
     """The newest checkpoint that verifies (bad ones are set aside with a warning), else a fresh state.
 
@@ -229,7 +211,7 @@ def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str, pre
     try:
         found = checkpointer.restore_latest(exp.spec.abstract)
     except checkpointing.StateMismatch as error:
-        changes = _changed(previous, exp.config, STATE_KEYS) if previous else []
+        changes = config_keys.changed(previous, exp.config, STATE_KEYS) if previous else []
         raise ValueError(
             f"--workdir={workdir!r} holds checkpoints of another model or optimizer than this config builds"
             f"{' (changed since its run started: ' + '; '.join(changes[:6]) + ')' if changes else ''}. Resuming "
@@ -240,7 +222,7 @@ def _resume_or_start(exp: experiment.Experiment, checkpointer, workdir: str, pre
         return experiment.initial_state(exp)
     state, _, step = found
     log.info("Resumed from %s at step %d (the data pipeline restarts at batch %d).", workdir, step, step)
-    changes = _changed(previous, exp.config, RESUME_KEYS) if previous else []
+    changes = config_keys.changed(previous, exp.config, RESUME_KEYS) if previous else []
     if changes:
         log.warning("Resuming with a config that differs from the one this run started with (config.json is "
                     "rewritten with the new one): %s.", "; ".join(changes))

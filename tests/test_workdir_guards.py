@@ -50,14 +50,14 @@ def test_resuming_another_model_or_optimizer_is_refused_and_the_run_is_kept(trai
 
 
 def test_a_key_an_older_config_json_lacks_is_no_change():
-    from lm import train
+    from lm import config_keys, train
 
     config = _digits()
     written = json.loads(config.to_json_best_effort())
     older = {**written, "model": {k: v for k, v in written["model"].items() if k != "depth"}}
-    assert train._changed(older, config, train.RESUME_KEYS) == []
+    assert config_keys.changed(older, config, train.RESUME_KEYS) == []
     older["data"] = {**written["data"], "image_size": 99}
-    assert train._changed(older, config, train.RESUME_KEYS) == ["data.image_size: 99 -> 16"]
+    assert config_keys.changed(older, config, train.RESUME_KEYS) == ["data.image_size: 99 -> 16"]
 
 
 def test_evaluating_with_another_model_names_the_difference(trained, no_compile):  # noqa: F811
@@ -65,6 +65,19 @@ def test_evaluating_with_another_model_names_the_difference(trained, no_compile)
                                                                 r"config builds.*array\(s\) differ, e\.g\. "
                                                                 r"batch_stats/blocks/10/norm1/mean only here"):
         lm.run(_digits(**{"model.depth": 34}), str(trained), "eval")
+
+
+def test_evaluating_with_other_data_settings_than_the_run_warns(trained, caplog):
+    """--mode=eval reads the data its config defines: where that differs from the run's config.json (here another
+    image size: the same checkpoint gives other numbers), a warning names the keys; the run's settings, none."""
+    config = _digits()
+    config.eval_split = "validation"
+    with caplog.at_level(logging.WARNING, logger="lm.evaluate"):
+        lm.run(config, str(trained), "eval")
+        assert not [r for r in caplog.records if "differ from the run's" in r.getMessage()]
+        lm.run(_digits(**{"data.image_size": 24}), str(trained), "eval")
+    (warning,) = [r.getMessage() for r in caplog.records if "differ from the run's" in r.getMessage()]
+    assert "data.image_size: 16 -> 24" in warning and "give the run's values" in warning, warning
 
 
 def test_resuming_with_other_data_settings_warns(tmp_path, caplog):
