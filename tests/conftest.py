@@ -17,7 +17,10 @@ import tensorflow as tf  # noqa: E402
 # XLA:CPU compiles take seconds; many tests build the same programs (and subprocesses inherit the
 # variable), so a persistent compilation cache shared by the session saves minutes.
 CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lm-test-jax-cache"))
+# Bounded: least recently used programs go past 2 GiB (each change of a step adds new ones; a full run adds ~40 MB).
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 # tf.data must not grab the accelerator or all the cores' memory: it only feeds numpy to JAX.
