@@ -267,6 +267,50 @@ def test_export_savedmodel_in_two_processes_writes_once_what_one_process_writes(
     assert "Process 1: process 0 writes the SavedModel; waiting for it." in (tmp_path / "process1.log").read_text()
 
 
+@pytest.fixture(scope="module")
+def trained(data) -> pathlib.Path:
+    """A workdir holding 2 steps of the tiny BERT, trained in this process."""
+    root, csv_path, vocab = data
+    workdir = root / "trained"
+    lm.run(files_config(pathlib.Path(vocab), csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
+                        eval_splits_at_end=()), str(workdir), "train")
+    return workdir
+
+
+def exit_statuses(processes: list[subprocess.Popen], timeout: float) -> list[int | None]:
+    """Each process's exit status; None for one still running after `timeout` (then killed)."""
+    deadline = time.monotonic() + timeout
+    try:
+        for process in processes:
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        pass
+    statuses = [process.poll() for process in processes]
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return statuses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "key"), [("select", "serving.output"), ("export_hf", "export_dir"),
+                                           ("export_savedmodel", "serving.export_dir")])
+def test_an_output_process_0_cannot_write_stops_every_process_with_the_error(data, trained, tmp_path, mode, key):
+    """Process 0 checks the output it alone writes before the model loads; every process stops at once with its
+    message. (Before, process 1 went on into the restore, waited at Orbax's barrier until the shutdown timeout
+    aborted both, and never said why.)"""
+    root, csv_path, vocab = data
+    (tmp_path / "a_file").write_text("")
+    args = main_args(vocab, csv_path, trained, **{key: tmp_path / "a_file" / "out", "serving.input_files": csv_path})
+    hosts = start_hosts([*args, f"--mode={mode}"], tmp_path, timeout_s=10)
+    statuses = exit_statuses(hosts, 120)
+    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert statuses == [1, 1], [before_crash_dump(log)[-2000:] for log in logs]
+    for log in logs:
+        assert re.search(rf"OSError: config\.{key}='.*a_file/out' cannot be written", log), log[-3000:]
+
+
 ORBAX_BARRIER_CHECK = """
 from absl import flags
 from lm import distributed
