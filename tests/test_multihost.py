@@ -311,6 +311,20 @@ def test_an_output_process_0_cannot_write_stops_every_process_with_the_error(dat
         assert re.search(rf"OSError: config\.{key}='.*a_file/out' cannot be written", log), log[-3000:]
 
 
+@pytest.mark.slow
+def test_serve_refuses_many_processes_before_loading(data, trained, tmp_path):
+    """--mode=serve is one process's server: on many, every process stops at once with the reason (before, each
+    served on its own until one stopped; the coordination service then aborted the other)."""
+    root, csv_path, vocab = data
+    hosts = start_hosts([*main_args(vocab, csv_path, trained, **{"serving.port": 0}), "--mode=serve"], tmp_path,
+                        timeout_s=10)
+    statuses = exit_statuses(hosts, 60)
+    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert statuses == [1, 1], [before_crash_dump(log)[-2000:] for log in logs]
+    for log in logs:
+        assert "--mode=serve runs in one process" in log and "Bound" not in log, log[-3000:]
+
+
 ORBAX_BARRIER_CHECK = """
 from absl import flags
 from lm import distributed
