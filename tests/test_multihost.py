@@ -325,6 +325,27 @@ def test_serve_refuses_many_processes_before_loading(data, trained, tmp_path):
         assert "--mode=serve runs in one process" in log and "Bound" not in log, log[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "output"), [("build_vocab", "vocab.txt"), ("inspect_data", "data_report.json")])
+def test_process_0_alone_writes_what_one_process_writes(data, tmp_path, mode, output):
+    """build_vocab and inspect_data read the whole corpus or data in every process; process 0 alone writes the file
+    (before, every process wrote it, into the same shared workdir), the same bytes as one process writes."""
+    root, csv_path, vocab = data
+    if mode == "build_vocab":
+        corpus = text_data.write_corpus(tmp_path / "corpus.txt", 200)
+        def args(workdir):
+            return [f"--config={ROOT}/configs/bert_pretrain.py:files", f"--workdir={workdir}", "--mode=build_vocab",
+                    f"--config.data.train_files={corpus}", "--config.vocab.size=1000", "--config.vocab.min_count=1"]
+    else:
+        def args(workdir):
+            return [*main_args(vocab, csv_path, workdir), "--mode=inspect_data"]
+    wait_all([start(args(tmp_path / "one"), 8, tmp_path / "one.log")], [tmp_path / "one.log"])
+    wait_all(start_hosts(args(tmp_path / "two"), tmp_path), [tmp_path / "process0.log", tmp_path / "process1.log"])
+    assert (tmp_path / "two" / output).read_bytes() == (tmp_path / "one" / output).read_bytes()
+    assert "Wrote" in (tmp_path / "process0.log").read_text()
+    assert "Wrote" not in (tmp_path / "process1.log").read_text(), "process 1 writes it too"
+
+
 ORBAX_BARRIER_CHECK = """
 from absl import flags
 from lm import distributed
