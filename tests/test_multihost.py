@@ -346,6 +346,24 @@ def test_process_0_alone_writes_what_one_process_writes(data, tmp_path, mode, ou
     assert "Wrote" not in (tmp_path / "process1.log").read_text(), "process 1 writes it too"
 
 
+@pytest.mark.slow
+def test_eval_in_two_processes_equals_one(data, trained, tmp_path):
+    """--mode=eval in 2 processes x 4 devices: the whole split (37 examples, not a multiple of the hosts or batch),
+    the metrics 1 process finds, written once by process 0."""
+    root, csv_path, vocab = data
+    validation = str(text_data.write_csv(tmp_path / "validation.csv", text_data.sentiment_rows(37, seed=5)))
+    one = files_config(pathlib.Path(vocab), csv_path, eval_split="validation", **{"data.validation_files": validation})
+    expected = lm.run(one, str(trained), "eval")
+    (trained / "metrics_validation.json").unlink()
+    args = [*main_args(vocab, csv_path, trained, eval_split="validation", **{"data.validation_files": validation}),
+            "--mode=eval"]
+    wait_all(start_hosts(args, tmp_path), [tmp_path / "process0.log", tmp_path / "process1.log"])
+    got = json.loads((trained / "metrics_validation.json").read_text())
+    assert got["num_examples"] == expected["num_examples"] == 37 and got["step"] == expected["step"]
+    assert got["confusion_matrix"] == expected["confusion_matrix"]
+    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
+
+
 ORBAX_BARRIER_CHECK = """
 from absl import flags
 from lm import distributed
