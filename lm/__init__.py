@@ -64,9 +64,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train", ov
 
         return evaluate.run_eval(config, workdir)
     if mode == "build_vocab":
+        import jax
+
         from input_pipeline import vocab
 
-        return {"vocab_path": vocab.build_vocab(config, workdir)}
+        return {"vocab_path": vocab.build_vocab(config, workdir, jax.process_index())}
     if mode == "export_hf":
         from lm.serving import export_hf
 

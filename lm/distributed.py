@@ -14,14 +14,17 @@ Timeouts, so that no process waits for a dead peer forever:
 - Orbax's own barriers go through the coordination service with its 300 s timeout (instead of an untimed
   device collective) when absl flags are parsed, as under main.py.
 
-Our code has one barrier of its own, `wait_for_all`, timed like the rest; otherwise hosts meet only in the
-jitted steps' collectives and in Orbax.
+Our code has one barrier of its own, `wait_for_all`, timed like the rest, and `check_on_process_zero`, which
+shares the outcome of a check that only process 0 can make (of what it alone writes); otherwise hosts meet only
+in the jitted steps' collectives and in Orbax.
 """
 
+import builtins
 import dataclasses
 import itertools
 import logging
 import os
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -148,3 +151,34 @@ def wait_for_all(name: str, timeout_s: int) -> None:
     from jax._src import distributed as jax_distributed  # No public barrier; Orbax uses this client too.
 
     jax_distributed.global_state.client.wait_at_barrier(f"lm_{name}_{next(_barrier_ids)}", timeout_s * 1000)
+
+
+def check_on_process_zero(check: Callable[[], None], name: str, timeout_s: int) -> None:
+    """Runs `check` on process 0 alone (e.g. that it can write the output it alone writes); an error it raises stops
+    every process, each with process 0's message.
+
+    Every process calls it at the same point; the others wait for the outcome (at most `timeout_s`) through the
+    coordination service. Without it, process 0 stopped with the error while the others went on into the restore
+    and waited at Orbax's barrier until the shutdown timeout aborted them all, without a word of why.
+    """
+    if jax.process_count() == 1:
+        check()
+        return
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    key = f"lm_{name}_{next(_barrier_ids)}"
+    if jax.process_index() == 0:
+        try:
+            check()
+        except Exception as error:
+            client.key_value_set(key, f"{type(error).__name__}\n{error}")
+            raise
+        client.key_value_set(key, "")
+        return
+    outcome = client.blocking_key_value_get(key, timeout_s * 1000)
+    if outcome:
+        kind, _, message = outcome.partition("\n")
+        error = getattr(builtins, kind, None)
+        error = error if isinstance(error, type) and issubclass(error, Exception) else RuntimeError
+        raise error(f"{message} (found by process 0, which writes it)")

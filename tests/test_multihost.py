@@ -267,6 +267,103 @@ def test_export_savedmodel_in_two_processes_writes_once_what_one_process_writes(
     assert "Process 1: process 0 writes the SavedModel; waiting for it." in (tmp_path / "process1.log").read_text()
 
 
+@pytest.fixture(scope="module")
+def trained(data) -> pathlib.Path:
+    """A workdir holding 2 steps of the tiny BERT, trained in this process."""
+    root, csv_path, vocab = data
+    workdir = root / "trained"
+    lm.run(files_config(pathlib.Path(vocab), csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
+                        eval_splits_at_end=()), str(workdir), "train")
+    return workdir
+
+
+def exit_statuses(processes: list[subprocess.Popen], timeout: float) -> list[int | None]:
+    """Each process's exit status; None for one still running after `timeout` (then killed)."""
+    deadline = time.monotonic() + timeout
+    try:
+        for process in processes:
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        pass
+    statuses = [process.poll() for process in processes]
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return statuses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "key"), [("select", "serving.output"), ("export_hf", "export_dir"),
+                                           ("export_savedmodel", "serving.export_dir")])
+def test_an_output_process_0_cannot_write_stops_every_process_with_the_error(data, trained, tmp_path, mode, key):
+    """Process 0 checks the output it alone writes before the model loads; every process stops at once with its
+    message. (Before, process 1 went on into the restore, waited at Orbax's barrier until the shutdown timeout
+    aborted both, and never said why.)"""
+    root, csv_path, vocab = data
+    (tmp_path / "a_file").write_text("")
+    args = main_args(vocab, csv_path, trained, **{key: tmp_path / "a_file" / "out", "serving.input_files": csv_path})
+    hosts = start_hosts([*args, f"--mode={mode}"], tmp_path, timeout_s=10)
+    statuses = exit_statuses(hosts, 120)
+    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert statuses == [1, 1], [before_crash_dump(log)[-2000:] for log in logs]
+    for log in logs:
+        assert re.search(rf"OSError: config\.{key}='.*a_file/out' cannot be written", log), log[-3000:]
+
+
+@pytest.mark.slow
+def test_serve_refuses_many_processes_before_loading(data, trained, tmp_path):
+    """--mode=serve is one process's server: on many, every process stops at once with the reason (before, each
+    served on its own until one stopped; the coordination service then aborted the other)."""
+    root, csv_path, vocab = data
+    hosts = start_hosts([*main_args(vocab, csv_path, trained, **{"serving.port": 0}), "--mode=serve"], tmp_path,
+                        timeout_s=10)
+    statuses = exit_statuses(hosts, 60)
+    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+    assert statuses == [1, 1], [before_crash_dump(log)[-2000:] for log in logs]
+    for log in logs:
+        assert "--mode=serve runs in one process" in log and "Bound" not in log, log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "output"), [("build_vocab", "vocab.txt"), ("inspect_data", "data_report.json")])
+def test_process_0_alone_writes_what_one_process_writes(data, tmp_path, mode, output):
+    """build_vocab and inspect_data read the whole corpus or data in every process; process 0 alone writes the file
+    (before, every process wrote it, into the same shared workdir), the same bytes as one process writes."""
+    root, csv_path, vocab = data
+    if mode == "build_vocab":
+        corpus = text_data.write_corpus(tmp_path / "corpus.txt", 200)
+        def args(workdir):
+            return [f"--config={ROOT}/configs/bert_pretrain.py:files", f"--workdir={workdir}", "--mode=build_vocab",
+                    f"--config.data.train_files={corpus}", "--config.vocab.size=1000", "--config.vocab.min_count=1"]
+    else:
+        def args(workdir):
+            return [*main_args(vocab, csv_path, workdir), "--mode=inspect_data"]
+    wait_all([start(args(tmp_path / "one"), 8, tmp_path / "one.log")], [tmp_path / "one.log"])
+    wait_all(start_hosts(args(tmp_path / "two"), tmp_path), [tmp_path / "process0.log", tmp_path / "process1.log"])
+    assert (tmp_path / "two" / output).read_bytes() == (tmp_path / "one" / output).read_bytes()
+    assert "Wrote" in (tmp_path / "process0.log").read_text()
+    assert "Wrote" not in (tmp_path / "process1.log").read_text(), "process 1 writes it too"
+
+
+@pytest.mark.slow
+def test_eval_in_two_processes_equals_one(data, trained, tmp_path):
+    """--mode=eval in 2 processes x 4 devices: the whole split (37 examples, not a multiple of the hosts or batch),
+    the metrics 1 process finds, written once by process 0."""
+    root, csv_path, vocab = data
+    validation = str(text_data.write_csv(tmp_path / "validation.csv", text_data.sentiment_rows(37, seed=5)))
+    one = files_config(pathlib.Path(vocab), csv_path, eval_split="validation", **{"data.validation_files": validation})
+    expected = lm.run(one, str(trained), "eval")
+    (trained / "metrics_validation.json").unlink()
+    args = [*main_args(vocab, csv_path, trained, eval_split="validation", **{"data.validation_files": validation}),
+            "--mode=eval"]
+    wait_all(start_hosts(args, tmp_path), [tmp_path / "process0.log", tmp_path / "process1.log"])
+    got = json.loads((trained / "metrics_validation.json").read_text())
+    assert got["num_examples"] == expected["num_examples"] == 37 and got["step"] == expected["step"]
+    assert got["confusion_matrix"] == expected["confusion_matrix"]
+    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
+
+
 ORBAX_BARRIER_CHECK = """
 from absl import flags
 from lm import distributed

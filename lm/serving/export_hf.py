@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from lm import checkpointing, config_checks, evaluate, files, models, paths
+from lm import checkpointing, config_checks, distributed, evaluate, files, models, paths
 from lm.models import vit
 from lm.train import SERVING_FACTS
 from lm.weights import assign, hf_bert, hf_vit
@@ -196,10 +196,13 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
     with checkpointing.Checkpointer(ckpt_dir, read_only=True, best_metric=config.best_metric,
                                     best_mode=config.best_mode) as checkpointer:
         step = evaluate.select_step(checkpointer, str(config.eval_checkpoint))
-        if jax.process_index() == 0:  # The process that writes it; checked before the checkpoint is restored.
-            files.check_writable(directory, files.setting("config.export_dir", config.export_dir, directory),
-                                 "Set --config.export_dir to a directory you can write (a missing one is created; "
-                                 "the files of an earlier export there are replaced).", directory=True)
+        # Checked by the process that writes it, before the checkpoint is restored; a failure stops every process.
+        distributed.check_on_process_zero(
+            lambda: files.check_writable(directory, files.setting("config.export_dir", config.export_dir, directory),
+                                         "Set --config.export_dir to a directory you can write (a missing one is "
+                                         "created; the files of an earlier export there are replaced).",
+                                         directory=True),
+            "export_dir", config.distributed.initialization_timeout_s)
         state, meta = checkpointer.restore_raw(step)
     model = ml_collections.ConfigDict(meta["model"])  # The shape the weights were trained with.
     if jax.process_index() == 0:

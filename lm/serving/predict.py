@@ -139,11 +139,12 @@ def check_output(config: ml_collections.ConfigDict, workdir: str, default_name: 
                  label_studio: bool = False) -> str:
     """config.serving.output, else WORKDIR/`default_name`, checked where it is written (process 0) with
     `lm.files.check_writable`: not a directory, its directory created if missing, writable; with `label_studio`,
-    the Label Studio file beside it too."""
-    from lm import files
+    the Label Studio file beside it too. On many hosts a failed check stops every process (with its message)."""
+    from lm import distributed, files
 
     path = config.serving.output or os.path.join(workdir, default_name)
-    if jax.process_index() == 0:
+
+    def check() -> None:
         fix = "Set --config.serving.output to a file in a directory you can write (a missing directory is created)."
         files.check_writable(path, files.setting("config.serving.output", config.serving.output, path), fix)
         if label_studio:
@@ -152,6 +153,8 @@ def check_output(config: ml_collections.ConfigDict, workdir: str, default_name: 
                                  "Set --config.serving.output to another file: the tasks go beside it, to "
                                  "OUTPUT_label_studio.json for OUTPUT.jsonl (or set --config.serving.label_studio="
                                  "False).")
+
+    distributed.check_on_process_zero(check, "serving_output", config.distributed.initialization_timeout_s)
     return path
 
 

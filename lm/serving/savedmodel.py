@@ -108,7 +108,7 @@ def check_export_dir(config, workdir: str, step: int) -> str:
     """config.serving.export_dir, else WORKDIR/savedmodel, checked before the model loads: a directory (created if
     missing; the versions it holds are kept) that can be written (`lm.files.check_writable`), without a version
     `step` yet; and WORKDIR/serving_reference.json, written after the export. Process 0 writes them: only it
-    calls this."""
+    calls this (`lm.distributed.check_on_process_zero`)."""
     from lm import files
     from lm.serving import serve
 
@@ -143,7 +143,9 @@ def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
 
     step = trained.checkpoint_step(workdir, str(config.eval_checkpoint))  # The version; a wrong --workdir fails here.
     writer = jax.process_index() == 0
-    directory = check_export_dir(config, workdir, step) if writer else export_directory(config, workdir)
+    distributed.check_on_process_zero(lambda: check_export_dir(config, workdir, step), "savedmodel_export_dir",
+                                      config.distributed.initialization_timeout_s)  # A failure stops every process.
+    directory = export_directory(config, workdir)
     model = trained.load(workdir, str(step))
     if not writer:
         log.info("Process %d: process 0 writes the SavedModel; waiting for it.", jax.process_index())

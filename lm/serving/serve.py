@@ -2,6 +2,9 @@
 
 The drift reference is the validation profile that `--mode=export_savedmodel` records in the workdir
 (`serving_reference.json`); without it the server runs and reports no drift score.
+
+It runs in one process: a model that trained on many hosts serves from one (its checkpoint restores on any
+device count). Started on many hosts it stops at once in every process, before binding the port or loading.
 """
 
 import json
@@ -38,11 +41,27 @@ def options(config: ml_collections.ConfigDict) -> server.ServeOptions:
                                feedback_path=s.feedback_path)
 
 
+def check_one_process() -> None:
+    """Raises unless this is the only process: each host's server would answer on its own, and write the one
+    feedback file with the others; the first to stop would bring the others down within
+    config.distributed.timeout_s (the coordination service takes a departed process for a dead one)."""
+    import jax
+
+    if jax.process_count() > 1:
+        raise ValueError(
+            f"--mode=serve runs in one process; this is process {jax.process_index()} of {jax.process_count()}. "
+            "Start it on one host without config.distributed.coordinator_address, num_processes, auto_detect or "
+            "$JAX_COORDINATOR_ADDRESS (the checkpoint restores on any device count); for more throughput, start one "
+            "such server per host behind a load balancer."
+        )
+
+
 def build(config: ml_collections.ConfigDict, workdir: str) -> server.ModelServer:
     """The server, its model loaded and every batch shape compiled; not yet serving. The feedback file is checked
     and the port bound first: a path that cannot be written or a port in use fails in a moment, not after the model
     loaded and compiled."""
     config_checks.check_static(config)
+    check_one_process()
     if config.serving.feedback_path:
         feedback.check_writable(config.serving.feedback_path)
     bound = transport.bind(config.serving.host, config.serving.port)
