@@ -364,6 +364,21 @@ def test_eval_in_two_processes_equals_one(data, trained, tmp_path):
     np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_export_hf_in_two_processes_writes_what_one_process_writes(data, trained, tmp_path):
+    """--mode=export_hf in 2 processes: process 0 writes the files 1 process writes, byte for byte, and process 1
+    waits for it at a barrier (not at exit, where the shutdown's timeout_s bounds a slow write)."""
+    root, csv_path, vocab = data
+    one = files_config(pathlib.Path(vocab), csv_path, export_dir=str(tmp_path / "one"))
+    lm.run(one, str(trained), "export_hf")
+    args = [*main_args(vocab, csv_path, trained, export_dir=tmp_path / "two"), "--mode=export_hf"]
+    wait_all(start_hosts(args, tmp_path), [tmp_path / "process0.log", tmp_path / "process1.log"])
+    names = sorted(os.listdir(tmp_path / "one"))
+    assert sorted(os.listdir(tmp_path / "two")) == names and "model.safetensors" in names
+    for name in names:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
 ORBAX_BARRIER_CHECK = """
 from absl import flags
 from lm import distributed

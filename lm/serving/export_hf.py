@@ -207,5 +207,7 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
     model = ml_collections.ConfigDict(meta["model"])  # The shape the weights were trained with.
     if jax.process_index() == 0:
         _EXPORTERS[family.exporter](state["params"], model, directory, config, _run_data(workdir))
+    # The others wait for the writer here (a slow write to a bucket may outlast the shutdown's timeout_s).
+    distributed.wait_for_all("hf_export_written", config.distributed.initialization_timeout_s)
     log.info("Exported step %d of %s as a Hugging Face %s directory: %s", step, workdir, model.name, directory)
     return directory
