@@ -43,15 +43,16 @@ def learn_vocab(documents: tf.data.Dataset, size: int, lowercase: bool, min_coun
     return list(SPECIAL_TOKENS) + [token for token in vocab if token not in SPECIAL_TOKENS]
 
 
-def build_vocab(config: ml_collections.ConfigDict, workdir: str, process_index: int = 0) -> str:
-    """Writes WORKDIR/vocab.txt learned from config.data's corpus; returns its path. On many hosts every process
-    learns it, and the one of `process_index` 0 alone writes it."""
+def vocab_file(workdir: str) -> str:
+    """Where `build_vocab` writes: WORKDIR/vocab.txt."""
+    return tf.io.gfile.join(workdir, "vocab.txt")
+
+
+def build_vocab(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Writes WORKDIR/vocab.txt learned from config.data's corpus; returns its path."""
     vocab = learn_vocab(corpus_documents(config), config.vocab.size, config.data.lowercase, config.vocab.min_count)
-    path = tf.io.gfile.join(workdir, "vocab.txt")
-    if process_index != 0:  # Every process learns the same vocabulary from the whole corpus; one writes it.
-        log.info("Process %d: process 0 writes %s.", process_index, path)
-        return path
     tf.io.gfile.makedirs(workdir)
+    path = vocab_file(workdir)
     with tf.io.gfile.GFile(path, "w") as f:
         f.write("\n".join(vocab) + "\n")
     log.info("Wrote a %d-token WordPiece vocabulary to %s; train with --config.data.vocab_path=%s", len(vocab), path,

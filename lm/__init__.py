@@ -63,12 +63,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train", ov
         from lm import evaluate
 
         return evaluate.run_eval(config, workdir)
+    # Process 0 alone learns the vocabulary or inspects the data (each reads all of it) and writes the one file.
     if mode == "build_vocab":
-        import jax
-
         from input_pipeline import vocab
 
-        return {"vocab_path": vocab.build_vocab(config, workdir, jax.process_index())}
+        distributed.on_process_zero(lambda: vocab.build_vocab(config, workdir), "learn and write vocab.txt",
+                                    config.distributed.process_zero_timeout_s)
+        return {"vocab_path": vocab.vocab_file(workdir)}
     if mode == "export_hf":
         from lm.serving import export_hf
 
@@ -76,7 +77,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str = "train", ov
     if mode == "inspect_data":
         from lm import inspect_data
 
-        return inspect_data.run(config, workdir)
+        report = distributed.on_process_zero(lambda: inspect_data.run(config, workdir),
+                                             "inspect the data and write data_report.json",
+                                             config.distributed.process_zero_timeout_s)
+        return report or {}  # {} on the other processes.
     if mode == "export_savedmodel":
         from lm.serving import savedmodel
 

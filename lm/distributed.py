@@ -14,9 +14,10 @@ Timeouts, so that no process waits for a dead peer forever:
 - Orbax's own barriers go through the coordination service with its 300 s timeout (instead of an untimed
   device collective) when absl flags are parsed, as under main.py.
 
-Our code has one barrier of its own, `wait_for_all`, timed like the rest, and `check_on_process_zero`, which
-shares the outcome of a check that only process 0 can make (of what it alone writes); otherwise hosts meet only
-in the jitted steps' collectives and in Orbax.
+Our code meets the other processes in two places of its own, both through the coordination service and timed:
+`wait_for_all`, a barrier, and `on_process_zero`, which runs what process 0 alone does (checking and writing an
+output only it writes) and hands its outcome, or its error, to the others waiting for it (at most
+`process_zero_timeout_s`). Otherwise hosts meet only in the jitted steps' collectives and in Orbax.
 """
 
 import builtins
@@ -25,13 +26,16 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import ml_collections
 
 log = logging.getLogger(__name__)
 
-_barrier_ids = itertools.count()  # Each process calls wait_for_all in the same order: the same names.
+# Every process calls wait_for_all and on_process_zero in the same order: the same names on every process.
+_barrier_ids = itertools.count()
+T = TypeVar("T")
 
 ENVIRONMENT = {
     "coordinator_address": "JAX_COORDINATOR_ADDRESS",
@@ -90,7 +94,7 @@ def resolve(dist: ml_collections.ConfigDict, environ=os.environ) -> Settings | N
 
 
 def _check_timeouts(dist: ml_collections.ConfigDict) -> None:
-    for key in ("timeout_s", "initialization_timeout_s"):
+    for key in ("timeout_s", "initialization_timeout_s", "process_zero_timeout_s"):
         value = dist[key]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"config.distributed.{key}={value!r} must be a positive number of seconds.")
@@ -139,46 +143,75 @@ def _use_timed_orbax_barriers() -> None:
         flags.FLAGS.set_default(name, True)
 
 
-def wait_for_all(name: str, timeout_s: int) -> None:
+def _client():
+    from jax._src import distributed as jax_distributed  # No public barrier or key-value store; Orbax uses it too.
+
+    return jax_distributed.global_state.client
+
+
+def _timed_out(error: Exception) -> bool:
+    return "DEADLINE_EXCEEDED" in str(error)
+
+
+def wait_for_all(name: str, timeout_s: int, timeout_key: str = "config.distributed.initialization_timeout_s") -> None:
     """Returns once every process has called it: a barrier of the coordination service, not a device collective.
 
-    A no-op on one process. Raises if a process does not arrive within `timeout_s`. The first collective of a
-    run sets up the CPU collectives (gloo), whose rendezvous XLA bounds at 30 s: processes that compile at
-    different speeds must meet here first (docs/RELIABILITY.md, "Many hosts").
+    A no-op on one process. Raises TimeoutError, naming `timeout_key`, if a process does not arrive within
+    `timeout_s`. The first collective of a run sets up the CPU collectives (gloo), whose rendezvous XLA bounds at
+    30 s: processes that compile at different speeds must meet here first (docs/RELIABILITY.md, "Many hosts").
     """
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as jax_distributed  # No public barrier; Orbax uses this client too.
+    try:
+        _client().wait_at_barrier(f"lm_{name}_{next(_barrier_ids)}", timeout_s * 1000)
+    except Exception as error:
+        if not _timed_out(error):
+            raise
+        raise TimeoutError(f"Process {jax.process_index()} waited {timeout_s} s at '{name}' for the other processes; "
+                           f"if one of them is slow rather than stuck, give {timeout_key} more.") from None
 
-    jax_distributed.global_state.client.wait_at_barrier(f"lm_{name}_{next(_barrier_ids)}", timeout_s * 1000)
 
+def on_process_zero(work: Callable[[], T], what: str, timeout_s: int) -> T | None:
+    """Runs `work` on process 0 alone and returns its result there; the other processes wait for it (at most
+    `timeout_s`, config.distributed.process_zero_timeout_s) and return None. An error it raises stops every
+    process, each with process 0's message. One process: `work()`.
 
-def check_on_process_zero(check: Callable[[], None], name: str, timeout_s: int) -> None:
-    """Runs `check` on process 0 alone (e.g. that it can write the output it alone writes); an error it raises stops
-    every process, each with process 0's message.
-
-    Every process calls it at the same point; the others wait for the outcome (at most `timeout_s`) through the
-    coordination service. Without it, process 0 stopped with the error while the others went on into the restore
-    and waited at Orbax's barrier until the shutdown timeout aborted them all, without a word of why.
+    For what process 0 alone does: check an output only it writes, before the model loads, and write it (an
+    export, a vocabulary). `what` ("write the SavedModel") is for the others' log line and a timeout's message.
+    Every process calls it at the same point; it doubles as a barrier.
     """
     if jax.process_count() == 1:
-        check()
-        return
-    from jax._src import distributed as jax_distributed
-
-    client = jax_distributed.global_state.client
-    key = f"lm_{name}_{next(_barrier_ids)}"
+        return work()
+    client, key = _client(), f"lm_process_zero_{next(_barrier_ids)}"
     if jax.process_index() == 0:
         try:
-            check()
+            result = work()
         except Exception as error:
             client.key_value_set(key, f"{type(error).__name__}\n{error}")
             raise
         client.key_value_set(key, "")
-        return
-    outcome = client.blocking_key_value_get(key, timeout_s * 1000)
+        return result
+    log.info("Process %d: waiting for process 0 to %s.", jax.process_index(), what)
+    try:
+        outcome = client.blocking_key_value_get(key, timeout_s * 1000)
+    except Exception as error:
+        if not _timed_out(error):
+            raise
+        raise TimeoutError(f"Process {jax.process_index()} waited {timeout_s} s for process 0 to {what}; if it is "
+                           "slow rather than stuck, give config.distributed.process_zero_timeout_s more.") from None
     if outcome:
         kind, _, message = outcome.partition("\n")
-        error = getattr(builtins, kind, None)
-        error = error if isinstance(error, type) and issubclass(error, Exception) else RuntimeError
-        raise error(f"{message} (found by process 0, which writes it)")
+        raise rebuilt_error(kind, f"{message} (on process 0, while it tried to {what})")
+    return None
+
+
+def rebuilt_error(kind: str, message: str) -> Exception:
+    """An error of the built-in type named `kind` with `message`; a RuntimeError naming `kind` for any other type
+    (ours, a library's) or one that takes more than a message (UnicodeDecodeError)."""
+    error = getattr(builtins, kind, None)
+    if isinstance(error, type) and issubclass(error, Exception):
+        try:
+            return error(message)
+        except TypeError:
+            pass
+    return RuntimeError(f"{kind}: {message}")

@@ -112,6 +112,10 @@ def write_json(location: str | os.PathLike, value: Any) -> None:
     write_text(location, json.dumps(value, indent=2))
 
 
+# What predict, export and serve read of a run's data (class names, image preprocessing), written by training.
+SERVING_FACTS = "serving_facts.json"
+
+
 def read_run_config(workdir: str | os.PathLike, given_as: str = "--workdir", missing_ok: bool = False) -> dict | None:
     """The resolved config that the run in `workdir` wrote at its start (WORKDIR/config.json), as a dict.
 

@@ -212,15 +212,10 @@ def table(report: dict) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Prints the table and writes WORKDIR/data_report.json (on many hosts, process 0 does); returns the report."""
-    import jax
-
+    """Prints the table and writes WORKDIR/data_report.json; returns the report."""
     report = inspect(config)
     print(table(report), flush=True)
     path = epath.Path(workdir) / "data_report.json"
-    if jax.process_index() != 0:  # Every process reads the whole data and finds the same report; one writes it.
-        log.info("Process %d: process 0 writes %s.", jax.process_index(), path)
-        return report
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     log.info("Wrote %s", path)

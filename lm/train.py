@@ -47,7 +47,6 @@ from lm.models import packing
 
 log = logging.getLogger(__name__)
 
-SERVING_FACTS = "serving_facts.json"  # What predict, export and serve read of the data (lm/serving/trained.py).
 
 
 def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False,
@@ -154,7 +153,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str, data) -> None
     if jax.process_index() == 0:
         files.makedirs(workdir)
         files.write_text(files.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
-        files.write_text(files.join(workdir, SERVING_FACTS), json.dumps(data.serving_facts(), indent=2))
+        files.write_text(files.join(workdir, files.SERVING_FACTS), json.dumps(data.serving_facts(), indent=2))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overrides: Collection[str] = ()) -> dict:

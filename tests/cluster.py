@@ -104,15 +104,21 @@ def start(launch: Callable[[int, int], subprocess.Popen], count: int, coordinato
     raise AssertionError(f"the coordinator could not bind a free port in {attempts} attempts:\n{output[-3000:]}")
 
 
-def wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path], timeout: float = 600) -> None:
-    """Waits for every process (killing what is left after `timeout`); each must exit 0."""
+def exit_statuses(processes: list[subprocess.Popen], timeout: float = 600) -> list[int]:
+    """Waits for every process (killing what is left after `timeout`: its status is then the kill's); their exit
+    statuses."""
     deadline = time.monotonic() + timeout
     try:
         for process in processes:
             process.wait(timeout=max(deadline - time.monotonic(), 1))
     except subprocess.TimeoutExpired:
-        pass  # Killed below; the assertion shows its log.
+        pass  # Killed below.
     finally:
         _stop(processes)
-    for process, log in zip(processes, logs):
-        assert process.returncode == 0, f"exit status {process.returncode}:\n{log.read_text()[-6000:]}"
+    return [process.returncode for process in processes]
+
+
+def wait_all(processes: list[subprocess.Popen], logs: list[pathlib.Path], timeout: float = 600) -> None:
+    """Waits for every process (killing what is left after `timeout`); each must exit 0."""
+    for status, log in zip(exit_statuses(processes, timeout), logs):
+        assert status == 0, f"exit status {status}:\n{log.read_text()[-6000:]}"

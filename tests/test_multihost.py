@@ -7,7 +7,6 @@ The real multi-process tests take 1.5-2 minutes each on 2 shared cores: they are
 
 import hashlib
 import itertools
-import json
 import os
 import pathlib
 import re
@@ -20,11 +19,9 @@ import jax
 import numpy as np
 import pytest
 
-import lm
 from input_pipeline.image_classification import ImageClassificationData
 from input_pipeline.text_classification import TextClassificationData
 from lm import checkpointing, config_checks, distributed, experiment
-from lm.serving import serve
 from tests import cluster, text_data
 from tests.cluster import wait_all
 from tests.test_image_pipeline import folder_config, image_folder  # noqa: F401, F811 (a fixture)
@@ -82,10 +79,14 @@ def restored(workdir: pathlib.Path, step: int, vocab: str, csv_path: str, device
     return state
 
 
+def write_data(root: pathlib.Path, vocab: pathlib.Path) -> tuple[pathlib.Path, str, str]:
+    """(root, the synthetic reviews CSV written there, the vocabulary): what main_args trains on."""
+    return root, str(text_data.write_csv(root / "reviews.csv", text_data.sentiment_rows(400))), str(vocab)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, small_vocab):
-    root = tmp_path_factory.mktemp("multihost")
-    return root, str(text_data.write_csv(root / "reviews.csv", text_data.sentiment_rows(400))), str(small_vocab)
+    return write_data(tmp_path_factory.mktemp("multihost"), small_vocab)
 
 
 def largest_differences(state, other) -> dict[str, float]:
@@ -209,174 +210,6 @@ def test_global_batches_do_not_depend_on_the_process_count(tmp_path, minilm_voca
             batches = zip(*(itertools.islice(h.train_iterator(), steps) for h in hosts))
             for want, parts in zip(expected, batches, strict=True):
                 np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want)
-
-
-@pytest.mark.slow
-def test_predict_in_two_processes_equals_one_and_computes_each_batch_once(data, tmp_path):
-    """--mode=predict in 2 processes x 4 devices writes what 1 process x 8 devices writes, and each global batch is
-    eval_batch_size examples (every process reads every input: without `whole`, each would add its own copy)."""
-    root, csv_path, vocab = data
-    workdir = tmp_path / "run"
-    train = files_config(pathlib.Path(vocab), csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
-                         eval_splits_at_end=())
-    lm.run(train, str(workdir), "train")
-    one = train.copy_and_resolve_references()
-    one.serving.input_files, one.serving.output = csv_path, str(tmp_path / "one.jsonl")
-    lm.run(one, str(workdir), "predict")
-
-    args = [*main_args(vocab, csv_path, workdir, **{"serving.input_files": csv_path,
-                                                    "serving.output": tmp_path / "two.jsonl"}), "--mode=predict"]
-    hosts = start_hosts(args, tmp_path)
-    wait_all(hosts, [tmp_path / "process0.log", tmp_path / "process1.log"])
-    expected = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
-    got = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
-    assert len(got) == len(expected) == 400
-    for a, b in zip(got, expected):
-        assert (a["id"], a["label"], a["step"]) == (b["id"], b["label"], b["step"])
-        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-6)
-    assert f"global batches of {train.eval_batch_size} examples on 8 devices in 2 process(es)" in \
-        (tmp_path / "process0.log").read_text()
-
-
-@pytest.mark.slow
-def test_export_savedmodel_in_two_processes_writes_once_what_one_process_writes(data, tmp_path):
-    """--mode=export_savedmodel in 2 processes x 4 devices: process 0 writes the one SavedModel, with the drift
-    reference of the whole validation split as 1 process measures it; process 1 waits for it. (Before, each
-    process measured its own share of the split and wrote it into the same directory.)"""
-    root, csv_path, vocab = data
-    workdir = tmp_path / "run"
-    train = files_config(pathlib.Path(vocab), csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
-                         eval_splits_at_end=())
-    lm.run(train, str(workdir), "train")
-    one = train.copy_and_resolve_references()
-    one.serving.export_dir = str(tmp_path / "one")
-    lm.run(one, str(workdir), "export_savedmodel")
-    expected = json.loads((workdir / serve.REFERENCE_FILE).read_text())
-    (workdir / serve.REFERENCE_FILE).unlink()
-
-    args = [*main_args(vocab, csv_path, workdir, **{"serving.export_dir": tmp_path / "two"}),
-            "--mode=export_savedmodel"]
-    hosts = start_hosts(args, tmp_path)
-    wait_all(hosts, [tmp_path / "process0.log", tmp_path / "process1.log"])
-    assert os.listdir(tmp_path / "two") == os.listdir(tmp_path / "one") == ["2"]
-    for got in (json.loads((workdir / serve.REFERENCE_FILE).read_text()),
-                json.loads((tmp_path / "two" / "2" / "assets.extra" / "lm_export.json").read_text())["reference"]):
-        assert got["num_examples"] == expected["num_examples"] > 0
-        for key in ("class_distribution", "confidence_histogram"):
-            np.testing.assert_allclose(got[key], expected[key], atol=1e-6)
-    assert "Process 1: process 0 writes the SavedModel; waiting for it." in (tmp_path / "process1.log").read_text()
-
-
-@pytest.fixture(scope="module")
-def trained(data) -> pathlib.Path:
-    """A workdir holding 2 steps of the tiny BERT, trained in this process."""
-    root, csv_path, vocab = data
-    workdir = root / "trained"
-    lm.run(files_config(pathlib.Path(vocab), csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
-                        eval_splits_at_end=()), str(workdir), "train")
-    return workdir
-
-
-def exit_statuses(processes: list[subprocess.Popen], timeout: float) -> list[int | None]:
-    """Each process's exit status; None for one still running after `timeout` (then killed)."""
-    deadline = time.monotonic() + timeout
-    try:
-        for process in processes:
-            process.wait(timeout=max(deadline - time.monotonic(), 1))
-    except subprocess.TimeoutExpired:
-        pass
-    statuses = [process.poll() for process in processes]
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return statuses
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("mode", "key"), [("select", "serving.output"), ("export_hf", "export_dir"),
-                                           ("export_savedmodel", "serving.export_dir")])
-def test_an_output_process_0_cannot_write_stops_every_process_with_the_error(data, trained, tmp_path, mode, key):
-    """Process 0 checks the output it alone writes before the model loads; every process stops at once with its
-    message. (Before, process 1 went on into the restore, waited at Orbax's barrier until the shutdown timeout
-    aborted both, and never said why.)"""
-    root, csv_path, vocab = data
-    (tmp_path / "a_file").write_text("")
-    args = main_args(vocab, csv_path, trained, **{key: tmp_path / "a_file" / "out", "serving.input_files": csv_path})
-    hosts = start_hosts([*args, f"--mode={mode}"], tmp_path, timeout_s=10)
-    statuses = exit_statuses(hosts, 120)
-    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
-    assert statuses == [1, 1], [before_crash_dump(log)[-2000:] for log in logs]
-    for log in logs:
-        assert re.search(rf"OSError: config\.{key}='.*a_file/out' cannot be written", log), log[-3000:]
-
-
-@pytest.mark.slow
-def test_serve_refuses_many_processes_before_loading(data, trained, tmp_path):
-    """--mode=serve is one process's server: on many, every process stops at once with the reason (before, each
-    served on its own until one stopped; the coordination service then aborted the other)."""
-    root, csv_path, vocab = data
-    hosts = start_hosts([*main_args(vocab, csv_path, trained, **{"serving.port": 0}), "--mode=serve"], tmp_path,
-                        timeout_s=10)
-    statuses = exit_statuses(hosts, 60)
-    logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
-    assert statuses == [1, 1], [before_crash_dump(log)[-2000:] for log in logs]
-    for log in logs:
-        assert "--mode=serve runs in one process" in log and "Bound" not in log, log[-3000:]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("mode", "output"), [("build_vocab", "vocab.txt"), ("inspect_data", "data_report.json")])
-def test_process_0_alone_writes_what_one_process_writes(data, tmp_path, mode, output):
-    """build_vocab and inspect_data read the whole corpus or data in every process; process 0 alone writes the file
-    (before, every process wrote it, into the same shared workdir), the same bytes as one process writes."""
-    root, csv_path, vocab = data
-    if mode == "build_vocab":
-        corpus = text_data.write_corpus(tmp_path / "corpus.txt", 200)
-        def args(workdir):
-            return [f"--config={ROOT}/configs/bert_pretrain.py:files", f"--workdir={workdir}", "--mode=build_vocab",
-                    f"--config.data.train_files={corpus}", "--config.vocab.size=1000", "--config.vocab.min_count=1"]
-    else:
-        def args(workdir):
-            return [*main_args(vocab, csv_path, workdir), "--mode=inspect_data"]
-    wait_all([start(args(tmp_path / "one"), 8, tmp_path / "one.log")], [tmp_path / "one.log"])
-    wait_all(start_hosts(args(tmp_path / "two"), tmp_path), [tmp_path / "process0.log", tmp_path / "process1.log"])
-    assert (tmp_path / "two" / output).read_bytes() == (tmp_path / "one" / output).read_bytes()
-    assert "Wrote" in (tmp_path / "process0.log").read_text()
-    assert "Wrote" not in (tmp_path / "process1.log").read_text(), "process 1 writes it too"
-
-
-@pytest.mark.slow
-def test_eval_in_two_processes_equals_one(data, trained, tmp_path):
-    """--mode=eval in 2 processes x 4 devices: the whole split (37 examples, not a multiple of the hosts or batch),
-    the metrics 1 process finds, written once by process 0."""
-    root, csv_path, vocab = data
-    validation = str(text_data.write_csv(tmp_path / "validation.csv", text_data.sentiment_rows(37, seed=5)))
-    one = files_config(pathlib.Path(vocab), csv_path, eval_split="validation", **{"data.validation_files": validation})
-    expected = lm.run(one, str(trained), "eval")
-    (trained / "metrics_validation.json").unlink()
-    args = [*main_args(vocab, csv_path, trained, eval_split="validation", **{"data.validation_files": validation}),
-            "--mode=eval"]
-    wait_all(start_hosts(args, tmp_path), [tmp_path / "process0.log", tmp_path / "process1.log"])
-    got = json.loads((trained / "metrics_validation.json").read_text())
-    assert got["num_examples"] == expected["num_examples"] == 37 and got["step"] == expected["step"]
-    assert got["confusion_matrix"] == expected["confusion_matrix"]
-    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
-
-
-@pytest.mark.slow
-def test_export_hf_in_two_processes_writes_what_one_process_writes(data, trained, tmp_path):
-    """--mode=export_hf in 2 processes: process 0 writes the files 1 process writes, byte for byte, and process 1
-    waits for it at a barrier (not at exit, where the shutdown's timeout_s bounds a slow write)."""
-    root, csv_path, vocab = data
-    one = files_config(pathlib.Path(vocab), csv_path, export_dir=str(tmp_path / "one"))
-    lm.run(one, str(trained), "export_hf")
-    args = [*main_args(vocab, csv_path, trained, export_dir=tmp_path / "two"), "--mode=export_hf"]
-    wait_all(start_hosts(args, tmp_path), [tmp_path / "process0.log", tmp_path / "process1.log"])
-    names = sorted(os.listdir(tmp_path / "one"))
-    assert sorted(os.listdir(tmp_path / "two")) == names and "model.safetensors" in names
-    for name in names:
-        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
 
 
 ORBAX_BARRIER_CHECK = """

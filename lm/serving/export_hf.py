@@ -21,7 +21,6 @@ import safetensors.numpy
 
 from lm import checkpointing, config_checks, distributed, evaluate, files, models, paths
 from lm.models import vit
-from lm.train import SERVING_FACTS
 from lm.weights import assign, hf_bert, hf_vit
 
 log = logging.getLogger(__name__)
@@ -138,7 +137,7 @@ def _run_data(workdir: str) -> dict:
     """The `data` section of the run's WORKDIR/config.json, or {} without one; without `label_names` there, the
     class names training recorded in WORKDIR/serving_facts.json (an image run's: its config has no such key)."""
     data = dict((files.read_run_config(workdir, missing_ok=True) or {}).get("data", {}))
-    facts = files.join(workdir, SERVING_FACTS)
+    facts = files.join(workdir, files.SERVING_FACTS)
     if not data.get("label_names") and files.exists(facts):
         data["label_names"] = files.read_json(facts).get("label_names", ())
     return data
@@ -197,17 +196,16 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> str:
                                     best_mode=config.best_mode) as checkpointer:
         step = evaluate.select_step(checkpointer, str(config.eval_checkpoint))
         # Checked by the process that writes it, before the checkpoint is restored; a failure stops every process.
-        distributed.check_on_process_zero(
+        distributed.on_process_zero(
             lambda: files.check_writable(directory, files.setting("config.export_dir", config.export_dir, directory),
                                          "Set --config.export_dir to a directory you can write (a missing one is "
                                          "created; the files of an earlier export there are replaced).",
                                          directory=True),
-            "export_dir", config.distributed.initialization_timeout_s)
+            "check config.export_dir", config.distributed.process_zero_timeout_s)
         state, meta = checkpointer.restore_raw(step)
     model = ml_collections.ConfigDict(meta["model"])  # The shape the weights were trained with.
-    if jax.process_index() == 0:
-        _EXPORTERS[family.exporter](state["params"], model, directory, config, _run_data(workdir))
-    # The others wait for the writer here (a slow write to a bucket may outlast the shutdown's timeout_s).
-    distributed.wait_for_all("hf_export_written", config.distributed.initialization_timeout_s)
+    distributed.on_process_zero(
+        lambda: _EXPORTERS[family.exporter](state["params"], model, directory, config, _run_data(workdir)),
+        "write the Hugging Face export", config.distributed.process_zero_timeout_s)
     log.info("Exported step %d of %s as a Hugging Face %s directory: %s", step, workdir, model.name, directory)
     return directory

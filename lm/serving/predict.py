@@ -154,7 +154,7 @@ def check_output(config: ml_collections.ConfigDict, workdir: str, default_name: 
                                  "OUTPUT_label_studio.json for OUTPUT.jsonl (or set --config.serving.label_studio="
                                  "False).")
 
-    distributed.check_on_process_zero(check, "serving_output", config.distributed.initialization_timeout_s)
+    distributed.on_process_zero(check, f"check {path}", config.distributed.process_zero_timeout_s)
     return path
 
 
@@ -178,8 +178,6 @@ def predict_rows(config: ml_collections.ConfigDict, model: TrainedModel,
 def write_jsonl(path: str, records: list[dict]) -> None:
     import tensorflow as tf
 
-    if jax.process_index() != 0:
-        return
     parent = os.path.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
@@ -190,8 +188,11 @@ def write_jsonl(path: str, records: list[dict]) -> None:
 def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=predict: one JSONL line per input row, in input order -> config.serving.output."""
     model, rows, path = load_inputs(config, workdir, "predictions.jsonl")
+    from lm import distributed
+
     records, _ = predict_rows(config, model, rows)
-    write_jsonl(path, records)
+    distributed.on_process_zero(lambda: write_jsonl(path, records), f"write {path}",
+                                config.distributed.process_zero_timeout_s)
     log.info("Wrote %d predictions of step %d to %s.", len(records), model.step, path)
     return {"predictions": path, "count": len(records), "step": model.step}
 
@@ -204,17 +205,23 @@ def run_select(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model, rows, path = load_inputs(config, workdir, "selection.jsonl", config.serving.label_studio)
     exclude = select.excluded_rows([row_id for row_id, _ in rows], labelled)  # Logged before the model runs.
     records, probabilities = predict_rows(config, model, rows)
+    from lm import distributed
+
     chosen = select.selection_records(records, probabilities, config.serving.strategy, config.serving.top_k, exclude)
-    write_jsonl(path, chosen)
     result = {"selection": path, "count": len(chosen), "step": model.step}
     if config.serving.label_studio:
-        tasks = [select.label_studio_task(r, model.label_names, model.modality) for r in chosen]
         result["label_studio"] = label_studio_path(path)
-        if jax.process_index() == 0:
+
+    def write() -> None:
+        write_jsonl(path, chosen)
+        if config.serving.label_studio:
             import tensorflow as tf
 
+            tasks = [select.label_studio_task(r, model.label_names, model.modality) for r in chosen]
             with tf.io.gfile.GFile(result["label_studio"], "w") as f:
                 json.dump(tasks, f, ensure_ascii=False, indent=1)
+
+    distributed.on_process_zero(write, f"write {path}", config.distributed.process_zero_timeout_s)
     log.info("Selected the %d most uncertain of %d inputs by %s -> %s", len(chosen), len(records),
              config.serving.strategy, path)
     return result

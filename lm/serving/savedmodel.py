@@ -108,7 +108,7 @@ def check_export_dir(config, workdir: str, step: int) -> str:
     """config.serving.export_dir, else WORKDIR/savedmodel, checked before the model loads: a directory (created if
     missing; the versions it holds are kept) that can be written (`lm.files.check_writable`), without a version
     `step` yet; and WORKDIR/serving_reference.json, written after the export. Process 0 writes them: only it
-    calls this (`lm.distributed.check_on_process_zero`)."""
+    calls this (`lm.distributed.on_process_zero`)."""
     from lm import files
     from lm.serving import serve
 
@@ -135,32 +135,30 @@ def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
     one the run's WORKDIR/config.json defines, with the keys the user set (`overrides`) as given.
 
     On many hosts every process restores the checkpoint (Orbax's restore meets all of them), then process 0 alone
-    measures the whole validation split and writes the export, while the others wait for it (at most
-    config.distributed.initialization_timeout_s); each returns the export's path.
+    measures the whole validation split and writes the export (`lm.distributed.on_process_zero`: the others wait
+    for it, and stop with its error if it fails); each returns the export's path.
     """
     from lm import distributed
     from lm.serving import predict, serve, trained
 
     step = trained.checkpoint_step(workdir, str(config.eval_checkpoint))  # The version; a wrong --workdir fails here.
-    writer = jax.process_index() == 0
-    distributed.check_on_process_zero(lambda: check_export_dir(config, workdir, step), "savedmodel_export_dir",
-                                      config.distributed.initialization_timeout_s)  # A failure stops every process.
-    directory = export_directory(config, workdir)
+    timeout_s = config.distributed.process_zero_timeout_s
+    distributed.on_process_zero(lambda: check_export_dir(config, workdir, step), "check the export directory",
+                                timeout_s)
     model = trained.load(workdir, str(step))
-    if not writer:
-        log.info("Process %d: process 0 writes the SavedModel; waiting for it.", jax.process_index())
-        distributed.wait_for_all("savedmodel_written", config.distributed.initialization_timeout_s)
-        return {"export_dir": os.path.join(directory, str(model.step))}
-    # The run's own validation split, read as the run read it (its config.json: data, vocabulary, classes), as
-    # predict and serve read the run's data keys: the command line needs no data flags for this mode, and the
-    # flags it gives (`overrides`: moved files, a smaller eval_batch_size) win.
-    reference = predict.validation_reference(trained.data_config(config, workdir, tuple(overrides)), model)
-    name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
-    metadata = {"model_name": name, "step": model.step, "label_names": list(model.label_names),
-                "raw_input": model.raw_name, "reference": reference}
-    path = export(model.probabilities, model.variables, model.input_specs, model.raw_name, model.preprocess,
-                  model.label_names, directory, model.step, [model.warmup_raw], metadata)
-    with tf.io.gfile.GFile(os.path.join(workdir, serve.REFERENCE_FILE), "w") as f:
-        json.dump(reference, f, indent=2)
-    distributed.wait_for_all("savedmodel_written", config.distributed.initialization_timeout_s)
-    return {"export_dir": path}
+
+    def measure_and_write() -> None:
+        # The run's own validation split, read as the run read it (its config.json: data, vocabulary, classes), as
+        # predict and serve read the run's data keys: the command line needs no data flags for this mode, and the
+        # flags it gives (`overrides`: moved files, a smaller eval_batch_size) win.
+        reference = predict.validation_reference(trained.data_config(config, workdir, tuple(overrides)), model)
+        name = config.serving.model_name or os.path.basename(os.path.normpath(workdir))
+        metadata = {"model_name": name, "step": model.step, "label_names": list(model.label_names),
+                    "raw_input": model.raw_name, "reference": reference}
+        export(model.probabilities, model.variables, model.input_specs, model.raw_name, model.preprocess,
+               model.label_names, export_directory(config, workdir), model.step, [model.warmup_raw], metadata)
+        with tf.io.gfile.GFile(os.path.join(workdir, serve.REFERENCE_FILE), "w") as f:
+            json.dump(reference, f, indent=2)
+
+    distributed.on_process_zero(measure_and_write, "measure the validation split and write the SavedModel", timeout_s)
+    return {"export_dir": os.path.join(export_directory(config, workdir), str(model.step))}

@@ -193,9 +193,8 @@ def serving_facts(workdir: str, run: ml_collections.ConfigDict) -> dict:
     """WORKDIR/serving_facts.json; for a run trained before training recorded it, the same facts from its data."""
     import input_pipeline
     from lm import tasks
-    from lm.train import SERVING_FACTS
 
-    path = os.path.join(workdir, SERVING_FACTS)
+    path = os.path.join(workdir, files.SERVING_FACTS)
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             return json.load(f)
