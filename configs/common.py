@@ -198,8 +198,9 @@ def training_defaults() -> ml_collections.ConfigDict:
     # A peer silent for this long (dead, killed, stopped) makes every process exit non-zero instead of hanging; the
     # processes that finish also wait at most this long for the others at exit.
     config.distributed.timeout_s = 100
-    # What process 0 alone does while the others wait for it (an export's validation pass and write, a vocabulary)
-    # must end within this, else the others stop with a TimeoutError.
+    # What process 0 alone does while the others wait for it (an export's validation pass and write, a vocabulary,
+    # a data report) must end within this, else the whole job stops (the others with a TimeoutError; its output
+    # may be partial).
     config.distributed.process_zero_timeout_s = 3600
 
     config.optimizer = ml_collections.ConfigDict()

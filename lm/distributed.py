@@ -13,11 +13,15 @@ Timeouts, so that no process waits for a dead peer forever:
   process waits for the others in `jax.distributed.shutdown`.
 - Orbax's own barriers go through the coordination service with its 300 s timeout (instead of an untimed
   device collective) when absl flags are parsed, as under main.py.
+- `process_zero_timeout_s`: how long the others wait for what process 0 alone does (`on_process_zero`: writing
+  an export, learning a vocabulary); past it they stop with a TimeoutError, and the job ends (process 0 too,
+  within `timeout_s`: its output may then be partial).
 
-Our code meets the other processes in two places of its own, both through the coordination service and timed:
-`wait_for_all`, a barrier, and `on_process_zero`, which runs what process 0 alone does (checking and writing an
-output only it writes) and hands its outcome, or its error, to the others waiting for it (at most
-`process_zero_timeout_s`). Otherwise hosts meet only in the jitted steps' collectives and in Orbax.
+Here our code meets the other processes through the coordination service, timed: `wait_for_all`, a barrier,
+and `on_process_zero`, which runs what process 0 alone does (checking and writing an output only it writes) and
+hands its outcome, or its error, to the others waiting for it. Elsewhere hosts meet in the jitted steps'
+collectives, in Orbax, and in lm/checkpointing.py and lm/integrity.py (setting a bad checkpoint aside, agreeing on
+checksum mismatches).
 """
 
 import builtins
@@ -186,8 +190,8 @@ def on_process_zero(work: Callable[[], T], what: str, timeout_s: int) -> T | Non
     if jax.process_index() == 0:
         try:
             result = work()
-        except Exception as error:
-            client.key_value_set(key, f"{type(error).__name__}\n{error}")
+        except BaseException as error:  # Interrupted too: the others must not wait for an outcome that never comes.
+            _publish(client, key, f"{type(error).__name__}\n{error}")
             raise
         client.key_value_set(key, "")
         return result
@@ -203,6 +207,14 @@ def on_process_zero(work: Callable[[], T], what: str, timeout_s: int) -> T | Non
         kind, _, message = outcome.partition("\n")
         raise rebuilt_error(kind, f"{message} (on process 0, while it tried to {what})")
     return None
+
+
+def _publish(client, key: str, outcome: str) -> None:
+    """Process 0's error for the others; if even that fails, logged (the others then stop at their timeout)."""
+    try:
+        client.key_value_set(key, outcome.encode("utf-8", "replace").decode("utf-8"))  # A path's lone surrogates.
+    except Exception as error:
+        log.error("Could not hand process 0's error to the other processes: %s", error)
 
 
 def rebuilt_error(kind: str, message: str) -> Exception:

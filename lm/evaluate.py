@@ -57,10 +57,13 @@ def write_eval_scalars(writer, step: int, split: str, result: dict) -> None:
     writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.scalar_metrics(result).items()})
 
 
-def write_json(workdir: str, split: str, result: dict) -> str:
+def write_json(workdir: str, split: str, result: dict, config: ml_collections.ConfigDict) -> str:
+    """WORKDIR/metrics_<split>.json, written by process 0 (a failure stops every process with its message)."""
+    from lm import distributed
+
     path = files.join(workdir, f"metrics_{split}.json")
-    if jax.process_index() == 0:
-        files.write_json(path, result)
+    distributed.on_process_zero(lambda: files.write_json(path, result), f"write {path}",
+                                config.distributed.process_zero_timeout_s)
     return path
 
 
@@ -110,7 +113,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with jax.set_mesh(exp.mesh):
         result = evaluate_split(eval_step, state, exp.data, config.eval_split, exp.mesh, exp.task)
     result["step"] = step
-    path = write_json(workdir, config.eval_split, result)
+    path = write_json(workdir, config.eval_split, result, config)
     log.info("%s metrics at step %d -> %s\n%s", config.eval_split, step, path,
              progress.metrics_table({config.eval_split: result}))
     return result

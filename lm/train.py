@@ -48,7 +48,6 @@ from lm.models import packing
 log = logging.getLogger(__name__)
 
 
-
 def make_train_step(graphdef, task, tx: optax.GradientTransformation, trainable: dict, deterministic: bool = False,
                     nan_steps: tuple[int, ...] = (), grad_accum_steps: int = 1, mesh: jax.sharding.Mesh | None = None,
                     skip_with_branch: bool | None = None, packed: bool = False):
@@ -149,11 +148,14 @@ def step_flops(compiled) -> float:
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str, data) -> None:
-    """config.json, and what serving needs of the data (class names, image preprocessing) in serving_facts.json."""
-    if jax.process_index() == 0:
+    """config.json, and what serving needs of the data (class names, image preprocessing) in serving_facts.json;
+    written by process 0 (a failure stops every process with its message)."""
+    def write() -> None:
         files.makedirs(workdir)
         files.write_text(files.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
         files.write_text(files.join(workdir, files.SERVING_FACTS), json.dumps(data.serving_facts(), indent=2))
+
+    hosts.on_process_zero(write, "write config.json", config.distributed.process_zero_timeout_s)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overrides: Collection[str] = ()) -> dict:
@@ -359,7 +361,7 @@ def _final_evaluation(exp, state: dict, checkpointer, eval_step, writer, workdir
         result = evaluate.evaluate_split(eval_step, state, exp.data, split, exp.mesh, exp.task)
         result["step"] = int(jax.device_get(state["step"]))
         evaluate.write_eval_scalars(writer, exp.total_steps, split, result)
-        log.info("%s metrics -> %s", split, evaluate.write_json(workdir, split, result))
+        log.info("%s metrics -> %s", split, evaluate.write_json(workdir, split, result, exp.config))
         final[split] = result
     log.info("Final metrics:\n%s", progress.metrics_table(final))
     return final

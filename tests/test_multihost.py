@@ -284,6 +284,8 @@ def test_settings_from_config_and_environment():
     dist.coordinator_address = "localhost"
     with pytest.raises(ValueError, match="needs a port"):
         distributed.resolve(dist, {})
-    config.distributed.timeout_s = 0
-    with pytest.raises(ValueError, match=r"config.distributed.timeout_s=0 must be a positive number of seconds"):
-        distributed.initialize(config)
+    for key in ("timeout_s", "process_zero_timeout_s"):
+        bad = config.copy_and_resolve_references()
+        bad.distributed[key] = 0
+        with pytest.raises(ValueError, match=rf"config.distributed.{key}=0 must be a positive number of seconds"):
+            distributed.initialize(bad)

@@ -1,8 +1,9 @@
 """The modes other than train on many hosts: 2 main.py processes x 4 CPU devices against 1 process x 8 devices.
 
-Every mode reads what it needs in every process; what only process 0 writes (predictions, a selection, an export,
-a vocabulary, a data report) it alone checks and writes, through `lm.distributed.on_process_zero`, whose outcome
-(or error) the others wait for. The multi-process tests are slow (make test-slow); the helper's own tests are not.
+What only process 0 writes (predictions, a selection, metrics, an export, a vocabulary, a data report) it alone
+checks and writes, through `lm.distributed.on_process_zero`, whose outcome (or error) the others wait for; the
+work that needs every device (predicting, evaluating, restoring) runs in every process. The multi-process tests
+are slow (make test-slow); the helper's own tests are not.
 """
 
 import json
@@ -37,6 +38,7 @@ class FakeClient:
         self.values[key] = value
 
     def blocking_key_value_get(self, key, timeout_ms):
+        assert timeout_ms == 1000  # The tests wait 1 s: the client takes milliseconds.
         if key not in self.values:
             raise RuntimeError("DEADLINE_EXCEEDED: Barrier timed out")
         return self.values[key]
@@ -52,20 +54,31 @@ def test_process_0s_outcome_reaches_the_others(monkeypatch):
     """Process 0 runs the work and publishes its outcome; another process returns None, or raises process 0's
     error (its type when a built-in one takes a message alone, else a RuntimeError naming it), or a TimeoutError
     naming the key to raise when process 0 says nothing in time."""
+    def fail(error):
+        raise error
+
     client = FakeClient()
-    monkeypatch.setattr(distributed, "_barrier_ids", iter(range(3)))  # The same keys in every process.
+    monkeypatch.setattr(distributed, "_barrier_ids", iter(range(5)))  # The same keys in every process.
     as_process(monkeypatch, 0, client)
     assert distributed.on_process_zero(lambda: 7, "count", 1) == 7
     with pytest.raises(FileNotFoundError, match="no such file"):
-        distributed.on_process_zero(lambda: (_ for _ in ()).throw(FileNotFoundError("no such file")), "read", 1)
+        distributed.on_process_zero(lambda: fail(FileNotFoundError("no such file")), "read", 1)
+    with pytest.raises(KeyboardInterrupt):  # Not an Exception: published all the same.
+        distributed.on_process_zero(lambda: fail(KeyboardInterrupt()), "wait", 1)
+    with pytest.raises(OSError):  # A path's lone surrogate: the store takes UTF-8 only.
+        distributed.on_process_zero(lambda: fail(OSError("bad \udcff path")), "open", 1)
     published = list(client.values.values())
-    assert published == ["", "FileNotFoundError\nno such file"]
+    assert published == ["", "FileNotFoundError\nno such file", "KeyboardInterrupt\n", "OSError\nbad ? path"]
 
-    monkeypatch.setattr(distributed, "_barrier_ids", iter(range(3)))  # Process 1, from its start.
+    monkeypatch.setattr(distributed, "_barrier_ids", iter(range(5)))  # Process 1, from its start.
     as_process(monkeypatch, 1, FakeClient(client.values))
     assert distributed.on_process_zero(lambda: pytest.fail("only process 0 works"), "count", 1) is None
     with pytest.raises(FileNotFoundError, match=r"^no such file \(on process 0, while it tried to read\)$"):
         distributed.on_process_zero(lambda: None, "read", 1)
+    with pytest.raises(RuntimeError, match=r"^KeyboardInterrupt:  \(on process 0, while it tried to wait\)$"):
+        distributed.on_process_zero(lambda: None, "wait", 1)
+    with pytest.raises(OSError, match=r"^bad \? path"):
+        distributed.on_process_zero(lambda: None, "open", 1)
     with pytest.raises(TimeoutError, match=r"waited 1 s for process 0 to write.*process_zero_timeout_s"):
         distributed.on_process_zero(lambda: None, "write", 1)
 
@@ -172,11 +185,14 @@ def test_serve_refuses_many_processes_before_loading(data, trained, tmp_path):
         assert "--mode=serve runs in one process" in log and "Bound" not in log, log[-3000:]
 
 
+WAITING = {"build_vocab": "learn and write vocab.txt", "inspect_data": "inspect the data and write data_report.json"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("mode", "output"), [("build_vocab", "vocab.txt"), ("inspect_data", "data_report.json")])
 def test_process_0_alone_writes_what_one_process_writes(data, tmp_path, mode, output):
-    """build_vocab and inspect_data read the whole corpus or data in every process; process 0 alone writes the file
-    (before, every process wrote it, into the same shared workdir), the same bytes as one process writes."""
+    """build_vocab and inspect_data: process 0 alone reads the whole corpus or data and writes the file, the bytes
+    one process writes, while process 1 waits for it (before, every process wrote it, into the shared workdir)."""
     root, csv_path, vocab = data
     if mode == "build_vocab":
         corpus = text_data.write_corpus(tmp_path / "corpus.txt", 200)
@@ -191,6 +207,7 @@ def test_process_0_alone_writes_what_one_process_writes(data, tmp_path, mode, ou
     assert (tmp_path / "two" / output).read_bytes() == (tmp_path / "one" / output).read_bytes()
     assert "Wrote" in (tmp_path / "process0.log").read_text()
     assert "Wrote" not in (tmp_path / "process1.log").read_text(), "process 1 writes it too"
+    assert f"Process 1: waiting for process 0 to {WAITING[mode]}." in (tmp_path / "process1.log").read_text()
 
 
 @pytest.mark.slow
