@@ -157,13 +157,13 @@ def _timed_out(error: Exception) -> bool:
     return "DEADLINE_EXCEEDED" in str(error)
 
 
-def wait_for_all(name: str, timeout_s: int, timeout_key: str = "config.distributed.initialization_timeout_s") -> None:
+def wait_for_all(name: str, timeout_s: int) -> None:
     """Returns once every process has called it: a barrier of the coordination service, not a device collective.
 
-    A no-op on one process. Raises TimeoutError, naming `timeout_key`, if a process does not arrive within
-    `timeout_s`. The first collective of a run sets up the CPU collectives (gloo), whose rendezvous XLA bounds at
-    30 s: processes that compile at different speeds must meet here first (docs/RELIABILITY.md, "Many hosts").
-    """
+    A no-op on one process. Raises TimeoutError if a process does not arrive within `timeout_s`
+    (config.distributed.initialization_timeout_s). The first collective of a run sets up the CPU collectives
+    (gloo), whose rendezvous XLA bounds at 30 s: processes that compile at different speeds must meet here first
+    (docs/RELIABILITY.md, "Many hosts")."""
     if jax.process_count() == 1:
         return
     try:
@@ -172,7 +172,8 @@ def wait_for_all(name: str, timeout_s: int, timeout_key: str = "config.distribut
         if not _timed_out(error):
             raise
         raise TimeoutError(f"Process {jax.process_index()} waited {timeout_s} s at '{name}' for the other processes; "
-                           f"if one of them is slow rather than stuck, give {timeout_key} more.") from None
+                           "if one of them is slow rather than stuck, give config.distributed."
+                           "initialization_timeout_s more.") from None
 
 
 def on_process_zero(work: Callable[[], T], what: str, timeout_s: int) -> T | None:

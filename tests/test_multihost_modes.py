@@ -91,15 +91,12 @@ def test_errors_are_rebuilt_by_type_or_named():
 
 
 @pytest.mark.slow
-def test_predict_in_two_processes_equals_one_and_computes_each_batch_once(data, tmp_path):
+def test_predict_in_two_processes_equals_one_and_computes_each_batch_once(data, trained, tmp_path):
     """--mode=predict in 2 processes x 4 devices writes what 1 process x 8 devices writes, and each global batch is
     eval_batch_size examples (every process reads every input: without `whole`, each would add its own copy)."""
     root, csv_path, vocab = data
-    workdir = tmp_path / "run"
-    train = files_config(pathlib.Path(vocab), csv_path, num_train_steps=2, eval_every=2, checkpoint_every=2,
-                         eval_splits_at_end=())
-    lm.run(train, str(workdir), "train")
-    one = train.copy_and_resolve_references()
+    workdir = trained
+    one = files_config(pathlib.Path(vocab), csv_path)
     one.serving.input_files, one.serving.output = csv_path, str(tmp_path / "one.jsonl")
     lm.run(one, str(workdir), "predict")
 
@@ -113,7 +110,7 @@ def test_predict_in_two_processes_equals_one_and_computes_each_batch_once(data, 
     for a, b in zip(got, expected):
         assert (a["id"], a["label"], a["step"]) == (b["id"], b["label"], b["step"])
         np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-6)
-    assert f"global batches of {train.eval_batch_size} examples on 8 devices in 2 process(es)" in \
+    assert f"global batches of {one.eval_batch_size} examples on 8 devices in 2 process(es)" in \
         (tmp_path / "process0.log").read_text()
 
 

@@ -187,9 +187,9 @@ def write_jsonl(path: str, records: list[dict]) -> None:
 
 def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=predict: one JSONL line per input row, in input order -> config.serving.output."""
-    model, rows, path = load_inputs(config, workdir, "predictions.jsonl")
     from lm import distributed
 
+    model, rows, path = load_inputs(config, workdir, "predictions.jsonl")
     records, _ = predict_rows(config, model, rows)
     distributed.on_process_zero(lambda: write_jsonl(path, records), f"write {path}",
                                 config.distributed.process_zero_timeout_s)
@@ -199,14 +199,13 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def run_select(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=select: the config.serving.top_k most uncertain inputs, ranked, as JSONL (and Label Studio tasks)."""
+    from lm import distributed
     from lm.serving import select
 
     labelled = select.read_labelled_ids([p.strip() for p in config.serving.exclude_files.split(",") if p.strip()])
     model, rows, path = load_inputs(config, workdir, "selection.jsonl", config.serving.label_studio)
     exclude = select.excluded_rows([row_id for row_id, _ in rows], labelled)  # Logged before the model runs.
     records, probabilities = predict_rows(config, model, rows)
-    from lm import distributed
-
     chosen = select.selection_records(records, probabilities, config.serving.strategy, config.serving.top_k, exclude)
     result = {"selection": path, "count": len(chosen), "step": model.step}
     if config.serving.label_studio:

@@ -104,7 +104,7 @@ def export_directory(config, workdir: str) -> str:
     return config.serving.export_dir or os.path.join(workdir, "savedmodel")
 
 
-def check_export_dir(config, workdir: str, step: int) -> str:
+def check_export_dir(config, workdir: str, step: int) -> None:
     """config.serving.export_dir, else WORKDIR/savedmodel, checked before the model loads: a directory (created if
     missing; the versions it holds are kept) that can be written (`lm.files.check_writable`), without a version
     `step` yet; and WORKDIR/serving_reference.json, written after the export. Process 0 writes them: only it
@@ -124,7 +124,6 @@ def check_export_dir(config, workdir: str, step: int) -> str:
     reference = os.path.join(workdir, serve.REFERENCE_FILE)
     files.check_writable(reference, f"--workdir={workdir!r}, where the export writes {serve.REFERENCE_FILE} (the drift "
                          "reference of --mode=serve),", "Export from a workdir you can write to.")
-    return directory
 
 
 def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
@@ -142,7 +141,7 @@ def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
     from lm.serving import predict, serve, trained
 
     step = trained.checkpoint_step(workdir, str(config.eval_checkpoint))  # The version; a wrong --workdir fails here.
-    timeout_s = config.distributed.process_zero_timeout_s
+    directory, timeout_s = export_directory(config, workdir), config.distributed.process_zero_timeout_s
     distributed.on_process_zero(lambda: check_export_dir(config, workdir, step), "check the export directory",
                                 timeout_s)
     model = trained.load(workdir, str(step))
@@ -156,9 +155,9 @@ def run_export(config, workdir: str, overrides: tuple[str, ...] = ()) -> dict:
         metadata = {"model_name": name, "step": model.step, "label_names": list(model.label_names),
                     "raw_input": model.raw_name, "reference": reference}
         export(model.probabilities, model.variables, model.input_specs, model.raw_name, model.preprocess,
-               model.label_names, export_directory(config, workdir), model.step, [model.warmup_raw], metadata)
+               model.label_names, directory, model.step, [model.warmup_raw], metadata)
         with tf.io.gfile.GFile(os.path.join(workdir, serve.REFERENCE_FILE), "w") as f:
             json.dump(reference, f, indent=2)
 
     distributed.on_process_zero(measure_and_write, "measure the validation split and write the SavedModel", timeout_s)
-    return {"export_dir": os.path.join(export_directory(config, workdir), str(model.step))}
+    return {"export_dir": os.path.join(directory, str(model.step))}
