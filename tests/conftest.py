@@ -17,10 +17,27 @@ import tensorflow as tf  # noqa: E402
 # XLA:CPU compiles take seconds; many tests build the same programs (and subprocesses inherit the
 # variable), so a persistent compilation cache shared by the session saves minutes.
 CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lm-test-jax-cache"))
-# Bounded: least recently used programs go past 2 GiB (each change of a step adds new ones; a full run adds ~40 MB).
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+CACHE_LIMIT_BYTES = 2 << 30
+
+
+def trim_cache(directory: str, limit_bytes: int) -> None:
+    """Deletes the oldest files of `directory` until what is left fits in `limit_bytes`.
+
+    Each change of a step adds programs (~40 MB a full run). Not JAX's own bound (jax_compilation_cache_max_size):
+    its eviction reads an access-time file per entry, and a test that kills a process between an entry and its
+    access-time file leaves an entry that makes every later write of the session fail.
+    """
+    files = sorted((path.stat().st_mtime, path.stat().st_size, path) for path in pathlib.Path(directory).glob("*"))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in files:
+        if total <= limit_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+
+
+trim_cache(CACHE_DIR, CACHE_LIMIT_BYTES)
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
-jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 # tf.data must not grab the accelerator or all the cores' memory: it only feeds numpy to JAX.
