@@ -24,10 +24,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.experimental import multihost_utils
 from orbax.checkpoint._src import asyncio_utils as orbax_asyncio  # Private: see _leftover_reads_cancelled.
 
-from lm import integrity, paths
+from lm import distributed, integrity, paths
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class StateMismatch(CheckpointError):
 
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 2, best_metric: str = "", best_mode: str = "max",
-                 read_only: bool = False, async_save: bool = True):
+                 read_only: bool = False, async_save: bool = True, process_zero_timeout_s: int = 3600):
         if best_mode not in ("max", "min"):
             raise ValueError(f"config.best_mode={best_mode!r}: use 'max' or 'min'.")
         if keep < 1:
@@ -57,6 +56,7 @@ class Checkpointer:
         self.best_metric = best_metric
         self.best_mode = best_mode
         self.read_only = read_only
+        self.process_zero_timeout_s = process_zero_timeout_s  # config.distributed's: see _set_aside.
         self._pending: int | None = None  # The step of a save not yet confirmed on disk.
         options = ocp.CheckpointManagerOptions(
             # best_fn makes Orbax store each step's metrics, which best_step() reads. No max_to_keep and no
@@ -178,18 +178,21 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int) -> None:
+        """Process 0 moves checkpoint `step` to <directory>_rejected/; the others wait for it, and a failure of the
+        move (say, that folder's name taken by a file) stops every process with its message."""
         if self.read_only:
             return
-        rejected = self.directory.parent / f"{self.directory.name}_rejected"
-        if jax.process_index() == 0:
+
+        def move() -> None:
+            rejected = self.directory.parent / f"{self.directory.name}_rejected"
             rejected.mkdir(parents=True, exist_ok=True)
             target, n = rejected / str(step), 1
             while target.exists():
                 target, n = rejected / f"{step}.{n}", n + 1
             self.step_path(step).rename(target)
             log.warning("Moved %s to %s.", self.step_path(step), target)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"lm_checkpoint_set_aside_{step}")
+
+        distributed.on_process_zero(move, f"set checkpoint {step} aside", self.process_zero_timeout_s)
         self.manager.reload()
 
     def state_differences(self, step: int, abstract_state: Any) -> list[str]:

@@ -172,6 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, override
         checkpointer = opened.enter_context(checkpointing.Checkpointer(
             checkpointing.checkpoint_dir(workdir), keep=config.keep_checkpoints,
             best_metric=config.best_metric, best_mode=config.best_mode,
+            process_zero_timeout_s=config.distributed.process_zero_timeout_s,
         ))
         state = _resume_or_start(exp, checkpointer, workdir, previous)
         _write_config(config, workdir, exp.data)  # After the resume check: a refused run leaves the old one intact.

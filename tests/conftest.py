@@ -6,8 +6,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# JAX's own bound on the compilation cache is off in the tests and their subprocesses: see trim_cache.
+os.environ.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
 
 import pathlib  # noqa: E402
+import stat  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -21,13 +24,21 @@ CACHE_LIMIT_BYTES = 2 << 30
 
 
 def trim_cache(directory: str, limit_bytes: int) -> None:
-    """Deletes the oldest files of `directory` until what is left fits in `limit_bytes`.
+    """Deletes the oldest of JAX's cache files in `directory` until what is left fits in `limit_bytes`.
 
     Each change of a step adds programs (~40 MB a full run). Not JAX's own bound (jax_compilation_cache_max_size):
     its eviction reads an access-time file per entry, and a test that kills a process between an entry and its
     access-time file leaves an entry that makes every later write of the session fail.
     """
-    files = sorted((path.stat().st_mtime, path.stat().st_size, path) for path in pathlib.Path(directory).glob("*"))
+    files = []
+    for path in [*pathlib.Path(directory).glob("*-cache"), *pathlib.Path(directory).glob("*-atime")]:
+        try:
+            status = path.stat()
+        except FileNotFoundError:  # Trimmed by another session meanwhile.
+            continue
+        if stat.S_ISREG(status.st_mode):
+            files.append((status.st_mtime, status.st_size, path))
+    files.sort()
     total = sum(size for _, size, _ in files)
     for _, size, path in files:
         if total <= limit_bytes:

@@ -1,7 +1,8 @@
 """Run by tests/test_reliability.py as two processes of 4 CPU devices each: checksums of arrays sharded across
-processes, a mismatch that only one process can see, and a fallback that both processes agree on.
+processes, a mismatch that only one process can see, and a fallback that both processes agree on. With
+`taken`, a file takes the name of the folder that rejected checkpoints go to: setting one aside fails.
 
-Usage: python tests/multiprocess_checkpoint.py PORT PROCESS_ID DIRECTORY
+Usage: python tests/multiprocess_checkpoint.py PORT PROCESS_ID DIRECTORY [taken]
 """
 
 import json
@@ -18,6 +19,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 port, process_id, directory = int(sys.argv[1]), int(sys.argv[2]), pathlib.Path(sys.argv[3])
+taken = sys.argv[4:] == ["taken"]
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
 
 from absl import flags  # noqa: E402
@@ -52,6 +54,8 @@ if process_id == 0:  # Alter the recorded digest of a shard that only process 1 
     checksums = json.loads(path.read_text())
     checksums["w"]["48:56,0:64"] = "0" * 64
     path.write_text(json.dumps(checksums))
+    if taken:
+        (directory / "checkpoints_rejected").write_text("")
 multihost_utils.sync_global_devices("corrupted")
 
 ckpt = checkpointing.Checkpointer(str(directory / "checkpoints"), keep=3)
