@@ -14,14 +14,13 @@ Timeouts, so that no process waits for a dead peer forever:
 - Orbax's own barriers go through the coordination service with its 300 s timeout (instead of an untimed
   device collective) when absl flags are parsed, as under main.py.
 - `process_zero_timeout_s`: how long the others wait for what process 0 alone does (`on_process_zero`: writing
-  an export, learning a vocabulary); past it they stop with a TimeoutError, and the job ends (process 0 too,
-  within `timeout_s`: its output may then be partial).
+  an export, learning a vocabulary, setting a bad checkpoint aside); past it they stop with a TimeoutError, and
+  the job ends (process 0 too, within `timeout_s`: its output may then be partial).
 
 Here our code meets the other processes through the coordination service, timed: `wait_for_all`, a barrier,
-and `on_process_zero`, which runs what process 0 alone does (checking and writing an output only it writes) and
-hands its outcome, or its error, to the others waiting for it. Elsewhere hosts meet in the jitted steps'
-collectives, in Orbax, and in lm/checkpointing.py and lm/integrity.py (setting a bad checkpoint aside, agreeing on
-checksum mismatches).
+and `on_process_zero`, which runs what process 0 alone does (checking and writing an output only it writes, setting
+a bad checkpoint aside) and hands its outcome, or its error, to the others waiting for it. Elsewhere hosts meet in
+the jitted steps' collectives, in Orbax, and in lm/integrity.py (agreeing on checksum mismatches).
 """
 
 import builtins

@@ -1,4 +1,4 @@
-"""Run by tests/test_reliability.py as two processes of 4 CPU devices each: checksums of arrays sharded across
+"""Run by tests/test_multihost_checkpoints.py as two processes of 4 CPU devices each: checksums of arrays sharded across
 processes, a mismatch that only one process can see, and a fallback that both processes agree on. With
 `taken`, a file takes the name of the folder that rejected checkpoints go to: setting one aside fails.
 

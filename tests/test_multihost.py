@@ -163,7 +163,8 @@ def test_dead_or_stalled_peer_stops_every_process_within_the_timeout(data, victi
             assert all(p.poll() is None for p in hosts), logs[0].read_text()[-4000:] + logs[1].read_text()[-4000:]
             time.sleep(1)
         assert "train/loss" in logs[0].read_text(), "the run never started training"
-        assert all(p.poll() is None for p in hosts), "a process ended before the signal: " + logs[0].read_text()[-4000:]
+        ended = "a process ended before the signal: "
+        assert all(p.poll() is None for p in hosts), ended + logs[0].read_text()[-4000:] + logs[1].read_text()[-4000:]
         hosts[victim].send_signal(how)
         stopped_at = time.monotonic()
         returncode = survivor.wait(timeout=timeout_s + slack)

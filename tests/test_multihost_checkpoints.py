@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 from tests import cluster
 
@@ -39,8 +40,11 @@ def test_two_processes_agree_on_a_mismatch_only_one_can_see(tmp_path):
 def test_a_checkpoint_that_cannot_be_set_aside_stops_both_processes_with_the_error(tmp_path):
     """Process 0 alone moves the skipped checkpoint; when it cannot (a file named checkpoints_rejected), process 1
     stops too, with process 0's error, instead of waiting for it in a collective."""
+    started = time.monotonic()
     statuses, outputs = run_pair(tmp_path, "taken")
-    assert statuses[0] != 0 and statuses[1] != 0, outputs[1][-6000:]
+    assert statuses == [1, 1], outputs[1][-6000:]  # Python's exit on an error, not a kill after a hang.
+    assert time.monotonic() - started < 120
     assert "FileExistsError" in outputs[0], outputs[0][-3000:]
+    assert "FileExistsError" in outputs[1], outputs[1][-3000:]
     assert "while it tried to set checkpoint 2 aside" in outputs[1], outputs[1][-3000:]
     assert (tmp_path / "checkpoints" / "2").is_dir()  # Nothing lost.
