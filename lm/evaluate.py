@@ -10,7 +10,18 @@ import logging
 import jax
 import ml_collections
 
-from lm import checkpointing, compiler, config_checks, config_keys, experiment, files, metrics, progress, sharding
+from lm import (
+    checkpointing,
+    compiler,
+    config_checks,
+    config_keys,
+    distributed,
+    experiment,
+    files,
+    metrics,
+    progress,
+    sharding,
+)
 from lm import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -59,8 +70,6 @@ def write_eval_scalars(writer, step: int, split: str, result: dict) -> None:
 
 def write_json(workdir: str, split: str, result: dict, config: ml_collections.ConfigDict) -> str:
     """WORKDIR/metrics_<split>.json, written by process 0 (a failure stops every process with its message)."""
-    from lm import distributed
-
     path = files.join(workdir, f"metrics_{split}.json")
     distributed.on_process_zero(lambda: files.write_json(path, result), f"write {path}",
                                 config.distributed.process_zero_timeout_s)

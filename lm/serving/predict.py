@@ -10,6 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lm import distributed
 from lm.serving import monitor
 from lm.serving.trained import TrainedModel
 
@@ -140,7 +141,7 @@ def check_output(config: ml_collections.ConfigDict, workdir: str, default_name: 
     """config.serving.output, else WORKDIR/`default_name`, checked where it is written (process 0) with
     `lm.files.check_writable`: not a directory, its directory created if missing, writable; with `label_studio`,
     the Label Studio file beside it too. On many hosts a failed check stops every process (with its message)."""
-    from lm import distributed, files
+    from lm import files
 
     path = config.serving.output or os.path.join(workdir, default_name)
 
@@ -187,8 +188,6 @@ def write_jsonl(path: str, records: list[dict]) -> None:
 
 def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=predict: one JSONL line per input row, in input order -> config.serving.output."""
-    from lm import distributed
-
     model, rows, path = load_inputs(config, workdir, "predictions.jsonl")
     records, _ = predict_rows(config, model, rows)
     distributed.on_process_zero(lambda: write_jsonl(path, records), f"write {path}",
@@ -199,7 +198,6 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def run_select(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=select: the config.serving.top_k most uncertain inputs, ranked, as JSONL (and Label Studio tasks)."""
-    from lm import distributed
     from lm.serving import select
 
     labelled = select.read_labelled_ids([p.strip() for p in config.serving.exclude_files.split(",") if p.strip()])
